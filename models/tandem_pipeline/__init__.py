@@ -1,0 +1,1 @@
+"""tandem's offline pipeline: synthetic world, embeddings, ranking model, evaluation."""

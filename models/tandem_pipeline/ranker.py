@@ -1,0 +1,87 @@
+"""Ranking model: an MLP over online features, trained on retrieval-shaped candidates, exported to ONNX."""
+
+from __future__ import annotations
+
+import numpy as np
+from skl2onnx import to_onnx
+from skl2onnx.common.data_types import FloatTensorType
+from sklearn.neural_network import MLPClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from .features import assemble, user_vector
+from .world import CLICK, Events
+
+
+def group_by_user(ev: Events) -> dict[int, np.ndarray]:
+    order = np.argsort(ev.user, kind="stable")
+    users, starts = np.unique(ev.user[order], return_index=True)
+    bounds = list(starts[1:]) + [len(order)]
+    return {int(u): order[s:e] for u, s, e in zip(users, starts, bounds)}
+
+
+def user_vectors(emb: np.ndarray, ev: Events, users: list[int], groups: dict[int, np.ndarray]):
+    vecs, kept = [], []
+    for u in users:
+        rows = groups.get(u)
+        if rows is None:
+            continue
+        v = user_vector(emb, ev.item[rows], ev.type[rows], ev.ts[rows])
+        if v is not None:
+            vecs.append(v)
+            kept.append(u)
+    return np.array(vecs, dtype=np.float32).reshape(len(kept), emb.shape[1]), kept
+
+
+def top_n(scores: np.ndarray, n: int) -> np.ndarray:
+    part = np.argpartition(-scores, n, axis=1)[:, :n]
+    order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(part, order, axis=1)
+
+
+def training_rows(rng, train: Events, catalog: dict, spec: dict, max_users: int):
+    """History before t1 → user vector; engagement in [t1, end of train) → labels."""
+    emb = catalog["embedding"]
+    t1 = int(np.quantile(train.ts, 0.8))
+    hist_mask = train.ts < t1
+    hist = Events(train.user[hist_mask], train.item[hist_mask], train.type[hist_mask], train.ts[hist_mask])
+    lab_mask = (~hist_mask) & (train.type >= CLICK)
+    lab = Events(train.user[lab_mask], train.item[lab_mask], train.type[lab_mask], train.ts[lab_mask])
+    hist_groups, lab_groups = group_by_user(hist), group_by_user(lab)
+    users = [u for u in lab_groups if u in hist_groups]
+    rng.shuffle(users)
+    vecs, users = user_vectors(emb, hist, users[:max_users], hist_groups)
+    u_rows, i_rows, y = [], [], []
+    for start in range(0, len(users), 1024):
+        block = vecs[start:start + 1024]
+        # Rows shaped like serving: the retrieved candidates, labelled by later engagement.
+        cands = top_n(block @ emb.T, 200)
+        for j, u in enumerate(users[start:start + 1024]):
+            hit = np.isin(cands[j], lab.item[lab_groups[u]])
+            pos, rest = cands[j][hit], cands[j][~hit]
+            if pos.size == 0:
+                continue
+            neg = rng.choice(rest, size=min(24, rest.size), replace=False)
+            items = np.concatenate([pos, neg])
+            u_rows.append(np.full(items.size, start + j))
+            i_rows.append(items)
+            y.append(np.concatenate([np.ones(pos.size), np.zeros(neg.size)]))
+    u_rows, i_rows, y = np.concatenate(u_rows), np.concatenate(i_rows), np.concatenate(y).astype(np.int64)
+    x = assemble(spec, catalog, vecs[u_rows], i_rows)["features"]
+    return x, y
+
+
+def train_and_export(x: np.ndarray, y: np.ndarray, hidden: list[int], max_iter: int, seed: int) -> bytes:
+    model = make_pipeline(
+        StandardScaler(),
+        MLPClassifier(hidden_layer_sizes=tuple(hidden), batch_size=512, max_iter=max_iter,
+                      early_stopping=True, n_iter_no_change=3, random_state=seed),
+    )
+    model.fit(x, y)
+    onx = to_onnx(
+        model,
+        initial_types=[("features", FloatTensorType([None, x.shape[1]]))],
+        options={id(model.steps[-1][1]): {"zipmap": False}},
+        target_opset={"": 17, "ai.onnx.ml": 3},
+    )
+    return onx.SerializeToString()
