@@ -1,1 +1,150 @@
+//! The item catalog: one Parquet file read into Arrow columns, with dense internal ids.
+//!
+//! Owns item attributes and embeddings and the mapping between external string ids and
+//! dense `u32` ids (the row number). It does not search or score: retrieval and ranking
+//! read from it.
 
+mod error;
+mod load;
+#[cfg(any(test, feature = "test-util"))]
+pub mod testing;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use arrow::array::{Array, BooleanArray, Float32Array, StringArray};
+
+pub use error::CatalogError;
+
+/// Dense id of an item: its row in the catalog.
+pub type ItemIdx = u32;
+
+/// Columns of `items.parquet`; the file may hold more, which are ignored.
+pub mod columns {
+    pub const ITEM_ID: &str = "item_id";
+    pub const EMBEDDING: &str = "embedding";
+    pub const CATEGORY: &str = "category";
+    pub const PRICE: &str = "price";
+    pub const IN_STOCK: &str = "in_stock";
+    pub const POPULARITY: &str = "popularity";
+}
+
+/// Immutable, columnar item catalog.
+pub struct Catalog {
+    item_ids: StringArray,
+    /// Row-major `len * dim` values, one contiguous buffer.
+    embeddings: Float32Array,
+    dim: usize,
+    category_codes: Vec<u32>,
+    /// Sorted vocabulary; a code indexes into it.
+    categories: Vec<String>,
+    price: Float32Array,
+    in_stock: BooleanArray,
+    popularity: Float32Array,
+    by_item_id: HashMap<String, ItemIdx>,
+    /// All items, most popular first: the fallback when a user has no history.
+    by_popularity: Vec<ItemIdx>,
+}
+
+impl std::fmt::Debug for Catalog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Catalog")
+            .field("items", &self.len())
+            .field("dim", &self.dim)
+            .field("categories", &self.categories.len())
+            .finish()
+    }
+}
+
+impl Catalog {
+    /// Reads and validates `items.parquet`.
+    pub fn open(path: &Path) -> Result<Self, CatalogError> {
+        load::read_parquet(path)
+    }
+
+    pub fn len(&self) -> usize {
+        self.item_ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.item_ids.is_empty()
+    }
+
+    /// Embedding dimension.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    pub fn idx_of(&self, item_id: &str) -> Option<ItemIdx> {
+        self.by_item_id.get(item_id).copied()
+    }
+
+    pub fn item_id(&self, idx: ItemIdx) -> &str {
+        self.item_ids.value(idx as usize)
+    }
+
+    pub fn embedding(&self, idx: ItemIdx) -> &[f32] {
+        let start = idx as usize * self.dim;
+        &self.embeddings.values()[start..start + self.dim]
+    }
+
+    /// All embeddings, row-major.
+    pub fn embeddings(&self) -> &[f32] {
+        self.embeddings.values()
+    }
+
+    pub fn category(&self, idx: ItemIdx) -> &str {
+        &self.categories[self.category_codes[idx as usize] as usize]
+    }
+
+    pub fn category_code(&self, idx: ItemIdx) -> u32 {
+        self.category_codes[idx as usize]
+    }
+
+    pub fn category_code_of(&self, name: &str) -> Option<u32> {
+        self.categories
+            .binary_search_by(|c| c.as_str().cmp(name))
+            .ok()
+            .map(|c| c as u32)
+    }
+
+    /// The category vocabulary, sorted; codes index into it.
+    pub fn categories(&self) -> &[String] {
+        &self.categories
+    }
+
+    pub fn price(&self, idx: ItemIdx) -> f32 {
+        self.price.value(idx as usize)
+    }
+
+    pub fn in_stock(&self, idx: ItemIdx) -> bool {
+        self.in_stock.value(idx as usize)
+    }
+
+    pub fn popularity(&self, idx: ItemIdx) -> f32 {
+        self.popularity.value(idx as usize)
+    }
+
+    /// A numeric attribute by column name (booleans read as 0/1), for model features.
+    pub fn numeric(&self, column: &str, idx: ItemIdx) -> Option<f32> {
+        match column {
+            columns::PRICE => Some(self.price(idx)),
+            columns::POPULARITY => Some(self.popularity(idx)),
+            columns::IN_STOCK => Some(if self.in_stock(idx) { 1.0 } else { 0.0 }),
+            _ => None,
+        }
+    }
+
+    /// Whether `numeric` knows the column.
+    pub fn has_numeric(column: &str) -> bool {
+        matches!(
+            column,
+            columns::PRICE | columns::POPULARITY | columns::IN_STOCK
+        )
+    }
+
+    /// Items by descending popularity (ties by id).
+    pub fn by_popularity(&self) -> &[ItemIdx] {
+        &self.by_popularity
+    }
+}

@@ -1,0 +1,119 @@
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Float32Array, RecordBatch};
+use tandem_catalog::testing::{synthetic_batch, write_parquet};
+use tandem_catalog::{Catalog, CatalogError};
+
+fn write(batch: &RecordBatch) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("items.parquet");
+    write_parquet(batch, &path).expect("write fixture");
+    (dir, path)
+}
+
+#[test]
+fn round_trips_columns_and_ids() {
+    let batch = synthetic_batch(1000, 8, 5, 1);
+    let (_dir, path) = write(&batch);
+    let catalog = Catalog::open(&path).expect("open");
+    assert_eq!(catalog.len(), 1000);
+    assert_eq!(catalog.dim(), 8);
+    assert_eq!(
+        catalog.categories(),
+        ["cat-00", "cat-01", "cat-02", "cat-03", "cat-04"]
+    );
+    assert_eq!(catalog.embeddings().len(), 8000);
+
+    let idx = catalog.idx_of("item-000123").expect("known id");
+    assert_eq!(idx, 123);
+    assert_eq!(catalog.item_id(idx), "item-000123");
+    assert_eq!(catalog.category(idx), "cat-03");
+    assert_eq!(catalog.category_code_of("cat-03"), Some(3));
+    assert_eq!(catalog.category_code_of("nope"), None);
+    assert_eq!(catalog.idx_of("item-999999"), None);
+
+    let emb = batch
+        .column(1)
+        .as_any()
+        .downcast_ref::<arrow::array::FixedSizeListArray>()
+        .expect("list")
+        .value(123);
+    let emb = emb.as_any().downcast_ref::<Float32Array>().expect("f32");
+    assert_eq!(catalog.embedding(idx), emb.values().as_ref());
+    // Popularity falls with the id in the fixture.
+    assert_eq!(&catalog.by_popularity()[..3], &[0, 1, 2]);
+    assert_eq!(
+        catalog.numeric("in_stock", idx),
+        Some(if catalog.in_stock(idx) { 1.0 } else { 0.0 })
+    );
+}
+
+#[test]
+fn rejects_missing_column_by_name() {
+    let batch = synthetic_batch(10, 4, 2, 1);
+    let batch = batch.project(&[0, 1, 2, 3, 4]).expect("project"); // drop popularity
+    let (_dir, path) = write(&batch);
+    let err = Catalog::open(&path).expect_err("must fail");
+    assert!(
+        matches!(
+            err,
+            CatalogError::Column {
+                column: "popularity",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn rejects_non_finite_price_and_duplicate_ids() {
+    let batch = synthetic_batch(10, 4, 2, 1);
+    let mut cols: Vec<ArrayRef> = batch.columns().to_vec();
+    cols[3] = Arc::new(Float32Array::from(vec![f32::NAN; 10]));
+    let bad = RecordBatch::try_new(batch.schema(), cols).expect("batch");
+    let (_d1, path) = write(&bad);
+    let err = Catalog::open(&path).expect_err("NaN price");
+    assert!(
+        matches!(
+            err,
+            CatalogError::Column {
+                column: "price",
+                ..
+            }
+        ),
+        "{err}"
+    );
+
+    let twice = arrow::compute::concat_batches(&batch.schema(), [&batch, &batch]).expect("concat");
+    let (_d2, path) = write(&twice);
+    let err = Catalog::open(&path).expect_err("duplicates");
+    assert!(
+        matches!(err, CatalogError::DuplicateItemId(ref id) if id == "item-000000"),
+        "{err}"
+    );
+}
+
+#[test]
+fn missing_file_is_an_io_error() {
+    let err = Catalog::open(std::path::Path::new("/nonexistent/items.parquet")).expect_err("io");
+    assert!(matches!(err, CatalogError::Io { .. }));
+}
+
+#[test]
+fn reads_the_pipeline_output_when_present() {
+    // The Python pipeline writes with pyarrow; arrow-rs must restore the FixedSizeList.
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/test/items.parquet");
+    if !path.exists() {
+        eprintln!(
+            "skipping: {} not generated (make test generates it)",
+            path.display()
+        );
+        return;
+    }
+    let catalog = Catalog::open(&path).expect("pipeline catalog");
+    assert!(catalog.len() > 0);
+    assert_eq!(catalog.dim(), 32);
+    assert!(catalog.categories().len() > 1);
+}
