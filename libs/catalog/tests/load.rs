@@ -113,7 +113,7 @@ fn reads_the_pipeline_output_when_present() {
         return;
     }
     let catalog = Catalog::open(&path).expect("pipeline catalog");
-    assert!(catalog.len() > 0);
+    assert!(!catalog.is_empty());
     assert_eq!(catalog.dim(), 32);
     assert!(catalog.categories().len() > 1);
 }

@@ -1,1 +1,17 @@
+//! The two-stage recommendation path: user state → query → retrieval → ranking → rules.
+//!
+//! Stages are traits so the same pipeline runs with them in-process (embedded topology)
+//! or behind gRPC (split topology; the gateway service implements the remote stages).
 
+mod error;
+mod events;
+mod pipeline;
+mod stages;
+
+pub use error::{RecommendError, StageError};
+pub use events::IncomingEvent;
+pub use pipeline::{
+    DEFAULT_K, DEFAULT_NUM_CANDIDATES, MAX_EVENTS_PER_BATCH, MAX_K, MAX_NUM_CANDIDATES,
+    POPULARITY_VERSION, RecommendRequest, Recommendation, RecommendedItem, Recommender,
+};
+pub use stages::{CandidateStage, InProcessRanking, InProcessRetrieval, ScoringStage};

@@ -1,1 +1,139 @@
+//! Gateway: owns the public `tandem.v1.RecommenderService`. Embedded (default) runs retrieval
+//! and ranking in this process and serves their APIs on the same port; split calls them over
+//! gRPC at `--retrieval-addr` / `--ranking-addr` (either or both).
 
+mod api;
+mod config;
+mod remote;
+mod status;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tandem_catalog::Catalog;
+use tandem_personalization::{InMemoryHistory, QueryConfig};
+use tandem_proto::v1::ranking_service_server::RankingServiceServer;
+use tandem_proto::v1::recommender_service_server::RecommenderServiceServer;
+use tandem_proto::v1::retrieval_service_server::RetrievalServiceServer;
+use tandem_ranking_service::{RankingApi, load_ranker};
+use tandem_recommend::{
+    CandidateStage, InProcessRanking, InProcessRetrieval, Recommender, ScoringStage,
+};
+use tandem_retrieval_service::RetrievalApi;
+use tandem_server::{Health, Ready, service_name};
+use tokio::task::JoinHandle;
+
+pub use api::RecommenderApi;
+pub use config::Config;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A started gateway: listening at once, SERVING once `loaded` finishes.
+#[derive(Debug)]
+pub struct Gateway {
+    pub addr: SocketAddr,
+    pub health: Health,
+    /// Loads catalog, index and model; an error here means the gateway will never serve.
+    pub loaded: JoinHandle<Result<(), BoxError>>,
+    pub server: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+/// Binds, starts serving (NOT_SERVING) and loads the stages in the background.
+pub async fn start(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<Gateway, BoxError> {
+    let checked = config.validate()?;
+    let mut names = vec![service_name::<RecommenderServiceServer<RecommenderApi>>()];
+    if config.retrieval_addr.is_none() {
+        names.push(service_name::<RetrievalServiceServer<RetrievalApi>>());
+    }
+    if config.ranking_addr.is_none() {
+        names.push(service_name::<RankingServiceServer<RankingApi>>());
+    }
+    let (mut routes, health) = tandem_server::base_routes(&names).await?;
+    let recommender = Ready::default();
+    let index = Ready::default();
+    let ranker = Ready::default();
+    routes = routes.add_service(RecommenderApi::new(recommender.clone()).into_service());
+    if config.retrieval_addr.is_none() {
+        routes = routes.add_service(RetrievalApi::new(index.clone()).into_service());
+    }
+    if config.ranking_addr.is_none() {
+        routes = routes.add_service(RankingApi::new(ranker.clone()).into_service());
+    }
+    let (listener, addr) = tandem_server::bind(config.listen).await?;
+    tracing::info!(
+        %addr,
+        topology = config.topology(),
+        "listening (NOT_SERVING until loaded)"
+    );
+    let server = tokio::spawn(tandem_server::serve(
+        routes,
+        listener,
+        health.clone(),
+        shutdown,
+    ));
+
+    let loaded = tokio::spawn({
+        let health = health.clone();
+        async move {
+            let items = config.items.clone();
+            let catalog =
+                tokio::task::spawn_blocking(move || Catalog::open(&items).map(Arc::new)).await??;
+            tracing::info!(items = catalog.len(), dim = catalog.dim(), "loaded catalog");
+
+            let retrieval: Arc<dyn CandidateStage> = match &config.retrieval_addr {
+                Some(addr) => Arc::new(remote::RemoteRetrieval::new(
+                    addr,
+                    &config,
+                    catalog.clone(),
+                )?),
+                None => {
+                    let (shared, params) = (catalog.clone(), checked.index);
+                    let built = tokio::task::spawn_blocking(move || {
+                        tandem_retrieval::Index::build(shared, params).map(Arc::new)
+                    });
+                    let built = built.await??;
+                    index.set(built.clone());
+                    Arc::new(InProcessRetrieval(built))
+                }
+            };
+            let ranking: Arc<dyn ScoringStage> = match (&config.ranking_addr, checked.ranker) {
+                (Some(addr), _) => {
+                    Arc::new(remote::RemoteRanking::new(addr, &config, catalog.clone())?)
+                }
+                (None, Some(ranker_config)) => {
+                    let (dir, shared) = (config.model.model_dir.clone(), catalog.clone());
+                    let loaded = tokio::task::spawn_blocking(move || {
+                        load_ranker(&dir, shared, ranker_config)
+                    })
+                    .await??;
+                    ranker.set(loaded.clone());
+                    Arc::new(InProcessRanking(loaded))
+                }
+                (None, None) => {
+                    return Err(
+                        "ranking is embedded but its configuration was not validated".into(),
+                    );
+                }
+            };
+            recommender.set(Arc::new(Recommender::new(
+                catalog,
+                Arc::new(InMemoryHistory::new(config.history_capacity)),
+                retrieval,
+                ranking,
+                QueryConfig::default(),
+            )));
+            health.set_serving(true).await;
+            tracing::info!("serving");
+            Ok(())
+        }
+    });
+    Ok(Gateway {
+        addr,
+        health,
+        loaded,
+        server,
+    })
+}

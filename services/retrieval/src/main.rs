@@ -1,1 +1,64 @@
-fn main() {}
+//! `tandem-retrieval`: the retrieval stage as its own server (split topology).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use tandem_proto::v1::retrieval_service_server::RetrievalServiceServer;
+use tandem_retrieval_service::{IndexArgs, RetrievalApi, load_index};
+use tandem_server::Ready;
+
+/// Retrieval server: nearest catalog items to a query vector under a filter.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "TANDEM_LISTEN", default_value = "127.0.0.1:50052")]
+    listen: SocketAddr,
+    /// Item catalog (written by the models pipeline).
+    #[arg(long, env = "TANDEM_ITEMS", default_value = "data/demo/items.parquet")]
+    items: PathBuf,
+    #[command(flatten)]
+    index: IndexArgs,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tandem_server::init_tracing();
+    let config = Config::parse();
+    let params = config.index.validate().map_err(anyhow::Error::msg)?;
+    anyhow::ensure!(
+        config.items.is_file(),
+        "--items {} does not exist (run `make data`)",
+        config.items.display()
+    );
+
+    let (routes, health) = tandem_server::base_routes(&[tandem_server::service_name::<
+        RetrievalServiceServer<RetrievalApi>,
+    >()])
+    .await
+    .map_err(|e| anyhow::anyhow!(e))?;
+    let index = Ready::default();
+    let routes = routes.add_service(RetrievalApi::new(index.clone()).into_service());
+    let (listener, addr) = tandem_server::bind(config.listen)
+        .await
+        .with_context(|| format!("bind {}", config.listen))?;
+    tracing::info!(%addr, "listening (NOT_SERVING until the index is built)");
+
+    let server = tokio::spawn(tandem_server::serve(
+        routes,
+        listener,
+        health.clone(),
+        tandem_server::shutdown_signal(),
+    ));
+    let items = config.items.clone();
+    let built = tokio::task::spawn_blocking(move || load_index(&items, params))
+        .await?
+        .map_err(|e| anyhow::anyhow!("cannot build the index: {e}"))?;
+    index.set(built);
+    health.set_serving(true).await;
+    tracing::info!(%addr, "serving");
+    server.await??;
+    Ok(())
+}

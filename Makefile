@@ -1,0 +1,71 @@
+# tandem: two commands do everything on a fresh machine.
+#   make run    venv + demo data/model (if missing) + build + embedded server on 127.0.0.1:50051
+#   make test   venv + test data + buf lint + fmt + clippy + the whole test suite
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+TOOLS := .tools
+BUF_VERSION := 1.59.0
+LISTEN ?= 127.0.0.1:50051
+DEMO_ITEMS ?= 50000
+# Lazily expanded: the wheel is installed by the time a recipe uses it.
+ORT_DYLIB_PATH = $(abspath $(firstword $(wildcard $(VENV)/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.*)))
+PIPELINE_SRC := $(wildcard models/tandem_pipeline/*.py)
+
+.PHONY: help run run-split build data test-data test lint buf-lint bench clean
+
+help:
+	@echo "make run        start tandem (embedded) on $(LISTEN) with the demo catalog and model"
+	@echo "make run-split  the same as three processes: retrieval :50052, ranking :50053, gateway :50051"
+	@echo "make test       run every check and test"
+	@echo "make data       (re)generate the demo data: DEMO_ITEMS=1000000 for the large catalog"
+
+$(VENV)/.installed: models/requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -r models/requirements.txt
+	touch $@
+
+data/demo/eval.json: $(VENV)/.installed $(PIPELINE_SRC)
+	cd models && ../$(PY) -W ignore -m tandem_pipeline --out ../data/demo --items $(DEMO_ITEMS)
+
+# Small world for the tests: seconds to generate, same code path.
+data/test/eval.json: $(VENV)/.installed $(PIPELINE_SRC)
+	cd models && ../$(PY) -W ignore -m tandem_pipeline --out ../data/test --items 3000 --eval-users 500
+
+data: data/demo/eval.json
+test-data: data/test/eval.json
+
+build:
+	cargo build --release --bins
+
+run: $(VENV)/.installed data/demo/eval.json build
+	ORT_DYLIB_PATH=$(ORT_DYLIB_PATH) ./target/release/tandem-gateway --listen $(LISTEN) \
+		--items data/demo/items.parquet --model-dir data/demo/models/ranker
+
+run-split: $(VENV)/.installed data/demo/eval.json build
+	export ORT_DYLIB_PATH=$(ORT_DYLIB_PATH) TANDEM_ITEMS=data/demo/items.parquet; \
+	./target/release/tandem-retrieval --listen 127.0.0.1:50052 & r=$$!; \
+	./target/release/tandem-ranking --listen 127.0.0.1:50053 --model-dir data/demo/models/ranker & k=$$!; \
+	trap "kill $$r $$k" EXIT; \
+	./target/release/tandem-gateway --listen $(LISTEN) --retrieval-addr 127.0.0.1:50052 --ranking-addr 127.0.0.1:50053
+
+$(TOOLS)/node_modules/.bin/buf:
+	npm install --silent --no-audit --no-fund --prefix $(TOOLS) @bufbuild/buf@$(BUF_VERSION)
+
+buf-lint: $(TOOLS)/node_modules/.bin/buf
+	cd proto && ../$(TOOLS)/node_modules/.bin/buf lint
+
+lint: buf-lint
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+test: $(VENV)/.installed data/test/eval.json lint
+	ORT_DYLIB_PATH=$(ORT_DYLIB_PATH) TANDEM_TEST_DATA=$(abspath data/test) \
+		TANDEM_PYTHON=$(abspath $(PY)) cargo test --workspace
+
+clean:
+	rm -rf data $(TOOLS)

@@ -1,0 +1,64 @@
+/// Why a stage did not answer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StageError {
+    /// The request is wrong; retrying or falling back won't help.
+    #[error("{field}: {reason}")]
+    InvalidArgument { field: String, reason: String },
+    /// The stage is down, overloaded or too slow; the pipeline degrades.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecommendError {
+    #[error("{field}: {reason}")]
+    InvalidArgument { field: String, reason: String },
+}
+
+impl RecommendError {
+    pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::InvalidArgument {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl From<tandem_retrieval::RetrievalError> for StageError {
+    fn from(e: tandem_retrieval::RetrievalError) -> Self {
+        match e {
+            tandem_retrieval::RetrievalError::InvalidArgument { field, reason } => {
+                Self::InvalidArgument {
+                    field: field.to_owned(),
+                    reason,
+                }
+            }
+            other @ tandem_retrieval::RetrievalError::EmptyCatalog => {
+                Self::Unavailable(other.to_string())
+            }
+        }
+    }
+}
+
+impl From<tandem_ranking::RankingError> for StageError {
+    fn from(e: tandem_ranking::RankingError) -> Self {
+        use tandem_ranking::RankingError as E;
+        match e {
+            E::InvalidArgument { field, reason } => Self::InvalidArgument {
+                field: field.to_owned(),
+                reason,
+            },
+            E::TooManyCandidates { got, max } => Self::InvalidArgument {
+                field: "num_candidates".into(),
+                reason: format!("ranking takes at most {max} candidates, got {got}"),
+            },
+            other @ (E::Runtime { .. }
+            | E::Io { .. }
+            | E::Spec { .. }
+            | E::NoVersion(_)
+            | E::InputMismatch { .. }
+            | E::OutputMismatch { .. }
+            | E::Inference { .. }) => Self::Unavailable(other.to_string()),
+        }
+    }
+}

@@ -1,0 +1,83 @@
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tandem_catalog::ItemIdx;
+use tandem_ranking::{RankRequest, Ranker, Scores};
+use tandem_retrieval::{Candidate, FilterSpec, Index, ItemFilter, SearchParams};
+
+use crate::StageError;
+
+/// Nearest items to a query vector under a filter, best first.
+#[async_trait]
+pub trait CandidateStage: Send + Sync {
+    async fn search(
+        &self,
+        query: &[f32],
+        k: usize,
+        filter: &FilterSpec,
+    ) -> Result<Vec<Candidate>, StageError>;
+}
+
+/// One score per candidate, in order, and the model version that produced them.
+#[async_trait]
+pub trait ScoringStage: Send + Sync {
+    async fn score(
+        &self,
+        user_id: &str,
+        query: &[f32],
+        candidates: &[Candidate],
+    ) -> Result<Scores, StageError>;
+}
+
+/// Retrieval in this process. The search runs on the blocking pool: it is CPU work.
+#[derive(Debug, Clone)]
+pub struct InProcessRetrieval(pub Arc<Index>);
+
+#[async_trait]
+impl CandidateStage for InProcessRetrieval {
+    async fn search(
+        &self,
+        query: &[f32],
+        k: usize,
+        filter: &FilterSpec,
+    ) -> Result<Vec<Candidate>, StageError> {
+        let index = self.0.clone();
+        let filter = ItemFilter::resolve(index.catalog(), filter)?;
+        let query = query.to_vec();
+        tokio::task::spawn_blocking(move || {
+            index.search(&query, &filter, SearchParams { k, ef_search: None })
+        })
+        .await
+        .map_err(|e| StageError::Unavailable(format!("retrieval task failed: {e}")))?
+        .map_err(StageError::from)
+    }
+}
+
+/// Ranking in this process, on the blocking pool.
+#[derive(Debug, Clone)]
+pub struct InProcessRanking(pub Arc<Ranker>);
+
+#[async_trait]
+impl ScoringStage for InProcessRanking {
+    async fn score(
+        &self,
+        _user_id: &str,
+        query: &[f32],
+        candidates: &[Candidate],
+    ) -> Result<Scores, StageError> {
+        let ranker = self.0.clone();
+        let query = query.to_vec();
+        let items: Vec<ItemIdx> = candidates.iter().map(|c| c.idx).collect();
+        let retrieval: Vec<f32> = candidates.iter().map(|c| c.score).collect();
+        tokio::task::spawn_blocking(move || {
+            ranker.rank(RankRequest {
+                user_vector: &query,
+                items: &items,
+                retrieval_scores: &retrieval,
+            })
+        })
+        .await
+        .map_err(|e| StageError::Unavailable(format!("ranking task failed: {e}")))?
+        .map_err(StageError::from)
+    }
+}

@@ -1,0 +1,108 @@
+//! `tandem.v1.RecommenderService` handlers: wire types in, domain calls, wire types out.
+
+use tandem_personalization::EventKind;
+use tandem_proto::v1 as pb;
+use tandem_recommend::{IncomingEvent, RecommendRequest, Recommender};
+use tandem_retrieval_service::filter_from_proto;
+use tandem_server::Ready;
+use tonic::{Request, Response, Status};
+
+use crate::status::status;
+
+#[derive(Debug, Clone, Default)]
+pub struct RecommenderApi {
+    recommender: Ready<Recommender>,
+}
+
+impl RecommenderApi {
+    pub fn new(recommender: Ready<Recommender>) -> Self {
+        Self { recommender }
+    }
+
+    pub fn into_service(self) -> pb::recommender_service_server::RecommenderServiceServer<Self> {
+        pb::recommender_service_server::RecommenderServiceServer::new(self)
+            .max_decoding_message_size(tandem_server::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(tandem_server::MAX_MESSAGE_BYTES)
+    }
+}
+
+fn event_kind(raw: i32) -> Option<EventKind> {
+    match pb::EventType::try_from(raw).ok()? {
+        pb::EventType::View => Some(EventKind::View),
+        pb::EventType::Click => Some(EventKind::Click),
+        pb::EventType::AddToCart => Some(EventKind::AddToCart),
+        pb::EventType::Purchase => Some(EventKind::Purchase),
+        pb::EventType::Unspecified => None,
+    }
+}
+
+#[tonic::async_trait]
+impl pb::recommender_service_server::RecommenderService for RecommenderApi {
+    async fn recommend(
+        &self,
+        request: Request<pb::RecommendRequest>,
+    ) -> Result<Response<pb::RecommendResponse>, Status> {
+        let recommender = self.recommender.get()?;
+        let request_id = uuid::Uuid::new_v4().to_string();
+        let req = request.into_inner();
+        let domain = RecommendRequest {
+            user_id: req.user_id,
+            k: req.k,
+            num_candidates: req.num_candidates,
+            filter: filter_from_proto(req.filter),
+            context_item_ids: req.context_item_ids,
+        };
+        let result = recommender.recommend(&domain).await.map_err(|e| {
+            tracing::debug!(%request_id, error = %e, "recommend rejected");
+            status(e)
+        })?;
+        let catalog = recommender.catalog();
+        tracing::debug!(
+            %request_id,
+            user_id = domain.user_id,
+            items = result.items.len(),
+            model_version = result.model_version,
+            degraded = result.degraded.as_deref().unwrap_or(""),
+            "recommend"
+        );
+        Ok(Response::new(pb::RecommendResponse {
+            items: result
+                .items
+                .iter()
+                .map(|it| pb::RecommendedItem {
+                    item_id: catalog.item_id(it.idx).to_owned(),
+                    score: it.score,
+                    retrieval_score: it.retrieval_score,
+                    category: catalog.category(it.idx).to_owned(),
+                    price: catalog.price(it.idx),
+                })
+                .collect(),
+            model_version: result.model_version,
+            request_id,
+            degraded: result.degraded.is_some(),
+            degraded_reason: result.degraded.unwrap_or_default(),
+        }))
+    }
+
+    async fn record_events(
+        &self,
+        request: Request<pb::RecordEventsRequest>,
+    ) -> Result<Response<pb::RecordEventsResponse>, Status> {
+        let recommender = self.recommender.get()?;
+        let events: Vec<IncomingEvent> = request
+            .into_inner()
+            .events
+            .into_iter()
+            .map(|e| IncomingEvent {
+                user_id: e.user_id,
+                item_id: e.item_id,
+                kind: event_kind(e.r#type),
+                timestamp_ms: e.timestamp_ms,
+            })
+            .collect();
+        let accepted = recommender.record_events(&events).map_err(status)?;
+        Ok(Response::new(pb::RecordEventsResponse {
+            accepted: accepted as u32,
+        }))
+    }
+}

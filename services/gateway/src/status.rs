@@ -1,0 +1,10 @@
+//! The one place gateway errors become gRPC statuses.
+
+use tandem_recommend::RecommendError;
+use tonic::Status;
+
+pub(crate) fn status(err: RecommendError) -> Status {
+    match err {
+        RecommendError::InvalidArgument { .. } => Status::invalid_argument(err.to_string()),
+    }
+}
