@@ -1,0 +1,139 @@
+//! Real servers on loopback for the end-to-end tests. Needs `make test`'s data and ORT library.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use tandem_catalog::Catalog;
+use tandem_gateway::{Config, Gateway};
+use tandem_proto::v1 as pb;
+use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+pub fn test_data() -> PathBuf {
+    let dir = std::env::var_os("TANDEM_TEST_DATA").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/test"),
+        PathBuf::from,
+    );
+    assert!(
+        dir.join("items.parquet").is_file(),
+        "{} has no test data: run `make test`, which generates it",
+        dir.display()
+    );
+    assert!(
+        std::env::var_os("ORT_DYLIB_PATH").is_some(),
+        "ORT_DYLIB_PATH is not set: run `make test`"
+    );
+    dir
+}
+
+pub fn catalog() -> Arc<Catalog> {
+    Arc::new(Catalog::open(&test_data().join("items.parquet")).expect("catalog"))
+}
+
+/// Gateway flags on a free port with the test data; `extra` appends or overrides.
+pub fn config(extra: &[&str]) -> Config {
+    let data = test_data();
+    let items = data.join("items.parquet");
+    let models = data.join("models/ranker");
+    let mut args = vec![
+        "tandem-gateway".to_owned(),
+        "--listen=127.0.0.1:0".into(),
+        format!("--items={}", items.display()),
+        format!("--model-dir={}", models.display()),
+        "--ranking-sessions=2".into(),
+    ];
+    let flag = |a: &str| a.split('=').next().unwrap_or(a).to_owned();
+    args.retain(|a| !extra.iter().any(|e| flag(e) == flag(a)));
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    Config::try_parse_from(args).expect("valid flags")
+}
+
+pub struct Running {
+    pub addr: SocketAddr,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+/// Starts a gateway and waits until it is SERVING.
+pub async fn start(config: Config) -> Running {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let gateway: Gateway = tandem_gateway::start(config, async {
+        let _ = stopped.await;
+    })
+    .await
+    .expect("start");
+    gateway
+        .loaded
+        .await
+        .expect("load task")
+        .expect("stages load");
+    let addr = gateway.addr;
+    assert_eq!(health(addr, "").await, ServingStatus::Serving);
+    Running { addr, _stop: stop }
+}
+
+pub async fn channel(addr: SocketAddr) -> Channel {
+    for _ in 0..50 {
+        if let Ok(ch) = Channel::from_shared(format!("http://{addr}"))
+            .expect("uri")
+            .connect()
+            .await
+        {
+            return ch;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("cannot connect to {addr}");
+}
+
+pub async fn health(addr: SocketAddr, service: &str) -> ServingStatus {
+    let mut client = HealthClient::new(channel(addr).await);
+    let resp = client
+        .check(HealthCheckRequest {
+            service: service.to_owned(),
+        })
+        .await
+        .expect("health check");
+    ServingStatus::try_from(resp.into_inner().status).expect("known status")
+}
+
+pub async fn recommender(
+    addr: SocketAddr,
+) -> pb::recommender_service_client::RecommenderServiceClient<Channel> {
+    pb::recommender_service_client::RecommenderServiceClient::new(channel(addr).await)
+}
+
+pub fn event(user: &str, item: &str, kind: pb::EventType, t: i64) -> pb::Event {
+    pb::Event {
+        user_id: user.to_owned(),
+        item_id: item.to_owned(),
+        r#type: kind as i32,
+        timestamp_ms: t,
+    }
+}
+
+pub fn request(user: &str, k: u32) -> pb::RecommendRequest {
+    pb::RecommendRequest {
+        user_id: user.to_owned(),
+        k: Some(k),
+        ..Default::default()
+    }
+}
+
+/// Items of `category`, most popular first.
+pub fn items_in(catalog: &Catalog, category: &str, n: usize) -> Vec<String> {
+    catalog
+        .by_popularity()
+        .iter()
+        .filter(|&&i| catalog.category(i) == category)
+        .take(n)
+        .map(|&i| catalog.item_id(i).to_owned())
+        .collect()
+}
+
+pub const T0: i64 = 1_790_000_000_000;
