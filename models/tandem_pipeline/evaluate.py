@@ -64,7 +64,7 @@ def evaluate(rng, train: Events, test: Events, catalog: dict, spec: dict, model_
 
 
 def print_report(result: dict) -> None:
-    print(f"\nEvaluation on the test split ({result["eval_users"]} users with engagements after the cut-off)")
+    print(f"\nEvaluation on the test split ({result['eval_users']} users with engagements after the cut-off)")
     print(f"  {'metric':<14}{'tandem':>10}{'popularity':>12}{'retrieval order':>17}")
     print(f"  {'recall@100':<14}{result['recall100']:>10.4f}{result['pop_recall100']:>12.4f}{'':>17}")
     print(f"  {'NDCG@10':<14}{result['ndcg10']:>10.4f}{result['pop_ndcg10']:>12.4f}{result['dot_ndcg10']:>17.4f}")
