@@ -6,7 +6,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .features import assemble
-from .ranker import group_by_user, top_n, user_vectors
+from .ranker import block_rows, group_by_user, top_n, user_vectors
 from .world import CLICK, PURCHASE, Events
 
 
@@ -33,15 +33,16 @@ def evaluate(rng, train: Events, test: Events, catalog: dict, spec: dict, model_
 
     acc = {k: [] for k in ("recall100", "pop_recall100", "ndcg10", "hr10", "dot_ndcg10", "dot_hr10",
                            "pop_ndcg10", "pop_hr10")}
-    for start in range(0, len(users), 512):
-        block = vecs[start:start + 512]
+    step = block_rows(len(emb))
+    for start in range(0, len(users), step):
+        block = vecs[start:start + step]
         scores = block @ emb.T
-        for j, u in enumerate(users[start:start + 512]):
+        for j, u in enumerate(users[start:start + step]):
             rows = train_groups[u]
             bought = train.item[rows][train.type[rows] == PURCHASE]
             scores[j, bought] = -np.inf
         cands = top_n(scores, num_candidates)
-        for j, u in enumerate(users[start:start + 512]):
+        for j, u in enumerate(users[start:start + step]):
             targets = set(int(i) for i in engaged.item[test_groups[u]]) - set(
                 int(i) for i in train.item[train_groups[u]][train.type[train_groups[u]] == PURCHASE])
             if not targets:

@@ -33,6 +33,11 @@ def user_vectors(emb: np.ndarray, ev: Events, users: list[int], groups: dict[int
     return np.array(vecs, dtype=np.float32).reshape(len(kept), emb.shape[1]), kept
 
 
+def block_rows(n_items: int) -> int:
+    """Users scored against the whole catalog at once: about 200 MB of scores per block."""
+    return max(16, min(1024, 50_000_000 // n_items))
+
+
 def top_n(scores: np.ndarray, n: int) -> np.ndarray:
     part = np.argpartition(-scores, n, axis=1)[:, :n]
     order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
@@ -52,11 +57,12 @@ def training_rows(rng, train: Events, catalog: dict, spec: dict, max_users: int)
     rng.shuffle(users)
     vecs, users = user_vectors(emb, hist, users[:max_users], hist_groups)
     u_rows, i_rows, y = [], [], []
-    for start in range(0, len(users), 1024):
-        block = vecs[start:start + 1024]
+    step = block_rows(len(emb))
+    for start in range(0, len(users), step):
+        block = vecs[start:start + step]
         # Rows shaped like serving: the retrieved candidates, labelled by later engagement.
         cands = top_n(block @ emb.T, 200)
-        for j, u in enumerate(users[start:start + 1024]):
+        for j, u in enumerate(users[start:start + step]):
             hit = np.isin(cands[j], lab.item[lab_groups[u]])
             pos, rest = cands[j][hit], cands[j][~hit]
             if pos.size == 0:

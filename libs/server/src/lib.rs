@@ -129,7 +129,8 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)
     Ok((listener, local))
 }
 
-/// Serves `routes` until `shutdown` resolves, then drains in-flight requests.
+/// Serves `routes` until `shutdown` resolves, then drains in-flight requests for at most
+/// [`SHUTDOWN_GRACE`].
 pub async fn serve(
     routes: Routes,
     listener: TcpListener,
@@ -137,6 +138,7 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let incoming = TcpListenerStream::new(listener);
+    let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
     let signal = async move {
         shutdown.await;
         health.set_serving(false).await;
@@ -144,12 +146,27 @@ pub async fn serve(
             grace_seconds = SHUTDOWN_GRACE.as_secs(),
             "shutting down: draining in-flight requests"
         );
+        let _ = draining_tx.send(());
     };
-    tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_routes(routes)
-        .serve_with_incoming_shutdown(incoming, signal)
-        .await
+        .serve_with_incoming_shutdown(incoming, signal);
+    tokio::pin!(server);
+    let grace_expired = async {
+        if draining_rx.await.is_ok() {
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        result = &mut server => result,
+        () = grace_expired => {
+            tracing::warn!("grace period over: dropping requests still in flight");
+            Ok(())
+        }
+    }
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
