@@ -12,6 +12,7 @@ pub use error::{RecommendError, StageError};
 pub use events::IncomingEvent;
 pub use pipeline::{
     DEFAULT_K, DEFAULT_NUM_CANDIDATES, MAX_EVENTS_PER_BATCH, MAX_K, MAX_NUM_CANDIDATES,
-    POPULARITY_VERSION, RecommendRequest, Recommendation, RecommendedItem, Recommender,
+    POPULARITY_VERSION, RETRIEVAL_ORDER_VERSION, RecommendRequest, Recommendation, RecommendedItem,
+    Recommender,
 };
 pub use stages::{CandidateStage, InProcessRanking, InProcessRetrieval, ScoringStage};

@@ -15,6 +15,8 @@ pub const MAX_NUM_CANDIDATES: usize = 5000;
 pub const MAX_EVENTS_PER_BATCH: usize = 10_000;
 /// `model_version` of answers that no model scored.
 pub const POPULARITY_VERSION: &str = "popularity";
+/// `model_version` of answers in retrieval order because ranking could not answer.
+pub const RETRIEVAL_ORDER_VERSION: &str = "retrieval";
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RecommendRequest {
@@ -172,7 +174,7 @@ impl Recommender {
                     );
                     (
                         retrieval_order(&candidates),
-                        String::new(),
+                        RETRIEVAL_ORDER_VERSION.to_owned(),
                         Some(format!("ranking failed: {why}")),
                     )
                 }
@@ -183,7 +185,7 @@ impl Recommender {
                     tracing::warn!(%why, "ranking failed; answering in retrieval order");
                     (
                         retrieval_order(&candidates),
-                        String::new(),
+                        RETRIEVAL_ORDER_VERSION.to_owned(),
                         Some(format!("ranking unavailable: {why}")),
                     )
                 }

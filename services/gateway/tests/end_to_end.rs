@@ -339,6 +339,7 @@ async fn ranking_down_degrades_to_retrieval_order() {
         .expect("degraded, not failed")
         .into_inner();
     assert!(resp.degraded);
+    assert_eq!(resp.model_version, "retrieval");
     assert!(
         resp.degraded_reason.contains("ranking"),
         "{}",
