@@ -103,14 +103,21 @@ pub async fn base_routes(
         services: services.to_vec(),
     };
     health.set_serving(false).await;
-    let v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(tandem_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(tandem_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    // Advertise what this server serves, not every service in the descriptor set.
+    let reflection = |reflection_name: &str| {
+        services
+            .iter()
+            .copied()
+            .chain(["grpc.health.v1.Health", reflection_name])
+            .fold(
+                tonic_reflection::server::Builder::configure()
+                    .register_encoded_file_descriptor_set(tandem_proto::FILE_DESCRIPTOR_SET)
+                    .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET),
+                |builder, name| builder.with_service_name(name),
+            )
+    };
+    let v1 = reflection("grpc.reflection.v1.ServerReflection").build_v1()?;
+    let v1alpha = reflection("grpc.reflection.v1alpha.ServerReflection").build_v1alpha()?;
     let routes = Routes::new(health_service)
         .add_service(v1)
         .add_service(v1alpha);

@@ -90,10 +90,8 @@ async fn rank_rpc_scores_equal_python_onnxruntime() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reflection_lists_every_service() {
-    let gw = start(config(&[])).await;
-    let mut client = ServerReflectionClient::new(channel(gw.addr).await);
+async fn listed_services(addr: std::net::SocketAddr) -> Vec<String> {
+    let mut client = ServerReflectionClient::new(channel(addr).await);
     let request = ServerReflectionRequest {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),
@@ -107,18 +105,41 @@ async fn reflection_lists_every_service() {
     let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
         panic!("unexpected reflection answer {response:?}");
     };
-    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    for want in [
-        "tandem.v1.RecommenderService",
-        "tandem.v1.RetrievalService",
-        "tandem.v1.RankingService",
-        "grpc.health.v1.Health",
-    ] {
-        assert!(
-            names.iter().any(|n| n == want),
-            "{want} missing from {names:?}"
-        );
-    }
+    list.service.into_iter().map(|s| s.name).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_lists_exactly_the_served_services() {
+    let embedded = start(config(&[])).await;
+    let mut names = listed_services(embedded.addr).await;
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "tandem.v1.RankingService",
+            "tandem.v1.RecommenderService",
+            "tandem.v1.RetrievalService",
+        ]
+    );
+    let stages = embedded.addr.to_string();
+    let split = start(config(&[
+        &format!("--retrieval-addr={stages}"),
+        &format!("--ranking-addr={stages}"),
+    ]))
+    .await;
+    let names = listed_services(split.addr).await;
+    assert!(
+        names.iter().any(|n| n == "tandem.v1.RecommenderService"),
+        "{names:?}"
+    );
+    assert!(
+        !names
+            .iter()
+            .any(|n| n == "tandem.v1.RetrievalService" || n == "tandem.v1.RankingService"),
+        "{names:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
