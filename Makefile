@@ -15,13 +15,15 @@ DEMO_ITEMS ?= 50000
 ORT_DYLIB_PATH = $(abspath $(firstword $(wildcard $(VENV)/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.*)))
 PIPELINE_SRC := $(wildcard models/tandem_pipeline/*.py)
 
-.PHONY: help run run-split build data test-data test lint buf-lint bench clean
+.PHONY: help run run-split build data test-data test lint buf-lint bench bench-ann bench-ann-large clean
 
 help:
 	@echo "make run        start tandem (embedded) on $(LISTEN) with the demo catalog and model"
 	@echo "make run-split  the same as three processes: retrieval :50052, ranking :50053, gateway :50051"
 	@echo "make test       run every check and test"
 	@echo "make data       (re)generate the demo data: DEMO_ITEMS=1000000 for the large catalog"
+	@echo "make bench      criterion benches of the hot paths (cargo bench)"
+	@echo "make bench-ann  retrieval vs hnswlib vs faiss on the 50k demo catalog (bench-ann-large: 1M)"
 
 $(VENV)/.installed: models/requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -66,6 +68,22 @@ lint: buf-lint
 test: $(VENV)/.installed data/test/eval.json lint
 	ORT_DYLIB_PATH=$(ORT_DYLIB_PATH) TANDEM_TEST_DATA=$(abspath data/test) \
 		TANDEM_PYTHON=$(abspath $(PY)) cargo test --workspace
+
+bench:
+	cargo bench --workspace
+
+$(VENV)/.bench-installed: $(VENV)/.installed load-tests/ann/requirements.txt
+	$(VENV)/bin/pip install --quiet -r load-tests/ann/requirements.txt
+	touch $@
+
+data/large/eval.json: $(VENV)/.installed $(PIPELINE_SRC)
+	cd models && ../$(PY) -W ignore -m tandem_pipeline --out ../data/large --large
+
+bench-ann: $(VENV)/.bench-installed data/demo/eval.json
+	$(PY) load-tests/ann/compare.py --data data/demo --out load-tests/ann/results
+
+bench-ann-large: $(VENV)/.bench-installed data/large/eval.json
+	$(PY) load-tests/ann/compare.py --data data/large --out load-tests/ann/results
 
 clean:
 	rm -rf data $(TOOLS)

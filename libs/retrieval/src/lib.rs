@@ -1,15 +1,19 @@
-//! Candidate retrieval: an HNSW index (hnsw_rs) over the catalog's embeddings, searched under
-//! attribute filters.
+//! Candidate retrieval: an HNSW graph over the catalog's embeddings, searched under attribute
+//! filters.
 //!
-//! The metric is inner product, as the embeddings carry popularity in their norm. HNSW here
-//! runs on cosine distance, so items are mapped onto the unit sphere with one extra coordinate
-//! (the MIPS-to-cosine reduction): for R = the largest item norm, x ↦ [x/R, √(1 − |x|²/R²)] and a
-//! unit query q ↦ [q, 0], whose dot product is q·x/R, ordered as q·x.
+//! hnsw_rs builds the graph; [`graph`] holds the read-only copy queries run on, [`kernels`]
+//! the SIMD distances, [`space`] the metric (inner product by default) and [`filter`] what a
+//! request may return.
 
 mod error;
 mod filter;
+mod graph;
 mod index;
+pub mod kernels;
+mod space;
 
 pub use error::RetrievalError;
 pub use filter::{FilterSpec, ItemFilter};
-pub use index::{Candidate, Index, IndexParams, SearchParams};
+pub use graph::SearchStats;
+pub use index::{Candidate, Index, IndexParams, MAX_K, SearchParams};
+pub use space::{Metric, Space};

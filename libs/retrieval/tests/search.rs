@@ -43,9 +43,9 @@ fn unfiltered_search_matches_brute_force() {
             .expect("search");
         assert_eq!(got.len(), 10);
         assert!(got.windows(2).all(|w| w[0].score >= w[1].score), "sorted");
-        let unit = index.unit_query(&q).expect("query");
         let exact: HashSet<u32> = index
-            .exact(&unit, &ItemFilter::default(), 10)
+            .exact(&q, &ItemFilter::default(), 10)
+            .expect("exact")
             .iter()
             .map(|c| c.idx)
             .collect();

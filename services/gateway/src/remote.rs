@@ -98,6 +98,7 @@ impl CandidateStage for RemoteRetrieval {
                 self.catalog.idx_of(&c.item_id).map(|idx| Candidate {
                     idx,
                     score: c.score,
+                    distance: c.distance,
                 })
             })
             .collect())

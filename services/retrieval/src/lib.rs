@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use tandem_catalog::Catalog;
 use tandem_proto::v1 as pb;
-use tandem_retrieval::{FilterSpec, Index, IndexParams, ItemFilter, RetrievalError, SearchParams};
+use tandem_retrieval::{
+    FilterSpec, Index, IndexParams, ItemFilter, Metric, RetrievalError, SearchParams,
+};
 use tandem_server::Ready;
 use tonic::{Request, Response, Status};
 
@@ -22,6 +24,13 @@ pub struct IndexArgs {
     /// HNSW candidate list size while searching (raised to k when lower).
     #[arg(long, env = "TANDEM_EF_SEARCH", default_value_t = 64)]
     pub ef_search: usize,
+    /// Upper bound on a request's own `ef_search`.
+    #[arg(long, env = "TANDEM_MAX_EF_SEARCH", default_value_t = 4096)]
+    pub max_ef_search: usize,
+    /// Similarity: `ip` (inner product, what the pipeline's embeddings are trained for),
+    /// `cosine` or `l2`.
+    #[arg(long, env = "TANDEM_METRIC", default_value = "ip")]
+    pub metric: Metric,
 }
 
 impl IndexArgs {
@@ -32,10 +41,18 @@ impl IndexArgs {
         if self.ef_construction == 0 || self.ef_search == 0 {
             return Err("--ef-construction and --ef-search must be positive".into());
         }
+        if self.max_ef_search < self.ef_search {
+            return Err(format!(
+                "--max-ef-search {} is below --ef-search {}",
+                self.max_ef_search, self.ef_search
+            ));
+        }
         Ok(IndexParams {
             max_connections: self.hnsw_m,
             ef_construction: self.ef_construction,
             ef_search: self.ef_search,
+            max_ef_search: self.max_ef_search,
+            metric: self.metric,
             ..IndexParams::default()
         })
     }
@@ -115,7 +132,7 @@ impl pb::retrieval_service_server::RetrievalService for RetrievalApi {
             .map(|c| pb::Candidate {
                 internal_id: c.idx,
                 item_id: catalog.item_id(c.idx).to_owned(),
-                distance: index.distance(c.score),
+                distance: c.distance,
                 score: c.score,
             })
             .collect();

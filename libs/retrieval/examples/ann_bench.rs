@@ -1,0 +1,160 @@
+//! Measures the retrieval index on a pipeline catalog: build time, bytes per item, and per
+//! `ef_search` recall@k against given ground truth, queries/s on one thread and on all cores,
+//! and distance evaluations per query. Prints one JSON object; `load-tests/ann/compare.py`
+//! runs it beside hnswlib and faiss on the same vectors and prints the table.
+//!
+//! Queries and ground truth are raw little-endian files: `queries.f32` (rows of `dim` f32)
+//! and `truth.u32` (rows of `k` row numbers of items.parquet, best first).
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tandem_catalog::Catalog;
+use tandem_retrieval::{Index, IndexParams, ItemFilter, Metric, SearchParams, SearchStats};
+
+struct Args {
+    items: PathBuf,
+    queries: PathBuf,
+    truth: PathBuf,
+    k: usize,
+    m: usize,
+    ef_construction: usize,
+    ef: Vec<usize>,
+    threads: usize,
+    metric: Metric,
+}
+
+fn parse() -> Result<Args, String> {
+    let mut args = Args {
+        items: PathBuf::new(),
+        queries: PathBuf::new(),
+        truth: PathBuf::new(),
+        k: 10,
+        m: 16,
+        ef_construction: 200,
+        ef: vec![16, 32, 64, 128, 256],
+        threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        metric: Metric::InnerProduct,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().ok_or(format!("{flag} needs a value"))?;
+        let num = |v: &str| v.parse::<usize>().map_err(|e| format!("{flag}: {e}"));
+        match flag.as_str() {
+            "--items" => args.items = value.into(),
+            "--queries" => args.queries = value.into(),
+            "--truth" => args.truth = value.into(),
+            "--k" => args.k = num(&value)?,
+            "--m" => args.m = num(&value)?,
+            "--ef-construction" => args.ef_construction = num(&value)?,
+            "--threads" => args.threads = num(&value)?,
+            "--metric" => args.metric = value.parse()?,
+            "--ef" => args.ef = value.split(',').map(num).collect::<Result<Vec<_>, _>>()?,
+            other => return Err(format!("unknown flag {other}")),
+        }
+    }
+    Ok(args)
+}
+
+fn read_raw<T: Copy>(path: &PathBuf, from: fn([u8; 4]) -> T) -> Result<Vec<T>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(bytes
+        .chunks_exact(4)
+        .map(|c| from([c[0], c[1], c[2], c[3]]))
+        .collect())
+}
+
+fn main() -> Result<(), String> {
+    let args = parse()?;
+    let catalog = Arc::new(Catalog::open(&args.items).map_err(|e| e.to_string())?);
+    let dim = catalog.dim();
+    let queries = read_raw(&args.queries, f32::from_le_bytes)?;
+    let truth = read_raw(&args.truth, u32::from_le_bytes)?;
+    let nq = queries.len() / dim;
+    if truth.len() != nq * args.k {
+        return Err(format!(
+            "truth holds {} ids, expected {nq} queries x k {}",
+            truth.len(),
+            args.k
+        ));
+    }
+    let params = IndexParams {
+        max_connections: args.m,
+        ef_construction: args.ef_construction,
+        metric: args.metric,
+        ..IndexParams::default()
+    };
+    let started = Instant::now();
+    let index = Index::build(catalog.clone(), params).map_err(|e| e.to_string())?;
+    let build_s = started.elapsed().as_secs_f64();
+    let none = ItemFilter::default();
+
+    let mut runs = Vec::new();
+    for &ef in &args.ef {
+        let search = |q: &[f32], stats: &mut SearchStats| {
+            let p = SearchParams {
+                k: args.k,
+                ef_search: Some(ef),
+            };
+            index
+                .search_with_stats(q, &none, p)
+                .map(|(found, s)| {
+                    *stats += s;
+                    found
+                })
+                .map_err(|e| e.to_string())
+        };
+        // Recall and work, one pass.
+        let mut hits = 0usize;
+        let mut stats = SearchStats::default();
+        for (qi, q) in queries.chunks_exact(dim).enumerate() {
+            let want: HashSet<u32> = truth[qi * args.k..(qi + 1) * args.k]
+                .iter()
+                .copied()
+                .collect();
+            hits += search(q, &mut stats)?
+                .iter()
+                .filter(|c| want.contains(&c.idx))
+                .count();
+        }
+        // One thread, timed over several passes for a stable figure.
+        let passes = (20_000 / nq).max(1);
+        let t = Instant::now();
+        for _ in 0..passes {
+            for q in queries.chunks_exact(dim) {
+                search(q, &mut SearchStats::default())?;
+            }
+        }
+        let qps1 = (passes * nq) as f64 / t.elapsed().as_secs_f64();
+        // All threads, each over the whole query set.
+        let t = Instant::now();
+        std::thread::scope(|s| {
+            for _ in 0..args.threads {
+                s.spawn(|| {
+                    for _ in 0..passes {
+                        for q in queries.chunks_exact(dim) {
+                            let _ = search(q, &mut SearchStats::default());
+                        }
+                    }
+                });
+            }
+        });
+        let qps_all = (args.threads * passes * nq) as f64 / t.elapsed().as_secs_f64();
+        runs.push(format!(
+            "{{\"ef\":{ef},\"recall\":{:.4},\"qps_1\":{qps1:.0},\"qps_all\":{qps_all:.0},\"dist_evals\":{:.1}}}",
+            hits as f64 / (nq * args.k) as f64,
+            stats.distance_evals as f64 / nq as f64
+        ));
+    }
+    println!(
+        "{{\"engine\":\"tandem\",\"items\":{},\"dim\":{dim},\"kernels\":\"{}\",\"threads\":{},\"build_s\":{build_s:.2},\"bytes_per_item\":{:.0},\"runs\":[{}]}}",
+        catalog.len(),
+        index.space().kernels().name,
+        args.threads,
+        index.index_bytes() as f64 / catalog.len() as f64,
+        runs.join(",")
+    );
+    Ok(())
+}

@@ -1,0 +1,394 @@
+//! A read-only copy of an HNSW graph laid out for search: vectors in one contiguous array,
+//! neighbour lists in flat per-layer `u32` arrays, a per-thread visited list with epochs and
+//! reusable heaps, so a query allocates nothing but its answer.
+//!
+//! hnsw_rs builds the graph (its construction is good); its search path allocates per step and
+//! locks per neighbour list, so queries run here instead.
+
+use std::cell::RefCell;
+use std::cmp::{Ordering, Reverse};
+use std::collections::BinaryHeap;
+
+use hnsw_rs::prelude::{Distance, Hnsw};
+
+use crate::space::Space;
+
+/// Work one search did, to tell graph quality apart from kernel speed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SearchStats {
+    pub distance_evals: u64,
+    pub visited: u64,
+}
+
+impl std::ops::AddAssign for SearchStats {
+    fn add_assign(&mut self, other: Self) {
+        self.distance_evals += other.distance_evals;
+        self.visited += other.visited;
+    }
+}
+
+/// A graph node's distance to the query.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Scored {
+    pub distance: f32,
+    /// Local node id inside a graph, or a row, depending on where it is used.
+    pub id: u32,
+}
+
+impl PartialEq for Scored {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+impl Eq for Scored {}
+impl PartialOrd for Scored {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Scored {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.distance
+            .total_cmp(&other.distance)
+            .then(self.id.cmp(&other.id))
+    }
+}
+
+/// Per-thread search state, reused across queries and graphs.
+#[derive(Default)]
+struct Scratch {
+    visited: Vec<u16>,
+    epoch: u16,
+    candidates: BinaryHeap<Reverse<Scored>>,
+    results: BinaryHeap<Scored>,
+}
+
+impl Scratch {
+    /// Starts a new visit over `n` nodes: bumping the epoch clears the list in O(1).
+    fn begin(&mut self, n: usize) {
+        if self.visited.len() < n {
+            self.visited.resize(n, 0);
+        }
+        self.epoch = self.epoch.wrapping_add(1);
+        if self.epoch == 0 {
+            self.visited.fill(0);
+            self.epoch = 1;
+        }
+        self.candidates.clear();
+        self.results.clear();
+    }
+
+    /// Marks a node; false if it was already visited in this search.
+    #[inline]
+    fn visit(&mut self, node: u32) -> bool {
+        let slot = &mut self.visited[node as usize];
+        if *slot == self.epoch {
+            false
+        } else {
+            *slot = self.epoch;
+            true
+        }
+    }
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+/// A frozen HNSW graph over a fixed set of rows.
+pub(crate) struct Graph {
+    stored_len: usize,
+    /// `len * stored_len` values in local-id order.
+    vectors: Vec<f32>,
+    /// Local id → row in the item store.
+    rows: Vec<u32>,
+    /// Level-0 links: per node a count then `max_links0` slots (hnswlib's layout).
+    links0: Vec<u32>,
+    max_links0: usize,
+    /// Links of layers ≥ 1: node `i` with level `L` owns `L` blocks of a count and
+    /// `max_links` slots, starting at `upper_start[i]`.
+    upper: Vec<u32>,
+    upper_start: Vec<u32>,
+    max_links: usize,
+    levels: Vec<u8>,
+    entry: u32,
+    max_level: u8,
+}
+
+impl std::fmt::Debug for Graph {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Graph")
+            .field("nodes", &self.len())
+            .field("max_level", &self.max_level)
+            .finish()
+    }
+}
+
+impl Graph {
+    /// Copies an hnsw_rs graph whose data ids are rows. `vector_of(row)` gives a row's stored
+    /// vector; nodes are renumbered densely in the order of `rows` (which must list every
+    /// row the hnsw holds, once).
+    pub(crate) fn from_hnsw<D: Distance<f32> + Send + Sync>(
+        hnsw: &Hnsw<'_, f32, D>,
+        stored_len: usize,
+        rows: Vec<u32>,
+        vector_of: impl Fn(u32) -> Vec<f32>,
+    ) -> Self {
+        let n = rows.len();
+        let max_links = usize::from(hnsw.get_max_nb_connection());
+        let max_links0 = 2 * max_links;
+        let local_of: std::collections::HashMap<u32, u32> = rows
+            .iter()
+            .enumerate()
+            .map(|(l, r)| (*r, l as u32))
+            .collect();
+        let mut vectors = vec![0.0f32; n * stored_len];
+        for (local, row) in rows.iter().enumerate() {
+            let v = vector_of(*row);
+            vectors[local * stored_len..(local + 1) * stored_len].copy_from_slice(&v[..stored_len]);
+        }
+        let mut links0 = vec![0u32; n * (max_links0 + 1)];
+        let mut levels = vec![0u8; n];
+        let mut neighbourhoods: Vec<Vec<Vec<u32>>> = vec![Vec::new(); n];
+        for point in hnsw.get_point_indexation() {
+            let Some(&local) = local_of.get(&(point.get_origin_id() as u32)) else {
+                continue;
+            };
+            let level = point.get_point_id().0;
+            levels[local as usize] = level;
+            let layers: Vec<Vec<u32>> = point
+                .get_neighborhood_id()
+                .into_iter()
+                .take(usize::from(level) + 1)
+                .map(|layer| {
+                    layer
+                        .into_iter()
+                        .filter_map(|nb| local_of.get(&(nb.d_id as u32)).copied())
+                        .collect()
+                })
+                .collect();
+            neighbourhoods[local as usize] = layers;
+        }
+        let mut upper = Vec::new();
+        let mut upper_start = vec![0u32; n];
+        for (local, layers) in neighbourhoods.iter().enumerate() {
+            if let Some(level0) = layers.first() {
+                write_list(
+                    &mut links0[local * (max_links0 + 1)..][..max_links0 + 1],
+                    level0,
+                );
+            }
+            upper_start[local] = upper.len() as u32;
+            for level in 1..=usize::from(levels[local]) {
+                let start = upper.len();
+                upper.resize(start + max_links + 1, 0);
+                if let Some(layer) = layers.get(level) {
+                    write_list(&mut upper[start..], layer);
+                }
+            }
+        }
+        let max_level = levels.iter().copied().max().unwrap_or(0);
+        let entry = levels.iter().position(|l| *l == max_level).unwrap_or(0) as u32;
+        Self {
+            stored_len,
+            vectors,
+            rows,
+            links0,
+            max_links0,
+            upper,
+            upper_start,
+            max_links,
+            levels,
+            entry,
+            max_level,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    #[allow(dead_code)]
+    pub(crate) fn rows(&self) -> &[u32] {
+        &self.rows
+    }
+
+    #[inline]
+    pub(crate) fn vector(&self, local: u32) -> &[f32] {
+        let start = local as usize * self.stored_len;
+        &self.vectors[start..start + self.stored_len]
+    }
+
+    /// Heap bytes held, for memory-per-item reports.
+    pub(crate) fn heap_bytes(&self) -> usize {
+        4 * (self.vectors.len()
+            + self.rows.len()
+            + self.links0.len()
+            + self.upper.len()
+            + self.upper_start.len())
+            + self.levels.len()
+    }
+
+    #[inline]
+    fn neighbours(&self, local: u32, level: u8) -> &[u32] {
+        let (links, start) = if level == 0 {
+            (&self.links0, local as usize * (self.max_links0 + 1))
+        } else {
+            let start = self.upper_start[local as usize] as usize
+                + (usize::from(level) - 1) * (self.max_links + 1);
+            (&self.upper, start)
+        };
+        let count = links[start] as usize;
+        &links[start + 1..start + 1 + count]
+    }
+
+    /// The `ef`-beam search: greedy descent through the upper layers, then a beam of width
+    /// `ef` on layer 0 in which only rows passing `admit` enter the results (rejected nodes
+    /// are still walked through, so the filter does not cut the graph). Returns up to `k`
+    /// (distance, row) pairs, nearest first.
+    pub(crate) fn search(
+        &self,
+        space: &Space,
+        query: &[f32],
+        k: usize,
+        ef: usize,
+        admit: impl Fn(u32) -> bool,
+        stats: &mut SearchStats,
+    ) -> Vec<Scored> {
+        if self.rows.is_empty() {
+            return Vec::new();
+        }
+        let ef = ef.max(k);
+        let dist = |local: u32| space.distance(query, self.vector(local));
+        let mut current = self.entry;
+        let mut current_d = dist(current);
+        let mut evals = 1u64;
+        for level in (1..=self.max_level).rev() {
+            let mut changed = true;
+            while changed {
+                changed = false;
+                for &nb in self.neighbours(current, level) {
+                    let d = dist(nb);
+                    evals += 1;
+                    if d < current_d {
+                        current_d = d;
+                        current = nb;
+                        changed = true;
+                    }
+                }
+            }
+        }
+
+        SCRATCH.with_borrow_mut(|s| {
+            s.begin(self.rows.len());
+            s.visit(current);
+            let mut visited = 1u64;
+            let entry = Scored {
+                distance: current_d,
+                id: current,
+            };
+            s.candidates.push(Reverse(entry));
+            if admit(self.rows[current as usize]) {
+                s.results.push(entry);
+            }
+            let mut bound = s.results.peek().map_or(f32::INFINITY, |r| r.distance);
+            while let Some(Reverse(next)) = s.candidates.pop() {
+                if next.distance > bound && s.results.len() >= ef {
+                    break;
+                }
+                for &nb in self.neighbours(next.id, 0) {
+                    if !s.visit(nb) {
+                        continue;
+                    }
+                    visited += 1;
+                    let d = dist(nb);
+                    evals += 1;
+                    if s.results.len() < ef || d < bound {
+                        let item = Scored {
+                            distance: d,
+                            id: nb,
+                        };
+                        s.candidates.push(Reverse(item));
+                        if admit(self.rows[nb as usize]) {
+                            s.results.push(item);
+                            if s.results.len() > ef {
+                                s.results.pop();
+                            }
+                        }
+                        if let Some(worst) = s.results.peek() {
+                            bound = worst.distance;
+                        }
+                    }
+                }
+            }
+            stats.distance_evals += evals;
+            stats.visited += visited;
+            let mut out: Vec<Scored> = s
+                .results
+                .drain()
+                .map(|r| Scored {
+                    distance: r.distance,
+                    id: self.rows[r.id as usize],
+                })
+                .collect();
+            out.sort_unstable();
+            out.truncate(k);
+            out
+        })
+    }
+
+    /// Every admitted node scored: the exact answer, for selective filters and ground truth.
+    pub(crate) fn scan(
+        &self,
+        space: &Space,
+        query: &[f32],
+        admit: impl Fn(u32) -> bool,
+        top: &mut TopK,
+    ) {
+        for (local, row) in self.rows.iter().enumerate() {
+            if admit(*row) {
+                top.offer(Scored {
+                    distance: space.distance(query, self.vector(local as u32)),
+                    id: *row,
+                });
+            }
+        }
+    }
+}
+
+/// Writes a count and the neighbours into a list slot, keeping what fits.
+fn write_list(slot: &mut [u32], neighbours: &[u32]) {
+    let n = neighbours.len().min(slot.len() - 1);
+    slot[0] = n as u32;
+    slot[1..=n].copy_from_slice(&neighbours[..n]);
+}
+
+/// The k nearest seen so far.
+#[derive(Debug)]
+pub(crate) struct TopK {
+    k: usize,
+    heap: BinaryHeap<Scored>,
+}
+
+impl TopK {
+    pub(crate) fn new(k: usize) -> Self {
+        Self {
+            k,
+            heap: BinaryHeap::with_capacity(k + 1),
+        }
+    }
+
+    pub(crate) fn offer(&mut self, item: Scored) {
+        if self.heap.len() < self.k {
+            self.heap.push(item);
+        } else if self.heap.peek().is_some_and(|worst| item < *worst) {
+            self.heap.pop();
+            self.heap.push(item);
+        }
+    }
+
+    /// Nearest first.
+    pub(crate) fn into_sorted(self) -> Vec<Scored> {
+        self.heap.into_sorted_vec()
+    }
+}
