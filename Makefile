@@ -46,11 +46,11 @@ build:
 
 run: $(VENV)/.installed data/demo/eval.json build
 	ORT_DYLIB_PATH=$(ORT_DYLIB_PATH) ./target/release/tandem-gateway --listen $(LISTEN) \
-		--items data/demo/items.parquet --model-dir data/demo/models/ranker
+		--items data/demo/items.parquet --model-dir data/demo/models/ranker --state-dir data/demo/state
 
 run-split: $(VENV)/.installed data/demo/eval.json build
 	export ORT_DYLIB_PATH=$(ORT_DYLIB_PATH) TANDEM_ITEMS=data/demo/items.parquet; \
-	./target/release/tandem-retrieval --listen 127.0.0.1:50052 & r=$$!; \
+	./target/release/tandem-retrieval --listen 127.0.0.1:50052 --state-dir data/demo/state & r=$$!; \
 	./target/release/tandem-ranking --listen 127.0.0.1:50053 --model-dir data/demo/models/ranker & k=$$!; \
 	trap "kill $$r $$k" EXIT; \
 	./target/release/tandem-gateway --listen $(LISTEN) --retrieval-addr 127.0.0.1:50052 --ranking-addr 127.0.0.1:50053
@@ -65,8 +65,9 @@ lint: buf-lint
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 
-test: $(VENV)/.installed data/test/eval.json lint
+test: $(VENV)/.installed data/test/eval.json data/demo/eval.json lint
 	ORT_DYLIB_PATH=$(ORT_DYLIB_PATH) TANDEM_TEST_DATA=$(abspath data/test) \
+		TANDEM_DEMO_DATA=$(abspath data/demo) \
 		TANDEM_PYTHON=$(abspath $(PY)) cargo test --workspace
 
 bench:

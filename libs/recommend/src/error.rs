@@ -33,9 +33,7 @@ impl From<tandem_retrieval::RetrievalError> for StageError {
                     reason,
                 }
             }
-            other @ tandem_retrieval::RetrievalError::EmptyCatalog => {
-                Self::Unavailable(other.to_string())
-            }
+            other => Self::Unavailable(other.to_string()),
         }
     }
 }

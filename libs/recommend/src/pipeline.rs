@@ -130,9 +130,7 @@ impl Recommender {
             tandem_retrieval::RetrievalError::InvalidArgument { field, reason } => {
                 RecommendError::invalid(field, reason)
             }
-            other @ tandem_retrieval::RetrievalError::EmptyCatalog => {
-                RecommendError::invalid("filter", other.to_string())
-            }
+            other => RecommendError::invalid("filter", other.to_string()),
         })?;
         filter.exclude(excluded.iter().copied());
 

@@ -3,7 +3,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tandem_catalog::ItemIdx;
 use tandem_ranking::{RankRequest, Ranker, Scores};
-use tandem_retrieval::{Candidate, FilterSpec, Index, ItemFilter, SearchParams};
+use tandem_retrieval::{Candidate, FilterSpec, Index, SearchParams};
 
 use crate::StageError;
 
@@ -42,14 +42,29 @@ impl CandidateStage for InProcessRetrieval {
         filter: &FilterSpec,
     ) -> Result<Vec<Candidate>, StageError> {
         let index = self.0.clone();
-        let filter = ItemFilter::resolve(index.catalog(), filter)?;
+        let filter = index.resolve_filter(filter)?;
         let query = query.to_vec();
-        tokio::task::spawn_blocking(move || {
-            index.search(&query, &filter, SearchParams { k, ef_search: None })
+        let found = tokio::task::spawn_blocking({
+            let index = index.clone();
+            move || index.search(&query, &filter, SearchParams { k, ef_search: None })
         })
         .await
         .map_err(|e| StageError::Unavailable(format!("retrieval task failed: {e}")))?
-        .map_err(StageError::from)
+        .map_err(StageError::from)?;
+        // Index rows past the catalog are upserts: map them to the catalog by item id (ranking
+        // reads features from the catalog), and leave out items it does not know yet.
+        let catalog = index.catalog();
+        Ok(found
+            .into_iter()
+            .filter_map(|c| {
+                let idx = if (c.idx as usize) < catalog.len() {
+                    Some(c.idx)
+                } else {
+                    index.item_id(c.idx).and_then(|id| catalog.idx_of(&id))
+                };
+                idx.map(|idx| Candidate { idx, ..c })
+            })
+            .collect())
     }
 }
 

@@ -17,7 +17,61 @@ pub struct FilterSpec {
     pub exclude_item_ids: Vec<String>,
 }
 
-/// A filter resolved against one catalog.
+/// What a filter reads about items: the catalog, or the index's live rows (catalog plus
+/// upserts).
+pub trait Attributes {
+    fn category_code_of(&self, name: &str) -> Option<u32>;
+    /// Number of category codes in use (codes are below it).
+    fn category_codes(&self) -> usize;
+    fn row_of(&self, item_id: &str) -> Option<ItemIdx>;
+    fn category_code(&self, row: ItemIdx) -> u32;
+    fn price(&self, row: ItemIdx) -> f32;
+    fn in_stock(&self, row: ItemIdx) -> bool;
+}
+
+impl Attributes for Catalog {
+    fn category_code_of(&self, name: &str) -> Option<u32> {
+        Catalog::category_code_of(self, name)
+    }
+    fn category_codes(&self) -> usize {
+        self.categories().len()
+    }
+    fn row_of(&self, item_id: &str) -> Option<ItemIdx> {
+        self.idx_of(item_id)
+    }
+    fn category_code(&self, row: ItemIdx) -> u32 {
+        Catalog::category_code(self, row)
+    }
+    fn price(&self, row: ItemIdx) -> f32 {
+        Catalog::price(self, row)
+    }
+    fn in_stock(&self, row: ItemIdx) -> bool {
+        Catalog::in_stock(self, row)
+    }
+}
+
+impl<T: Attributes + ?Sized> Attributes for std::sync::Arc<T> {
+    fn category_code_of(&self, name: &str) -> Option<u32> {
+        (**self).category_code_of(name)
+    }
+    fn category_codes(&self) -> usize {
+        (**self).category_codes()
+    }
+    fn row_of(&self, item_id: &str) -> Option<ItemIdx> {
+        (**self).row_of(item_id)
+    }
+    fn category_code(&self, row: ItemIdx) -> u32 {
+        (**self).category_code(row)
+    }
+    fn price(&self, row: ItemIdx) -> f32 {
+        (**self).price(row)
+    }
+    fn in_stock(&self, row: ItemIdx) -> bool {
+        (**self).in_stock(row)
+    }
+}
+
+/// A filter resolved against one catalog or index state.
 #[derive(Debug, Clone, Default)]
 pub struct ItemFilter {
     /// Indexed by category code; `None` admits every category.
@@ -31,11 +85,11 @@ pub struct ItemFilter {
 impl ItemFilter {
     /// Validates the spec: unknown categories and bad price bounds are errors naming the field;
     /// excluded ids the catalog does not know are ignored (nothing to exclude).
-    pub fn resolve(catalog: &Catalog, spec: &FilterSpec) -> Result<Self, RetrievalError> {
+    pub fn resolve(catalog: &impl Attributes, spec: &FilterSpec) -> Result<Self, RetrievalError> {
         let categories = if spec.categories.is_empty() {
             None
         } else {
-            let mut allowed = vec![false; catalog.categories().len()];
+            let mut allowed = vec![false; catalog.category_codes()];
             for name in &spec.categories {
                 let code = catalog.category_code_of(name).ok_or_else(|| {
                     RetrievalError::invalid(
@@ -71,7 +125,7 @@ impl ItemFilter {
         let excluded = spec
             .exclude_item_ids
             .iter()
-            .filter_map(|id| catalog.idx_of(id))
+            .filter_map(|id| catalog.row_of(id))
             .collect();
         Ok(Self {
             categories,
@@ -99,9 +153,12 @@ impl ItemFilter {
         !self.has_attribute_constraints() && self.excluded.is_empty()
     }
 
-    pub fn admits(&self, catalog: &Catalog, idx: ItemIdx) -> bool {
+    pub fn admits(&self, catalog: &impl Attributes, idx: ItemIdx) -> bool {
         if let Some(allowed) = &self.categories
-            && !allowed[catalog.category_code(idx) as usize]
+            && !allowed
+                .get(catalog.category_code(idx) as usize)
+                .copied()
+                .unwrap_or(false)
         {
             return false;
         }

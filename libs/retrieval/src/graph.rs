@@ -169,6 +169,21 @@ impl Graph {
                 .collect();
             neighbourhoods[local as usize] = layers;
         }
+        // A link at layer l must point to a node that lives on layer l.
+        let mut dropped = 0usize;
+        for layers in neighbourhoods.iter_mut() {
+            for (layer, list) in layers.iter_mut().enumerate().skip(1) {
+                let before = list.len();
+                list.retain(|nb| usize::from(levels[*nb as usize]) >= layer);
+                dropped += before - list.len();
+            }
+        }
+        if dropped > 0 {
+            tracing::debug!(
+                dropped,
+                "dropped upper-layer links to nodes below that layer"
+            );
+        }
         let mut upper = Vec::new();
         let mut upper_start = vec![0u32; n];
         for (local, layers) in neighbourhoods.iter().enumerate() {

@@ -1,16 +1,21 @@
-//! The HNSW index and the search path.
+//! The index: a frozen graph over most rows, a small mutable hnsw_rs segment for rows upserted
+//! since the last rebuild (searched alongside, as Lucene and Qdrant do with segments),
+//! tombstones, the write-ahead log, and background rebuilds swapped in atomically.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use hnsw_rs::prelude::Hnsw;
 use tandem_catalog::{Catalog, ItemIdx};
 
 use crate::RetrievalError;
-use crate::filter::{CatalogStats, ItemFilter};
+use crate::filter::{Attributes, CatalogStats, FilterSpec, ItemFilter};
 use crate::graph::{Graph, Scored, SearchStats, TopK};
 use crate::kernels::Kernels;
+use crate::rows::{ItemUpdate, Rows};
 use crate::space::{GraphDistance, Metric, Space};
+use crate::wal::{Mutation, Wal};
 
 /// Most candidates one search may return.
 pub const MAX_K: usize = 5000;
@@ -30,6 +35,10 @@ pub struct IndexParams {
     /// the graph, which would visit mostly rejected nodes.
     pub exact_scan_below: f64,
     pub metric: Metric,
+    /// Rows in the mutable segment at which it is merged into a rebuilt frozen graph.
+    pub fresh_capacity: usize,
+    /// Fraction of indexed rows that are tombstones at which the graph is rebuilt.
+    pub rebuild_tombstone_ratio: f64,
 }
 
 impl Default for IndexParams {
@@ -41,6 +50,8 @@ impl Default for IndexParams {
             max_ef_search: 4096,
             exact_scan_below: 0.02,
             metric: Metric::InnerProduct,
+            fresh_capacity: 20_000,
+            rebuild_tombstone_ratio: 0.2,
         }
     }
 }
@@ -52,8 +63,8 @@ pub struct SearchParams {
     pub ef_search: Option<usize>,
 }
 
-/// A retrieved item: its score under the metric (larger is better) and its distance in the
-/// index's space (smaller is nearer).
+/// A retrieved item: its row in the index (see [`Index::item_id`]), its score under the
+/// metric (larger is better) and its distance in the index's space (smaller is nearer).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Candidate {
     pub idx: ItemIdx,
@@ -61,20 +72,80 @@ pub struct Candidate {
     pub distance: f32,
 }
 
+/// What a write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteOutcome {
+    /// Items changed (upserted, or deleted and previously present).
+    pub applied: usize,
+    /// Deletes of items the index did not hold.
+    pub not_found: usize,
+    /// The write-ahead log sequence number of the batch.
+    pub sequence: u64,
+}
+
+/// Rows upserted since the last rebuild: hnsw_rs takes concurrent inserts through `&self`.
+struct Fresh {
+    hnsw: Hnsw<'static, f32, GraphDistance>,
+    rows: Mutex<Vec<ItemIdx>>,
+}
+
+impl Fresh {
+    fn new(space: Space, params: &IndexParams) -> Self {
+        Self {
+            hnsw: Hnsw::new(
+                params.max_connections,
+                params.fresh_capacity,
+                16,
+                params.ef_construction,
+                GraphDistance(space),
+            ),
+            rows: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn rows(&self) -> Vec<ItemIdx> {
+        self.rows.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    fn len(&self) -> usize {
+        self.rows.lock().map(|r| r.len()).unwrap_or(0)
+    }
+}
+
+struct State {
+    rows: Rows,
+    graph: Arc<Graph>,
+    fresh: Arc<Fresh>,
+    /// A mutable segment being merged by a background rebuild; searched until it lands.
+    sealed: Option<Arc<Fresh>>,
+    /// Tombstoned rows still present in `graph` or the segments.
+    dead_indexed: usize,
+}
+
 pub struct Index {
     catalog: Arc<Catalog>,
     space: Space,
-    graph: Graph,
     params: IndexParams,
     stats: CatalogStats,
+    state: RwLock<State>,
+    /// Serializes writers and owns the log, so memory applies batches in log order.
+    writer: Mutex<Option<Wal>>,
+    rebuilding: AtomicBool,
 }
 
 impl std::fmt::Debug for Index {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Index")
-            .field("items", &self.catalog.len())
+            .field("space", &self.space)
             .field("params", &self.params)
             .finish()
+    }
+}
+
+fn poisoned() -> RetrievalError {
+    RetrievalError::Corrupt {
+        path: "index".into(),
+        reason: "a writer panicked; the in-memory index is unusable".into(),
     }
 }
 
@@ -85,51 +156,59 @@ impl Index {
         if catalog.is_empty() {
             return Err(RetrievalError::EmptyCatalog);
         }
+        let space = Space::new(params.metric, catalog.dim(), Kernels::detect());
+        let rows = Rows::new(catalog.clone(), space);
         let started = Instant::now();
-        let dim = catalog.dim();
-        let space = Space::new(params.metric, dim, Kernels::detect());
-        let stored_len = space.stored_len();
-        let mut stored = vec![0.0f32; catalog.len() * stored_len];
-        for (i, out) in stored.chunks_exact_mut(stored_len).enumerate() {
-            space.item_into(catalog.embedding(i as ItemIdx), out);
-        }
-        let hnsw = Hnsw::new(
-            params.max_connections,
-            catalog.len(),
-            16,
-            params.ef_construction,
-            GraphDistance(space),
-        );
-        let points: Vec<(&[f32], usize)> = stored.chunks_exact(stored_len).zip(0..).collect();
-        hnsw.parallel_insert_slice(&points);
-        let built = started.elapsed();
-        let rows: Vec<u32> = (0..catalog.len() as u32).collect();
-        let graph = Graph::from_hnsw(&hnsw, stored_len, rows, |row| {
-            let start = row as usize * stored_len;
-            stored[start..start + stored_len].to_vec()
+        let graph = build_graph(&space, &params, rows.live_rows(), |r| {
+            rows.stored_vector(r).into_owned()
         });
-        drop(hnsw);
         tracing::info!(
             items = catalog.len(),
-            dim,
+            dim = catalog.dim(),
             metric = %params.metric,
             kernels = space.kernels().name,
             m = params.max_connections,
             ef_construction = params.ef_construction,
-            build_seconds = built.as_secs_f32(),
-            freeze_seconds = (started.elapsed() - built).as_secs_f32(),
+            seconds = started.elapsed().as_secs_f32(),
             "built HNSW index"
         );
         let stats = CatalogStats::new(&catalog);
         Ok(Self {
             catalog,
             space,
-            graph,
             params,
             stats,
+            state: RwLock::new(State {
+                rows,
+                graph: Arc::new(graph),
+                fresh: Arc::new(Fresh::new(space, &params)),
+                sealed: None,
+                dead_indexed: 0,
+            }),
+            writer: Mutex::new(None),
+            rebuilding: AtomicBool::new(false),
         })
     }
 
+    /// Replays a write-ahead log into the index and makes later writes durable in it.
+    pub fn attach_wal(&self, path: &std::path::Path) -> Result<usize, RetrievalError> {
+        let (wal, batches) = Wal::open(path)?;
+        let replayed = batches.len();
+        let mut writer = self.writer.lock().map_err(|_| poisoned())?;
+        for (_, mutation) in &batches {
+            match mutation {
+                Mutation::Upsert(items) => self.apply_upserts(items)?,
+                Mutation::Delete(ids) => {
+                    self.apply_deletes(ids)?;
+                }
+            }
+        }
+        tracing::info!(path = %path.display(), batches = replayed, next_seq = wal.next_seq(), "replayed write-ahead log");
+        *writer = Some(wal);
+        Ok(replayed)
+    }
+
+    /// The catalog the index was built from (upserts are not in it).
     pub fn catalog(&self) -> &Arc<Catalog> {
         &self.catalog
     }
@@ -142,9 +221,29 @@ impl Index {
         &self.space
     }
 
+    fn read(&self) -> Result<std::sync::RwLockReadGuard<'_, State>, RetrievalError> {
+        self.state.read().map_err(|_| poisoned())
+    }
+
+    /// The external id of a row returned by a search (rows are never reused).
+    pub fn item_id(&self, row: ItemIdx) -> Option<String> {
+        let state = self.read().ok()?;
+        ((row as usize) < state.rows.len()).then(|| state.rows.item_id(row).to_owned())
+    }
+
+    /// Items a search can return.
+    pub fn live_items(&self) -> usize {
+        self.read().map(|s| s.rows.live()).unwrap_or(0)
+    }
+
     /// Heap bytes of the search structures (graph and stored vectors), not the catalog.
     pub fn index_bytes(&self) -> usize {
-        self.graph.heap_bytes()
+        self.read().map(|s| s.graph.heap_bytes()).unwrap_or(0)
+    }
+
+    /// Resolves a client filter against the live items (categories added by upserts included).
+    pub fn resolve_filter(&self, spec: &FilterSpec) -> Result<ItemFilter, RetrievalError> {
+        ItemFilter::resolve(&self.read()?.rows, spec)
     }
 
     /// The `k` best items for `query` that pass `filter`, best first. Fewer than `k` only
@@ -187,34 +286,57 @@ impl Index {
         }
         .max(k);
         let mut stats = SearchStats::default();
+        let state = self.read()?;
+        let rows = &state.rows;
 
         if filter.has_attribute_constraints()
             && filter.estimated_selectivity(&self.stats) < self.params.exact_scan_below
         {
-            return Ok((self.scan(&query, filter, k, &mut stats), stats));
+            return Ok((self.scan(&state, &query, filter, k, &mut stats), stats));
         }
-        let found = if filter.is_empty() {
-            self.graph
+        let unfiltered = filter.is_empty() && rows.deleted_count() == 0;
+        let mut found = if unfiltered {
+            state
+                .graph
                 .search(&self.space, &query, k, ef, |_| true, &mut stats)
         } else {
-            let catalog = &self.catalog;
-            self.graph.search(
+            state.graph.search(
                 &self.space,
                 &query,
                 k,
                 ef,
-                |row| filter.admits(catalog, row),
+                |row| !rows.is_deleted(row) && filter.admits(rows, row),
                 &mut stats,
             )
         };
+        for segment in std::iter::once(&state.fresh).chain(&state.sealed) {
+            if segment.len() == 0 {
+                continue;
+            }
+            let admits = |id: &usize| {
+                let row = *id as ItemIdx;
+                !rows.is_deleted(row) && filter.admits(rows, row)
+            };
+            for n in segment.hnsw.search_filter(&query, k, ef, Some(&admits)) {
+                let row = n.d_id as ItemIdx;
+                stats.distance_evals += 1;
+                found.push(Scored {
+                    distance: self.space.distance(&query, &rows.stored_vector(row)),
+                    id: row,
+                });
+            }
+        }
+        found.sort_unstable();
+        found.dedup_by_key(|s| s.id);
+        found.truncate(k);
         if found.len() < k {
             // The filtered graph walk can strand itself; the exact scan cannot miss.
-            return Ok((self.scan(&query, filter, k, &mut stats), stats));
+            return Ok((self.scan(&state, &query, filter, k, &mut stats), stats));
         }
         Ok((self.candidates(found), stats))
     }
 
-    /// Brute force over the admitted items: ground truth for tests and benchmarks.
+    /// Brute force over the admitted live items: ground truth for tests and benchmarks.
     pub fn exact(
         &self,
         query: &[f32],
@@ -222,24 +344,34 @@ impl Index {
         k: usize,
     ) -> Result<Vec<Candidate>, RetrievalError> {
         let query = self.space.query(query)?;
-        Ok(self.scan(&query, filter, k, &mut SearchStats::default()))
+        let state = self.read()?;
+        Ok(self.scan(&state, &query, filter, k, &mut SearchStats::default()))
     }
 
     fn scan(
         &self,
+        state: &State,
         query: &[f32],
         filter: &ItemFilter,
         k: usize,
         stats: &mut SearchStats,
     ) -> Vec<Candidate> {
+        let rows = &state.rows;
+        let admit = |row| !rows.is_deleted(row) && filter.admits(rows, row);
         let mut top = TopK::new(k);
-        self.graph.scan(
-            &self.space,
-            query,
-            |row| filter.admits(&self.catalog, row),
-            &mut top,
-        );
-        stats.distance_evals += self.graph.len() as u64;
+        state.graph.scan(&self.space, query, admit, &mut top);
+        stats.distance_evals += state.graph.len() as u64;
+        for segment in std::iter::once(&state.fresh).chain(&state.sealed) {
+            for row in segment.rows() {
+                if admit(row) {
+                    stats.distance_evals += 1;
+                    top.offer(Scored {
+                        distance: self.space.distance(query, &rows.stored_vector(row)),
+                        id: row,
+                    });
+                }
+            }
+        }
         self.candidates(top.into_sorted())
     }
 
@@ -253,4 +385,253 @@ impl Index {
             })
             .collect()
     }
+
+    /// Checks a batch before anything is written: every item valid, or none applied.
+    pub fn validate_upserts(&self, items: &[ItemUpdate]) -> Result<(), RetrievalError> {
+        if items.is_empty() {
+            return Err(RetrievalError::invalid("items", "must not be empty"));
+        }
+        for item in items {
+            if item.item_id.is_empty() {
+                return Err(RetrievalError::invalid(
+                    "items.item_id",
+                    "must not be empty",
+                ));
+            }
+            if item.embedding.len() != self.space.dim() {
+                return Err(RetrievalError::invalid(
+                    "items.embedding",
+                    format!(
+                        "item `{}`: expected {} values, got {}",
+                        item.item_id,
+                        self.space.dim(),
+                        item.embedding.len()
+                    ),
+                ));
+            }
+            if item.embedding.iter().any(|v| !v.is_finite()) {
+                return Err(RetrievalError::invalid(
+                    "items.embedding",
+                    format!("item `{}`: values must be finite", item.item_id),
+                ));
+            }
+            if item.category.is_empty() {
+                return Err(RetrievalError::invalid(
+                    "items.category",
+                    format!("item `{}`: must not be empty", item.item_id),
+                ));
+            }
+            for (field, v) in [
+                ("items.price", item.price),
+                ("items.popularity", item.popularity),
+            ] {
+                if !v.is_finite() || v < 0.0 {
+                    return Err(RetrievalError::invalid(
+                        field,
+                        format!("item `{}`: must be finite and >= 0, got {v}", item.item_id),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds or replaces items. Durable (logged and fsynced) and searchable when this returns.
+    pub fn upsert(
+        self: &Arc<Self>,
+        items: Vec<ItemUpdate>,
+    ) -> Result<WriteOutcome, RetrievalError> {
+        self.validate_upserts(&items)?;
+        let mut writer = self.writer.lock().map_err(|_| poisoned())?;
+        let mutation = Mutation::Upsert(items);
+        let sequence = writer
+            .as_mut()
+            .ok_or(RetrievalError::ReadOnly)?
+            .append(&mutation)?;
+        let Mutation::Upsert(items) = mutation else {
+            return Err(poisoned());
+        };
+        self.apply_upserts(&items)?;
+        drop(writer);
+        self.maybe_rebuild();
+        Ok(WriteOutcome {
+            applied: items.len(),
+            not_found: 0,
+            sequence,
+        })
+    }
+
+    /// Removes items; unknown ids are counted, not errors (a retried delete is harmless).
+    pub fn delete(self: &Arc<Self>, item_ids: Vec<String>) -> Result<WriteOutcome, RetrievalError> {
+        if item_ids.is_empty() || item_ids.iter().any(String::is_empty) {
+            return Err(RetrievalError::invalid(
+                "item_ids",
+                "must be a non-empty list of non-empty ids",
+            ));
+        }
+        let mut writer = self.writer.lock().map_err(|_| poisoned())?;
+        let mutation = Mutation::Delete(item_ids);
+        let sequence = writer
+            .as_mut()
+            .ok_or(RetrievalError::ReadOnly)?
+            .append(&mutation)?;
+        let Mutation::Delete(ids) = mutation else {
+            return Err(poisoned());
+        };
+        let applied = self.apply_deletes(&ids)?;
+        drop(writer);
+        self.maybe_rebuild();
+        Ok(WriteOutcome {
+            applied,
+            not_found: ids.len() - applied,
+            sequence,
+        })
+    }
+
+    fn apply_upserts(&self, items: &[ItemUpdate]) -> Result<(), RetrievalError> {
+        let (fresh, added) = {
+            let mut state = self.state.write().map_err(|_| poisoned())?;
+            let mut added = Vec::with_capacity(items.len());
+            for item in items {
+                let replaced = state.rows.row_of(&item.item_id).is_some();
+                added.push(state.rows.upsert(item));
+                state.dead_indexed += usize::from(replaced);
+            }
+            (state.fresh.clone(), added)
+        };
+        // Outside the state lock: searches go on while hnsw_rs links the new rows.
+        for (row, stored) in &added {
+            fresh.hnsw.insert_slice((stored, *row as usize));
+        }
+        if let Ok(mut rows) = fresh.rows.lock() {
+            rows.extend(added.iter().map(|(row, _)| *row));
+        }
+        Ok(())
+    }
+
+    fn apply_deletes(&self, ids: &[String]) -> Result<usize, RetrievalError> {
+        let mut state = self.state.write().map_err(|_| poisoned())?;
+        let deleted = ids.iter().filter(|id| state.rows.delete(id)).count();
+        state.dead_indexed += deleted;
+        Ok(deleted)
+    }
+
+    /// Starts a background rebuild when the mutable segment is full or tombstones pile up.
+    fn maybe_rebuild(self: &Arc<Self>) {
+        let due = self.read().is_ok_and(|s| {
+            let indexed = s.graph.len() + s.fresh.len();
+            s.fresh.len() >= self.params.fresh_capacity
+                || s.dead_indexed as f64 > self.params.rebuild_tombstone_ratio * indexed as f64
+        });
+        if due {
+            self.rebuild_in_background();
+        }
+    }
+
+    /// Rebuilds the frozen graph from every live row on a background thread and swaps it in;
+    /// searches keep running on the old graph meanwhile. Returns false if one is running.
+    pub fn rebuild_in_background(self: &Arc<Self>) -> bool {
+        if self.rebuilding.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        let index = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("index-rebuild".into())
+            .spawn(move || {
+                if let Err(e) = index.rebuild() {
+                    tracing::error!(error = %e, "index rebuild failed; serving the previous graph");
+                }
+                index.rebuilding.store(false, Ordering::Release);
+            });
+        if spawned.is_err() {
+            self.rebuilding.store(false, Ordering::Release);
+            return false;
+        }
+        true
+    }
+
+    /// Whether a background rebuild is running.
+    pub fn is_rebuilding(&self) -> bool {
+        self.rebuilding.load(Ordering::Acquire)
+    }
+
+    fn rebuild(&self) -> Result<(), RetrievalError> {
+        let started = Instant::now();
+        // Seal the mutable segment and take the live rows' vectors in one step, so every row
+        // is either in the new graph or in the new mutable segment.
+        let (live, vectors, dead_before) = {
+            let mut state = self.state.write().map_err(|_| poisoned())?;
+            let sealed = std::mem::replace(
+                &mut state.fresh,
+                Arc::new(Fresh::new(self.space, &self.params)),
+            );
+            state.sealed = Some(sealed);
+            let live = state.rows.live_rows();
+            let n = self.space.stored_len();
+            let mut vectors = Vec::with_capacity(live.len() * n);
+            for &row in &live {
+                let v = state.rows.stored_vector(row);
+                vectors.extend_from_slice(&v);
+                vectors.resize(vectors.len() + n - v.len(), 0.0);
+            }
+            (live, vectors, state.rows.deleted_count())
+        };
+        let n = self.space.stored_len();
+        let position: std::collections::HashMap<ItemIdx, usize> =
+            live.iter().enumerate().map(|(i, r)| (*r, i)).collect();
+        let items = live.len();
+        let graph = build_graph(&self.space, &self.params, live, |row| {
+            let i = position.get(&row).copied().unwrap_or(0);
+            vectors[i * n..(i + 1) * n].to_vec()
+        });
+        let mut state = self.state.write().map_err(|_| poisoned())?;
+        state.graph = Arc::new(graph);
+        state.sealed = None;
+        state.dead_indexed = state.rows.deleted_count() - dead_before;
+        tracing::info!(
+            items,
+            seconds = started.elapsed().as_secs_f32(),
+            "rebuilt the index and swapped it in"
+        );
+        Ok(())
+    }
+}
+
+/// hnsw_rs builds over `rows` (all cores), then the graph is copied to the flat layout.
+fn build_graph(
+    space: &Space,
+    params: &IndexParams,
+    rows: Vec<ItemIdx>,
+    vector_of: impl Fn(ItemIdx) -> Vec<f32> + Sync,
+) -> Graph {
+    let hnsw = Hnsw::new(
+        params.max_connections,
+        rows.len().max(1),
+        16,
+        params.ef_construction,
+        GraphDistance(*space),
+    );
+    let vectors: Vec<Vec<f32>> = rows
+        .iter()
+        .map(|&r| {
+            let mut v = vector_of(r);
+            v.resize(space.stored_len(), 0.0);
+            v
+        })
+        .collect();
+    let points: Vec<(&[f32], usize)> = vectors
+        .iter()
+        .zip(&rows)
+        .map(|(v, r)| (v.as_slice(), *r as usize))
+        .collect();
+    hnsw.parallel_insert_slice(&points);
+    drop(points);
+    let position: std::collections::HashMap<ItemIdx, usize> =
+        rows.iter().enumerate().map(|(i, r)| (*r, i)).collect();
+    Graph::from_hnsw(&hnsw, space.stored_len(), rows, |row| {
+        position
+            .get(&row)
+            .map(|&i| vectors[i].clone())
+            .unwrap_or_else(|| vec![0.0; space.stored_len()])
+    })
 }

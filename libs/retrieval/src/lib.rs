@@ -10,10 +10,13 @@ mod filter;
 mod graph;
 mod index;
 pub mod kernels;
+mod rows;
 mod space;
+mod wal;
 
 pub use error::RetrievalError;
-pub use filter::{FilterSpec, ItemFilter};
+pub use filter::{Attributes, FilterSpec, ItemFilter};
 pub use graph::SearchStats;
-pub use index::{Candidate, Index, IndexParams, MAX_K, SearchParams};
+pub use index::{Candidate, Index, IndexParams, MAX_K, SearchParams, WriteOutcome};
+pub use rows::ItemUpdate;
 pub use space::{Metric, Space};

@@ -91,8 +91,9 @@ pub async fn start(
                 )?),
                 None => {
                     let (shared, params) = (catalog.clone(), checked.index);
+                    let state_dir = config.index.state_dir.clone();
                     let built = tokio::task::spawn_blocking(move || {
-                        tandem_retrieval::Index::build(shared, params).map(Arc::new)
+                        tandem_retrieval_service::open_index(shared, params, state_dir.as_deref())
                     });
                     let built = built.await??;
                     index.set(built.clone());

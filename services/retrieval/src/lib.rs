@@ -1,13 +1,13 @@
 //! Retrieval gRPC service: `tandem.v1.RetrievalService/Search` over the HNSW index.
 //! The gateway mounts the same handler in the embedded topology.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tandem_catalog::Catalog;
 use tandem_proto::v1 as pb;
 use tandem_retrieval::{
-    FilterSpec, Index, IndexParams, ItemFilter, Metric, RetrievalError, SearchParams,
+    FilterSpec, Index, IndexParams, ItemUpdate, Metric, RetrievalError, SearchParams,
 };
 use tandem_server::Ready;
 use tonic::{Request, Response, Status};
@@ -31,6 +31,16 @@ pub struct IndexArgs {
     /// `cosine` or `l2`.
     #[arg(long, env = "TANDEM_METRIC", default_value = "ip")]
     pub metric: Metric,
+    /// Directory for the write-ahead log of upserts and deletes (replayed at start-up).
+    /// Unset: the index is read-only and UpsertItems/DeleteItems answer FAILED_PRECONDITION.
+    #[arg(long, env = "TANDEM_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Upserted rows held in the mutable segment before a background rebuild merges them.
+    #[arg(long, env = "TANDEM_FRESH_CAPACITY", default_value_t = 20_000)]
+    pub fresh_capacity: usize,
+    /// Fraction of tombstoned rows in the index that triggers a background rebuild.
+    #[arg(long, env = "TANDEM_REBUILD_TOMBSTONE_RATIO", default_value_t = 0.2)]
+    pub rebuild_tombstone_ratio: f64,
 }
 
 impl IndexArgs {
@@ -47,7 +57,24 @@ impl IndexArgs {
                 self.max_ef_search, self.ef_search
             ));
         }
+        if self.fresh_capacity == 0 {
+            return Err("--fresh-capacity must be positive".into());
+        }
+        if !(self.rebuild_tombstone_ratio > 0.0 && self.rebuild_tombstone_ratio <= 1.0) {
+            return Err(format!(
+                "--rebuild-tombstone-ratio must be in (0, 1], got {}",
+                self.rebuild_tombstone_ratio
+            ));
+        }
+        if let Some(dir) = &self.state_dir
+            && dir.exists()
+            && !dir.is_dir()
+        {
+            return Err(format!("--state-dir {} is not a directory", dir.display()));
+        }
         Ok(IndexParams {
+            fresh_capacity: self.fresh_capacity,
+            rebuild_tombstone_ratio: self.rebuild_tombstone_ratio,
             max_connections: self.hnsw_m,
             ef_construction: self.ef_construction,
             ef_search: self.ef_search,
@@ -58,15 +85,38 @@ impl IndexArgs {
     }
 }
 
-/// Reads the catalog and builds the index (blocking; seconds for 50k items).
+/// Reads the catalog, builds the index and replays the write-ahead log (blocking; seconds
+/// for 50k items).
 pub fn load_index(
     items: &Path,
     params: IndexParams,
+    state_dir: Option<&Path>,
 ) -> Result<Arc<Index>, Box<dyn std::error::Error + Send + Sync>> {
     let catalog = Arc::new(Catalog::open(items)?);
     tracing::info!(items = catalog.len(), dim = catalog.dim(), path = %items.display(), "loaded catalog");
-    Ok(Arc::new(Index::build(catalog, params)?))
+    open_index(catalog, params, state_dir)
 }
+
+/// Builds the index over a loaded catalog and replays the write-ahead log in `state_dir`.
+pub fn open_index(
+    catalog: Arc<Catalog>,
+    params: IndexParams,
+    state_dir: Option<&Path>,
+) -> Result<Arc<Index>, Box<dyn std::error::Error + Send + Sync>> {
+    let index = Index::build(catalog, params)?;
+    match state_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot create --state-dir {}: {e}", dir.display()))?;
+            index.attach_wal(&dir.join(WAL_FILE))?;
+        }
+        None => tracing::warn!("no --state-dir: the index is read-only"),
+    }
+    Ok(Arc::new(index))
+}
+
+/// The write-ahead log's file name inside the state directory.
+pub const WAL_FILE: &str = "retrieval.wal";
 
 /// Wire filter → domain filter spec.
 pub fn filter_from_proto(filter: Option<pb::ItemFilter>) -> FilterSpec {
@@ -84,7 +134,12 @@ pub fn filter_from_proto(filter: Option<pb::ItemFilter>) -> FilterSpec {
 pub fn status(err: RetrievalError) -> Status {
     match err {
         RetrievalError::InvalidArgument { .. } => Status::invalid_argument(err.to_string()),
-        RetrievalError::EmptyCatalog => Status::failed_precondition(err.to_string()),
+        RetrievalError::EmptyCatalog | RetrievalError::ReadOnly => {
+            Status::failed_precondition(err.to_string())
+        }
+        RetrievalError::Io { .. } | RetrievalError::Corrupt { .. } => {
+            Status::internal(err.to_string())
+        }
     }
 }
 
@@ -113,8 +168,9 @@ impl pb::retrieval_service_server::RetrievalService for RetrievalApi {
     ) -> Result<Response<pb::SearchResponse>, Status> {
         let index = self.index.get()?.clone();
         let req = request.into_inner();
-        let filter =
-            ItemFilter::resolve(index.catalog(), &filter_from_proto(req.filter)).map_err(status)?;
+        let filter = index
+            .resolve_filter(&filter_from_proto(req.filter))
+            .map_err(status)?;
         let params = SearchParams {
             k: req.k as usize,
             ef_search: req.ef_search.map(|e| e as usize),
@@ -126,16 +182,62 @@ impl pb::retrieval_service_server::RetrievalService for RetrievalApi {
         .await
         .map_err(|e| Status::internal(format!("search task failed: {e}")))?
         .map_err(status)?;
-        let catalog = index.catalog();
         let candidates = found
             .into_iter()
-            .map(|c| pb::Candidate {
-                internal_id: c.idx,
-                item_id: catalog.item_id(c.idx).to_owned(),
-                distance: c.distance,
-                score: c.score,
+            .filter_map(|c| {
+                Some(pb::Candidate {
+                    internal_id: c.idx,
+                    item_id: index.item_id(c.idx)?,
+                    distance: c.distance,
+                    score: c.score,
+                })
             })
             .collect();
         Ok(Response::new(pb::SearchResponse { candidates }))
+    }
+
+    async fn upsert_items(
+        &self,
+        request: Request<pb::UpsertItemsRequest>,
+    ) -> Result<Response<pb::UpsertItemsResponse>, Status> {
+        let index = self.index.get()?.clone();
+        let items = request
+            .into_inner()
+            .items
+            .into_iter()
+            .map(|i| ItemUpdate {
+                item_id: i.item_id,
+                embedding: i.embedding,
+                category: i.category,
+                price: i.price,
+                in_stock: i.in_stock,
+                popularity: i.popularity,
+            })
+            .collect();
+        let outcome = tokio::task::spawn_blocking(move || index.upsert(items))
+            .await
+            .map_err(|e| Status::internal(format!("upsert task failed: {e}")))?
+            .map_err(status)?;
+        Ok(Response::new(pb::UpsertItemsResponse {
+            upserted: outcome.applied as u32,
+            sequence: outcome.sequence,
+        }))
+    }
+
+    async fn delete_items(
+        &self,
+        request: Request<pb::DeleteItemsRequest>,
+    ) -> Result<Response<pb::DeleteItemsResponse>, Status> {
+        let index = self.index.get()?.clone();
+        let ids = request.into_inner().item_ids;
+        let outcome = tokio::task::spawn_blocking(move || index.delete(ids))
+            .await
+            .map_err(|e| Status::internal(format!("delete task failed: {e}")))?
+            .map_err(status)?;
+        Ok(Response::new(pb::DeleteItemsResponse {
+            deleted: outcome.applied as u32,
+            not_found: outcome.not_found as u32,
+            sequence: outcome.sequence,
+        }))
     }
 }

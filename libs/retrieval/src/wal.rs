@@ -1,0 +1,303 @@
+//! Write-ahead log of upserts and deletes: a batch is on disk (written and fsynced) before it
+//! is applied and acknowledged, and replayed at start-up.
+//!
+//! File: the magic `TNDMWAL1`, then records `[len u32][crc32 u32][payload]`, little-endian.
+//! A payload is one whole request (`seq u64`, `count u32`, operations), so a batch torn by a
+//! crash is dropped whole: it was never acknowledged. Replay stops at the first short or
+//! corrupt record and truncates the file there.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use crate::RetrievalError;
+use crate::rows::ItemUpdate;
+
+const MAGIC: &[u8; 8] = b"TNDMWAL1";
+const OP_UPSERT: u8 = 1;
+const OP_DELETE: u8 = 2;
+/// A record larger than this is corruption, not data (a batch is at most a few MB).
+const MAX_RECORD: usize = 256 << 20;
+
+/// One acknowledged write request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Mutation {
+    Upsert(Vec<ItemUpdate>),
+    Delete(Vec<String>),
+}
+
+#[derive(Debug)]
+pub struct Wal {
+    path: PathBuf,
+    file: File,
+    next_seq: u64,
+}
+
+impl Wal {
+    /// Opens (or creates) the log and returns what it holds, oldest first, with the sequence
+    /// number of each batch.
+    pub fn open(path: &Path) -> Result<(Self, Vec<(u64, Mutation)>), RetrievalError> {
+        let io = |source| RetrievalError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(io)?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).map_err(io)?;
+        if bytes.is_empty() {
+            file.write_all(MAGIC).map_err(io)?;
+            file.sync_all().map_err(io)?;
+            if let Some(dir) = path.parent() {
+                sync_dir(dir);
+            }
+            return Ok((
+                Self {
+                    path: path.to_owned(),
+                    file,
+                    next_seq: 1,
+                },
+                Vec::new(),
+            ));
+        }
+        if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
+            return Err(RetrievalError::Corrupt {
+                path: path.to_owned(),
+                reason: "not a tandem write-ahead log (bad magic)".into(),
+            });
+        }
+        let mut pos = MAGIC.len();
+        let mut batches = Vec::new();
+        let mut next_seq = 1;
+        while let Some((payload, end)) = next_record(&bytes, pos) {
+            let Some((seq, mutation)) = decode(payload) else {
+                break;
+            };
+            next_seq = seq + 1;
+            batches.push((seq, mutation));
+            pos = end;
+        }
+        if pos < bytes.len() {
+            tracing::warn!(
+                path = %path.display(),
+                dropped_bytes = bytes.len() - pos,
+                kept_batches = batches.len(),
+                "write-ahead log ends in a torn or corrupt record (a write that was never \
+                 acknowledged); truncating it"
+            );
+            file.set_len(pos as u64).map_err(io)?;
+            file.sync_all().map_err(io)?;
+        }
+        file.seek(SeekFrom::End(0)).map_err(io)?;
+        Ok((
+            Self {
+                path: path.to_owned(),
+                file,
+                next_seq,
+            },
+            batches,
+        ))
+    }
+
+    /// Appends one batch and fsyncs; returns its sequence number.
+    pub fn append(&mut self, mutation: &Mutation) -> Result<u64, RetrievalError> {
+        let seq = self.next_seq;
+        let payload = encode(seq, mutation);
+        let mut record = Vec::with_capacity(payload.len() + 8);
+        record.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        record.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        record.extend_from_slice(&payload);
+        let io = |source| RetrievalError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        self.file.write_all(&record).map_err(io)?;
+        self.file.sync_data().map_err(io)?;
+        self.next_seq += 1;
+        Ok(seq)
+    }
+
+    /// Sequence number the next batch will get.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+fn next_record(bytes: &[u8], pos: usize) -> Option<(&[u8], usize)> {
+    let header = bytes.get(pos..pos + 8)?;
+    let len = u32::from_le_bytes(header[..4].try_into().ok()?) as usize;
+    let crc = u32::from_le_bytes(header[4..].try_into().ok()?);
+    if len > MAX_RECORD {
+        return None;
+    }
+    let payload = bytes.get(pos + 8..pos + 8 + len)?;
+    (crc32fast::hash(payload) == crc).then_some((payload, pos + 8 + len))
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn encode(seq: u64, mutation: &Mutation) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&seq.to_le_bytes());
+    match mutation {
+        Mutation::Upsert(items) => {
+            out.extend_from_slice(&(items.len() as u32).to_le_bytes());
+            for item in items {
+                out.push(OP_UPSERT);
+                put_str(&mut out, &item.item_id);
+                out.extend_from_slice(&(item.embedding.len() as u32).to_le_bytes());
+                for v in &item.embedding {
+                    out.extend_from_slice(&v.to_le_bytes());
+                }
+                put_str(&mut out, &item.category);
+                out.extend_from_slice(&item.price.to_le_bytes());
+                out.push(u8::from(item.in_stock));
+                out.extend_from_slice(&item.popularity.to_le_bytes());
+            }
+        }
+        Mutation::Delete(ids) => {
+            out.extend_from_slice(&(ids.len() as u32).to_le_bytes());
+            for id in ids {
+                out.push(OP_DELETE);
+                put_str(&mut out, id);
+            }
+        }
+    }
+    out
+}
+
+/// Reads little-endian fields off a payload; `None` on any overrun.
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Option<&[u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Some(head)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+    fn f32(&mut self) -> Option<f32> {
+        Some(f32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+    fn string(&mut self) -> Option<String> {
+        let n = self.u32()? as usize;
+        String::from_utf8(self.take(n)?.to_vec()).ok()
+    }
+}
+
+fn decode(payload: &[u8]) -> Option<(u64, Mutation)> {
+    let mut r = Reader(payload);
+    let seq = r.u64()?;
+    let count = r.u32()? as usize;
+    let mut upserts = Vec::new();
+    let mut deletes = Vec::new();
+    for _ in 0..count {
+        match r.u8()? {
+            OP_UPSERT => {
+                let item_id = r.string()?;
+                let dim = r.u32()? as usize;
+                let embedding = (0..dim).map(|_| r.f32()).collect::<Option<Vec<_>>>()?;
+                upserts.push(ItemUpdate {
+                    item_id,
+                    embedding,
+                    category: r.string()?,
+                    price: r.f32()?,
+                    in_stock: r.u8()? != 0,
+                    popularity: r.f32()?,
+                });
+            }
+            OP_DELETE => deletes.push(r.string()?),
+            _ => return None,
+        }
+    }
+    if !r.0.is_empty() || (!upserts.is_empty() && !deletes.is_empty()) {
+        return None;
+    }
+    Some((
+        seq,
+        if deletes.is_empty() {
+            Mutation::Upsert(upserts)
+        } else {
+            Mutation::Delete(deletes)
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(id: &str) -> ItemUpdate {
+        ItemUpdate {
+            item_id: id.into(),
+            embedding: vec![0.5, -1.25, 3.0],
+            category: "shoes".into(),
+            price: 9.5,
+            in_stock: true,
+            popularity: 2.0,
+        }
+    }
+
+    #[test]
+    fn replays_what_was_appended_and_drops_a_torn_tail() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("retrieval.wal");
+        let batches = vec![
+            Mutation::Upsert(vec![item("a"), item("b")]),
+            Mutation::Delete(vec!["a".into()]),
+        ];
+        {
+            let (mut wal, old) = Wal::open(&path).expect("open");
+            assert!(old.is_empty());
+            for b in &batches {
+                wal.append(b).expect("append");
+            }
+        }
+        // A crash in the middle of a third record.
+        let full = std::fs::read(&path).expect("read");
+        let mut torn = full.clone();
+        torn.extend_from_slice(&[40, 0, 0, 0, 1, 2, 3, 4, 9, 9]);
+        std::fs::write(&path, &torn).expect("write");
+
+        let (mut wal, replayed) = Wal::open(&path).expect("reopen");
+        assert_eq!(
+            replayed,
+            vec![(1, batches[0].clone()), (2, batches[1].clone())]
+        );
+        assert_eq!(std::fs::read(&path).expect("read").len(), full.len());
+        assert_eq!(wal.append(&batches[1]).expect("append"), 3);
+
+        // A flipped bit fails the checksum: replay keeps what precedes it.
+        let mut bytes = std::fs::read(&path).expect("read");
+        let last = bytes.len() - 3;
+        bytes[last] ^= 0x40;
+        std::fs::write(&path, &bytes).expect("write");
+        let (_, replayed) = Wal::open(&path).expect("reopen");
+        assert_eq!(replayed.len(), 2);
+    }
+}
