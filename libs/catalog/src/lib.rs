@@ -147,4 +147,54 @@ impl Catalog {
     pub fn by_popularity(&self) -> &[ItemIdx] {
         &self.by_popularity
     }
+
+    /// The items at `rows`, in that order, as a catalog of their own (a shard). The category
+    /// vocabulary is kept whole, so a filter valid on the full catalog stays valid on a part.
+    pub fn select(&self, rows: &[ItemIdx]) -> Catalog {
+        let item_ids = StringArray::from_iter_values(rows.iter().map(|&r| self.item_id(r)));
+        let mut values = Vec::with_capacity(rows.len() * self.dim);
+        for &r in rows {
+            values.extend_from_slice(self.embedding(r));
+        }
+        let f32s =
+            |f: &dyn Fn(ItemIdx) -> f32| Float32Array::from_iter_values(rows.iter().map(|&r| f(r)));
+        let price = f32s(&|r| self.price(r));
+        let popularity = f32s(&|r| self.popularity(r));
+        let in_stock: BooleanArray = rows.iter().map(|&r| Some(self.in_stock(r))).collect();
+        let by_item_id = rows
+            .iter()
+            .enumerate()
+            .map(|(i, &r)| (self.item_id(r).to_owned(), i as ItemIdx))
+            .collect();
+        let mut by_popularity: Vec<ItemIdx> = (0..rows.len() as ItemIdx).collect();
+        by_popularity.sort_by(|&a, &b| {
+            popularity
+                .value(b as usize)
+                .total_cmp(&popularity.value(a as usize))
+                .then(a.cmp(&b))
+        });
+        Catalog {
+            item_ids,
+            embeddings: Float32Array::from(values),
+            dim: self.dim,
+            category_codes: rows.iter().map(|&r| self.category_code(r)).collect(),
+            categories: self.categories.clone(),
+            price,
+            in_stock,
+            popularity,
+            by_item_id,
+            by_popularity,
+        }
+    }
+}
+
+/// Which of `shards` shards owns an item: FNV-1a of the id, so the assignment is the same in
+/// every process and release.
+pub fn shard_of(item_id: &str, shards: u32) -> u32 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in item_id.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (h % u64::from(shards.max(1))) as u32
 }

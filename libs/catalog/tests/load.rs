@@ -117,3 +117,38 @@ fn reads_the_pipeline_output_when_present() {
     assert_eq!(catalog.dim(), 32);
     assert!(catalog.categories().len() > 1);
 }
+
+#[test]
+fn a_shard_keeps_its_items_and_the_whole_vocabulary() {
+    use tandem_catalog::shard_of;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("items.parquet");
+    write_parquet(&synthetic_batch(600, 4, 7, 1), &path).expect("write");
+    let full = Catalog::open(&path).expect("open");
+    let mut total = 0;
+    for shard in 0..3 {
+        let rows: Vec<u32> = (0..full.len() as u32)
+            .filter(|&r| shard_of(full.item_id(r), 3) == shard)
+            .collect();
+        let part = full.select(&rows);
+        total += part.len();
+        assert_eq!(part.categories(), full.categories());
+        for (i, &r) in rows.iter().enumerate() {
+            let i = i as u32;
+            assert_eq!(part.item_id(i), full.item_id(r));
+            assert_eq!(part.idx_of(full.item_id(r)), Some(i));
+            assert_eq!(part.embedding(i), full.embedding(r));
+            assert_eq!(part.category(i), full.category(r));
+            assert_eq!(part.price(i), full.price(r));
+            assert_eq!(part.in_stock(i), full.in_stock(r));
+        }
+        // Roughly even: a third each, give or take.
+        assert!(
+            (150..250).contains(&part.len()),
+            "shard {shard}: {}",
+            part.len()
+        );
+    }
+    assert_eq!(total, 600);
+    assert_eq!(shard_of("item-000123", 4), shard_of("item-000123", 4));
+}

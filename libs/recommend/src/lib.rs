@@ -15,4 +15,4 @@ pub use pipeline::{
     POPULARITY_VERSION, RETRIEVAL_ORDER_VERSION, RecommendRequest, Recommendation, RecommendedItem,
     Recommender,
 };
-pub use stages::{CandidateStage, InProcessRanking, InProcessRetrieval, ScoringStage};
+pub use stages::{CandidateStage, InProcessRanking, InProcessRetrieval, Retrieved, ScoringStage};

@@ -141,8 +141,9 @@ impl Recommender {
         spec.exclude_item_ids
             .extend(excluded.iter().map(|&i| self.catalog.item_id(i).to_owned()));
 
-        let candidates = match self.retrieval.search(&query, num_candidates, &spec).await {
-            Ok(c) => c,
+        let (candidates, partial) = match self.retrieval.search(&query, num_candidates, &spec).await
+        {
+            Ok(r) => (r.candidates, r.partial),
             Err(StageError::InvalidArgument { field, reason }) => {
                 return Err(RecommendError::InvalidArgument { field, reason });
             }
@@ -199,6 +200,11 @@ impl Recommender {
             .collect();
         items.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.idx.cmp(&b.idx)));
         items.truncate(k);
+        let degraded = match (partial, degraded) {
+            (None, d) => d,
+            (Some(p), None) => Some(format!("partial retrieval: {p}")),
+            (Some(p), Some(d)) => Some(format!("{d}; partial retrieval: {p}")),
+        };
         Ok(Recommendation {
             items,
             model_version,

@@ -7,6 +7,23 @@ use tandem_retrieval::{Candidate, FilterSpec, Index, SearchParams};
 
 use crate::StageError;
 
+/// What retrieval returned: candidates best first, and why they may be incomplete (a shard
+/// that failed or missed its deadline).
+#[derive(Debug, Clone, Default)]
+pub struct Retrieved {
+    pub candidates: Vec<Candidate>,
+    pub partial: Option<String>,
+}
+
+impl From<Vec<Candidate>> for Retrieved {
+    fn from(candidates: Vec<Candidate>) -> Self {
+        Self {
+            candidates,
+            partial: None,
+        }
+    }
+}
+
 /// Nearest items to a query vector under a filter, best first.
 #[async_trait]
 pub trait CandidateStage: Send + Sync {
@@ -15,7 +32,7 @@ pub trait CandidateStage: Send + Sync {
         query: &[f32],
         k: usize,
         filter: &FilterSpec,
-    ) -> Result<Vec<Candidate>, StageError>;
+    ) -> Result<Retrieved, StageError>;
 }
 
 /// One score per candidate, in order, and the model version that produced them.
@@ -40,7 +57,7 @@ impl CandidateStage for InProcessRetrieval {
         query: &[f32],
         k: usize,
         filter: &FilterSpec,
-    ) -> Result<Vec<Candidate>, StageError> {
+    ) -> Result<Retrieved, StageError> {
         let index = self.0.clone();
         let filter = index.resolve_filter(filter)?;
         let query = query.to_vec();
@@ -64,7 +81,8 @@ impl CandidateStage for InProcessRetrieval {
                 };
                 idx.map(|idx| Candidate { idx, ..c })
             })
-            .collect())
+            .collect::<Vec<_>>()
+            .into())
     }
 }
 

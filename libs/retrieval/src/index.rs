@@ -39,6 +39,49 @@ pub struct IndexParams {
     pub fresh_capacity: usize,
     /// Fraction of indexed rows that are tombstones at which the graph is rebuilt.
     pub rebuild_tombstone_ratio: f64,
+    /// The part of the catalog this index serves; upserts of other shards' items are refused.
+    pub shard: Option<Shard>,
+}
+
+/// Shard `index` of `count`: the items whose id hashes to it ([`tandem_catalog::shard_of`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: u32,
+    pub count: u32,
+}
+
+impl Shard {
+    pub fn owns(&self, item_id: &str) -> bool {
+        tandem_catalog::shard_of(item_id, self.count) == self.index
+    }
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+    /// `i/n`, e.g. `0/3`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (i, n) = s
+            .split_once('/')
+            .ok_or_else(|| format!("shard `{s}` is not i/n (e.g. 0/3)"))?;
+        let index: u32 = i
+            .trim()
+            .parse()
+            .map_err(|e| format!("shard index `{i}`: {e}"))?;
+        let count: u32 = n
+            .trim()
+            .parse()
+            .map_err(|e| format!("shard count `{n}`: {e}"))?;
+        if count == 0 || index >= count {
+            return Err(format!("shard {index}/{count}: need 0 <= i < n"));
+        }
+        Ok(Self { index, count })
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
 }
 
 impl Default for IndexParams {
@@ -52,6 +95,7 @@ impl Default for IndexParams {
             metric: Metric::InnerProduct,
             fresh_capacity: 20_000,
             rebuild_tombstone_ratio: 0.2,
+            shard: None,
         }
     }
 }
@@ -396,6 +440,19 @@ impl Index {
                 return Err(RetrievalError::invalid(
                     "items.item_id",
                     "must not be empty",
+                ));
+            }
+            if let Some(shard) = self.params.shard
+                && !shard.owns(&item.item_id)
+            {
+                return Err(RetrievalError::invalid(
+                    "items.item_id",
+                    format!(
+                        "`{}` belongs to shard {} of {}; this server is shard {shard}",
+                        item.item_id,
+                        tandem_catalog::shard_of(&item.item_id, shard.count),
+                        shard.count
+                    ),
                 ));
             }
             if item.embedding.len() != self.space.dim() {

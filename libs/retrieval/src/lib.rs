@@ -17,6 +17,6 @@ mod wal;
 pub use error::RetrievalError;
 pub use filter::{Attributes, FilterSpec, ItemFilter};
 pub use graph::SearchStats;
-pub use index::{Candidate, Index, IndexParams, MAX_K, SearchParams, WriteOutcome};
+pub use index::{Candidate, Index, IndexParams, MAX_K, SearchParams, Shard, WriteOutcome};
 pub use rows::ItemUpdate;
 pub use space::{Metric, Space};

@@ -279,3 +279,30 @@ fn rebuilds_merge_the_mutable_segment_while_searches_go_on() {
     }
     assert_eq!(index.live_items(), 3000 + 190);
 }
+
+#[test]
+fn a_shard_refuses_items_that_hash_elsewhere() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let catalog = catalog(dir.path(), 300);
+    let params = IndexParams {
+        shard: Some("1/3".parse().expect("shard")),
+        ..IndexParams::default()
+    };
+    let index = open(&catalog, &dir.path().join("r.wal"), params);
+    let (mine, theirs): (Vec<String>, Vec<String>) = (0..40)
+        .map(|i| format!("new-{i}"))
+        .partition(|id| tandem_catalog::shard_of(id, 3) == 1);
+    assert!(!mine.is_empty() && !theirs.is_empty());
+    index
+        .upsert(vec![item(&mine[0], direction(9), "c")])
+        .expect("own item");
+    match index.upsert(vec![item(&theirs[0], direction(9), "c")]) {
+        Err(RetrievalError::InvalidArgument { field, reason }) => {
+            assert_eq!(field, "items.item_id");
+            assert!(reason.contains("this server is shard 1/3"), "{reason}");
+        }
+        other => panic!("expected InvalidArgument, got {other:?}"),
+    }
+    assert!("3/3".parse::<tandem_retrieval::Shard>().is_err());
+    assert!("x".parse::<tandem_retrieval::Shard>().is_err());
+}

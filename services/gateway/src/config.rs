@@ -18,7 +18,9 @@ pub struct Config {
     /// Item catalog (written by the models pipeline).
     #[arg(long, env = "TANDEM_ITEMS", default_value = "data/demo/items.parquet")]
     pub items: PathBuf,
-    /// Remote retrieval server (host:port); unset = in-process.
+    /// Remote retrieval server (host:port); unset = in-process. Several, comma-separated, are
+    /// the shards of one catalog: searched in parallel and merged; a shard that fails or
+    /// misses the stage deadline leaves the answer partial and `degraded`.
     #[arg(long, env = "TANDEM_RETRIEVAL_ADDR")]
     pub retrieval_addr: Option<String>,
     /// Remote ranking server (host:port); unset = in-process.
@@ -58,15 +60,14 @@ impl Config {
         if self.history_capacity == 0 {
             return Err("--history-capacity must be positive".into());
         }
-        for (flag, addr) in [
-            ("--retrieval-addr", &self.retrieval_addr),
-            ("--ranking-addr", &self.ranking_addr),
-        ] {
-            if let Some(a) = addr
-                && a.parse::<SocketAddr>().is_err()
-                && !a.contains(':')
-            {
-                return Err(format!("{flag} {a} is not host:port"));
+        let retrieval = self.retrieval_shards();
+        for (flag, addr) in retrieval
+            .iter()
+            .map(|a| ("--retrieval-addr", a))
+            .chain(self.ranking_addr.iter().map(|a| ("--ranking-addr", a)))
+        {
+            if addr.parse::<SocketAddr>().is_err() && !addr.contains(':') {
+                return Err(format!("{flag} {addr} is not host:port"));
             }
         }
         let index = self.index.validate()?;
@@ -75,6 +76,17 @@ impl Config {
             None => Some(self.model.validate()?),
         };
         Ok(Checked { index, ranker })
+    }
+
+    /// The retrieval addresses, one per shard; empty when retrieval runs in-process.
+    pub(crate) fn retrieval_shards(&self) -> Vec<String> {
+        self.retrieval_addr
+            .iter()
+            .flat_map(|a| a.split(','))
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(str::to_owned)
+            .collect()
     }
 
     pub(crate) fn stage_timeout(&self) -> Duration {

@@ -84,8 +84,8 @@ pub async fn start(
             tracing::info!(items = catalog.len(), dim = catalog.dim(), "loaded catalog");
 
             let retrieval: Arc<dyn CandidateStage> = match &config.retrieval_addr {
-                Some(addr) => Arc::new(remote::RemoteRetrieval::new(
-                    addr,
+                Some(_) => Arc::new(remote::RemoteRetrieval::new(
+                    &config.retrieval_shards(),
                     &config,
                     catalog.clone(),
                 )?),

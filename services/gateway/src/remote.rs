@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use tandem_catalog::Catalog;
 use tandem_proto::v1 as pb;
 use tandem_ranking::Scores;
-use tandem_recommend::{CandidateStage, ScoringStage, StageError};
+use tandem_recommend::{CandidateStage, Retrieved, ScoringStage, StageError};
 use tandem_retrieval::{Candidate, FilterSpec};
 use tonic::transport::{Channel, Endpoint};
 
@@ -43,23 +43,40 @@ fn stage_error(stage: &str, status: tonic::Status) -> StageError {
     }
 }
 
+/// Retrieval over gRPC: one server, or the shards of one catalog (each serving the items
+/// whose id hashes to it), searched in parallel and merged.
 #[derive(Debug, Clone)]
 pub(crate) struct RemoteRetrieval {
-    client: pb::retrieval_service_client::RetrievalServiceClient<Channel>,
+    shards: Vec<(
+        String,
+        pb::retrieval_service_client::RetrievalServiceClient<Channel>,
+    )>,
     catalog: Arc<Catalog>,
+    deadline: std::time::Duration,
 }
 
 impl RemoteRetrieval {
     pub(crate) fn new(
-        addr: &str,
+        addrs: &[String],
         config: &Config,
         catalog: Arc<Catalog>,
     ) -> Result<Self, BoxError> {
-        let client =
-            pb::retrieval_service_client::RetrievalServiceClient::new(channel(addr, config)?)
+        let shards = addrs
+            .iter()
+            .map(|addr| {
+                let client = pb::retrieval_service_client::RetrievalServiceClient::new(channel(
+                    addr, config,
+                )?)
                 .max_decoding_message_size(tandem_server::MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(tandem_server::MAX_MESSAGE_BYTES);
-        Ok(Self { client, catalog })
+                Ok((addr.clone(), client))
+            })
+            .collect::<Result<_, BoxError>>()?;
+        Ok(Self {
+            shards,
+            catalog,
+            deadline: config.stage_timeout(),
+        })
     }
 }
 
@@ -70,7 +87,7 @@ impl CandidateStage for RemoteRetrieval {
         query: &[f32],
         k: usize,
         filter: &FilterSpec,
-    ) -> Result<Vec<Candidate>, StageError> {
+    ) -> Result<Retrieved, StageError> {
         let request = pb::SearchRequest {
             vector: query.to_vec(),
             k: k as u32,
@@ -83,16 +100,45 @@ impl CandidateStage for RemoteRetrieval {
             }),
             ef_search: None,
         };
-        let response = self
-            .client
-            .clone()
-            .search(request)
-            .await
-            .map_err(|s| stage_error("retrieval", s))?;
-        // Map by external id: the retrieval server's dense ids are its own.
-        Ok(response
-            .into_inner()
-            .candidates
+        let calls: Vec<_> = self
+            .shards
+            .iter()
+            .map(|(addr, client)| {
+                let (mut client, request, deadline) =
+                    (client.clone(), request.clone(), self.deadline);
+                let addr = addr.clone();
+                tokio::spawn(async move {
+                    let answer = tokio::time::timeout(deadline, client.search(request)).await;
+                    (addr, answer)
+                })
+            })
+            .collect();
+        let mut merged = Vec::new();
+        let mut failed = Vec::new();
+        for call in calls {
+            let (addr, answer) = call
+                .await
+                .map_err(|e| StageError::Unavailable(format!("retrieval task failed: {e}")))?;
+            match answer {
+                Ok(Ok(response)) => merged.extend(response.into_inner().candidates),
+                Ok(Err(status)) => match stage_error("retrieval", status) {
+                    // Every shard validates the same request: a bad one is the caller's fault.
+                    e @ StageError::InvalidArgument { .. } => return Err(e),
+                    StageError::Unavailable(why) => failed.push(format!("{addr}: {why}")),
+                },
+                Err(_) => failed.push(format!(
+                    "{addr}: no answer within {} ms",
+                    self.deadline.as_millis()
+                )),
+            }
+        }
+        if failed.len() == self.shards.len() {
+            return Err(StageError::Unavailable(failed.join("; ")));
+        }
+        merged.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.item_id.cmp(&b.item_id)));
+        merged.truncate(k);
+        // Map by external id: the retrieval servers' dense ids are their own.
+        let candidates = merged
             .into_iter()
             .filter_map(|c| {
                 self.catalog.idx_of(&c.item_id).map(|idx| Candidate {
@@ -101,7 +147,19 @@ impl CandidateStage for RemoteRetrieval {
                     distance: c.distance,
                 })
             })
-            .collect())
+            .collect();
+        let partial = (!failed.is_empty()).then(|| {
+            format!(
+                "{} of {} retrieval shards failed ({})",
+                failed.len(),
+                self.shards.len(),
+                failed.join("; ")
+            )
+        });
+        Ok(Retrieved {
+            candidates,
+            partial,
+        })
     }
 }
 

@@ -92,9 +92,16 @@ pub fn load_index(
     params: IndexParams,
     state_dir: Option<&Path>,
 ) -> Result<Arc<Index>, Box<dyn std::error::Error + Send + Sync>> {
-    let catalog = Arc::new(Catalog::open(items)?);
+    let mut catalog = Catalog::open(items)?;
     tracing::info!(items = catalog.len(), dim = catalog.dim(), path = %items.display(), "loaded catalog");
-    open_index(catalog, params, state_dir)
+    if let Some(shard) = params.shard {
+        let rows: Vec<u32> = (0..catalog.len() as u32)
+            .filter(|&r| shard.owns(catalog.item_id(r)))
+            .collect();
+        catalog = catalog.select(&rows);
+        tracing::info!(%shard, items = catalog.len(), "serving one shard of the catalog");
+    }
+    open_index(Arc::new(catalog), params, state_dir)
 }
 
 /// Builds the index over a loaded catalog and replays the write-ahead log in `state_dir`.

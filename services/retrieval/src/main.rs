@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Parser;
 use tandem_proto::v1::retrieval_service_server::RetrievalServiceServer;
+use tandem_retrieval::Shard;
 use tandem_retrieval_service::{IndexArgs, RetrievalApi, load_index};
 use tandem_server::Ready;
 
@@ -19,6 +20,10 @@ struct Config {
     /// Item catalog (written by the models pipeline).
     #[arg(long, env = "TANDEM_ITEMS", default_value = "data/demo/items.parquet")]
     items: PathBuf,
+    /// Serve only shard i of n (`0/3`): the items whose id hashes to i. The gateway takes
+    /// every shard's address in `--retrieval-addr`, comma-separated.
+    #[arg(long, env = "TANDEM_SHARD")]
+    shard: Option<Shard>,
     #[command(flatten)]
     index: IndexArgs,
 }
@@ -27,7 +32,8 @@ struct Config {
 async fn main() -> anyhow::Result<()> {
     tandem_server::init_tracing();
     let config = Config::parse();
-    let params = config.index.validate().map_err(anyhow::Error::msg)?;
+    let mut params = config.index.validate().map_err(anyhow::Error::msg)?;
+    params.shard = config.shard;
     anyhow::ensure!(
         config.items.is_file(),
         "--items {} does not exist (run `make data`)",

@@ -1,0 +1,134 @@
+//! Retrieval sharded over two servers: the gateway fans out, merges the shards' top-k into what
+//! one server holding every item returns, and degrades when a shard is down.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use common::*;
+use tandem_catalog::{Catalog, shard_of};
+use tandem_proto::v1 as pb;
+use tandem_retrieval::{Index, IndexParams};
+use tandem_retrieval_service::RetrievalApi;
+use tandem_server::Ready;
+use tokio::task::JoinHandle;
+
+/// A retrieval server on loopback over `catalog`. Exact scans whenever a filter is given, so
+/// sharded and unsharded answers can be compared item for item.
+async fn serve(catalog: Catalog) -> (SocketAddr, Stop) {
+    let params = IndexParams {
+        exact_scan_below: 1.1,
+        ..IndexParams::default()
+    };
+    let index = tokio::task::spawn_blocking(move || Index::build(Arc::new(catalog), params))
+        .await
+        .expect("build task")
+        .expect("build");
+    let ready = Ready::default();
+    ready.set(Arc::new(index));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let _ = tonic::transport::Server::builder()
+            .add_service(RetrievalApi::new(ready).into_service())
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                async {
+                    let _ = stopped.await;
+                },
+            )
+            .await;
+    });
+    (addr, Stop(stop, server))
+}
+
+/// Stops a server and waits until its connections are closed.
+struct Stop(tokio::sync::oneshot::Sender<()>, JoinHandle<()>);
+
+impl Stop {
+    async fn now(self) {
+        let _ = self.0.send(());
+        let _ = self.1.await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shards_merge_into_the_unsharded_answer_and_degrade_when_one_is_down() {
+    let full = catalog();
+    let part = |s: u32| {
+        let rows: Vec<u32> = (0..full.len() as u32)
+            .filter(|&r| shard_of(full.item_id(r), 2) == s)
+            .collect();
+        full.select(&rows)
+    };
+    let (whole_addr, _whole) =
+        serve(full.select(&(0..full.len() as u32).collect::<Vec<_>>())).await;
+    let (s0_addr, _s0) = serve(part(0)).await;
+    let (s1_addr, s1) = serve(part(1)).await;
+
+    let unsharded = start(config(&[&format!("--retrieval-addr={whole_addr}")])).await;
+    let sharded = start(config(&[&format!("--retrieval-addr={s0_addr},{s1_addr}")])).await;
+
+    let events: Vec<pb::Event> = items_in(&full, "electronics", 3)
+        .iter()
+        .enumerate()
+        .map(|(n, i)| event("u", i, pb::EventType::Click, T0 + n as i64 * 60_000))
+        .collect();
+    let req = pb::RecommendRequest {
+        filter: Some(pb::ItemFilter {
+            in_stock_only: true,
+            ..Default::default()
+        }),
+        ..request("u", 40)
+    };
+    let mut answers = Vec::new();
+    for gw in [&unsharded, &sharded] {
+        let mut client = recommender(gw.addr).await;
+        client
+            .record_events(pb::RecordEventsRequest {
+                events: events.clone(),
+            })
+            .await
+            .expect("events");
+        answers.push(
+            client
+                .recommend(req.clone())
+                .await
+                .expect("recommend")
+                .into_inner(),
+        );
+    }
+    let ids = |r: &pb::RecommendResponse| -> Vec<String> {
+        r.items.iter().map(|i| i.item_id.clone()).collect()
+    };
+    assert!(!answers[1].degraded, "{}", answers[1].degraded_reason);
+    assert_eq!(ids(&answers[0]).len(), 40);
+    assert_eq!(ids(&answers[0]), ids(&answers[1]));
+    // Both shards contributed.
+    let owners: std::collections::HashSet<u32> =
+        ids(&answers[1]).iter().map(|id| shard_of(id, 2)).collect();
+    assert_eq!(owners.len(), 2);
+
+    // Shard 1 goes away: the answer comes from shard 0 alone, marked degraded.
+    s1.now().await;
+    let mut client = recommender(sharded.addr).await;
+    let partial = client
+        .recommend(req.clone())
+        .await
+        .expect("recommend")
+        .into_inner();
+    assert!(partial.degraded);
+    assert!(
+        partial
+            .degraded_reason
+            .contains("1 of 2 retrieval shards failed"),
+        "{}",
+        partial.degraded_reason
+    );
+    assert_eq!(partial.items.len(), 40);
+    assert!(partial.items.iter().all(|i| shard_of(&i.item_id, 2) == 0));
+}
