@@ -188,6 +188,86 @@ impl Catalog {
     }
 }
 
+/// A catalog's columns, as a snapshot stores them.
+#[derive(Debug, Clone, Default)]
+pub struct CatalogParts {
+    pub item_ids: Vec<String>,
+    /// Row-major, `dim` values per item.
+    pub embeddings: Vec<f32>,
+    pub dim: usize,
+    /// Sorted vocabulary.
+    pub categories: Vec<String>,
+    pub category_codes: Vec<u32>,
+    pub price: Vec<f32>,
+    pub in_stock: Vec<bool>,
+    pub popularity: Vec<f32>,
+}
+
+impl Catalog {
+    /// Rebuilds a catalog from its columns. Unlike `open`, an id may repeat (a snapshot keeps
+    /// an item's superseded rows): `idx_of` gives its last row.
+    pub fn from_parts(parts: CatalogParts) -> Result<Catalog, CatalogError> {
+        let n = parts.item_ids.len();
+        let bad = |column: &'static str, reason: String| CatalogError::Column { column, reason };
+        if parts.dim == 0 || parts.embeddings.len() != n * parts.dim {
+            return Err(bad(
+                columns::EMBEDDING,
+                format!(
+                    "{} values for {n} items of dim {}",
+                    parts.embeddings.len(),
+                    parts.dim
+                ),
+            ));
+        }
+        for (column, len) in [
+            (columns::CATEGORY, parts.category_codes.len()),
+            (columns::PRICE, parts.price.len()),
+            (columns::IN_STOCK, parts.in_stock.len()),
+            (columns::POPULARITY, parts.popularity.len()),
+        ] {
+            if len != n {
+                return Err(bad(column, format!("{len} values for {n} items")));
+            }
+        }
+        if let Some(code) = parts
+            .category_codes
+            .iter()
+            .find(|c| **c as usize >= parts.categories.len())
+        {
+            return Err(bad(
+                columns::CATEGORY,
+                format!("code {code} outside the vocabulary"),
+            ));
+        }
+        let by_item_id = parts
+            .item_ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (id.clone(), i as ItemIdx))
+            .collect();
+        let popularity = Float32Array::from(parts.popularity);
+        let mut by_popularity: Vec<ItemIdx> = (0..n as ItemIdx).collect();
+        by_popularity.sort_by(|&a, &b| {
+            popularity
+                .value(b as usize)
+                .total_cmp(&popularity.value(a as usize))
+                .then(a.cmp(&b))
+        });
+        Ok(Catalog {
+            item_ids: StringArray::from_iter_values(parts.item_ids.iter()),
+            embeddings: Float32Array::from(parts.embeddings),
+            dim: parts.dim,
+            category_codes: parts.category_codes,
+            categories: parts.categories,
+            price: Float32Array::from(parts.price),
+            in_stock: parts.in_stock.into_iter().map(Some).collect(),
+            popularity,
+            by_item_id,
+            by_popularity,
+        })
+    }
+}
+
 /// Which of `shards` shards owns an item: FNV-1a of the id, so the assignment is the same in
 /// every process and release.
 pub fn shard_of(item_id: &str, shards: u32) -> u32 {

@@ -1,7 +1,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use tandem_catalog::ItemIdx;
+use tandem_catalog::{Catalog, ItemIdx};
 use tandem_ranking::{RankRequest, Ranker, Scores};
 use tandem_retrieval::{Candidate, FilterSpec, Index, SearchParams};
 
@@ -48,7 +48,18 @@ pub trait ScoringStage: Send + Sync {
 
 /// Retrieval in this process. The search runs on the blocking pool: it is CPU work.
 #[derive(Debug, Clone)]
-pub struct InProcessRetrieval(pub Arc<Index>);
+pub struct InProcessRetrieval {
+    index: Arc<Index>,
+    /// The catalog ranking reads features from; the index's rows map to it by item id (the
+    /// index may come from a snapshot, hold upserts, or serve a shard).
+    catalog: Arc<Catalog>,
+}
+
+impl InProcessRetrieval {
+    pub fn new(index: Arc<Index>, catalog: Arc<Catalog>) -> Self {
+        Self { index, catalog }
+    }
+}
 
 #[async_trait]
 impl CandidateStage for InProcessRetrieval {
@@ -58,7 +69,7 @@ impl CandidateStage for InProcessRetrieval {
         k: usize,
         filter: &FilterSpec,
     ) -> Result<Retrieved, StageError> {
-        let index = self.0.clone();
+        let index = self.index.clone();
         let filter = index.resolve_filter(filter)?;
         let query = query.to_vec();
         let found = tokio::task::spawn_blocking({
@@ -68,18 +79,14 @@ impl CandidateStage for InProcessRetrieval {
         .await
         .map_err(|e| StageError::Unavailable(format!("retrieval task failed: {e}")))?
         .map_err(StageError::from)?;
-        // Index rows past the catalog are upserts: map them to the catalog by item id (ranking
-        // reads features from the catalog), and leave out items it does not know yet.
-        let catalog = index.catalog();
+        // Items the catalog does not know yet (upserted since it was written) are left out:
+        // ranking could not compute their features.
+        let catalog = &self.catalog;
         Ok(found
             .into_iter()
             .filter_map(|c| {
-                let idx = if (c.idx as usize) < catalog.len() {
-                    Some(c.idx)
-                } else {
-                    index.item_id(c.idx).and_then(|id| catalog.idx_of(&id))
-                };
-                idx.map(|idx| Candidate { idx, ..c })
+                let idx = index.item_id(c.idx).and_then(|id| catalog.idx_of(&id))?;
+                Some(Candidate { idx, ..c })
             })
             .collect::<Vec<_>>()
             .into())

@@ -89,6 +89,14 @@ fn main() -> Result<(), String> {
     let started = Instant::now();
     let index = Index::build(catalog.clone(), params).map_err(|e| e.to_string())?;
     let build_s = started.elapsed().as_secs_f64();
+    // What a restart costs instead of a build: write a snapshot, time loading it.
+    let snapshots = tempfile::tempdir().map_err(|e| e.to_string())?;
+    index.snapshot(snapshots.path()).map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    let (restored, _) = Index::from_snapshots(snapshots.path(), params)
+        .ok_or("the snapshot just written does not load")?;
+    let load_s = started.elapsed().as_secs_f64();
+    drop(restored);
     let none = ItemFilter::default();
 
     let mut runs = Vec::new();
@@ -149,7 +157,7 @@ fn main() -> Result<(), String> {
         ));
     }
     println!(
-        "{{\"engine\":\"tandem\",\"items\":{},\"dim\":{dim},\"kernels\":\"{}\",\"threads\":{},\"build_s\":{build_s:.2},\"bytes_per_item\":{:.0},\"runs\":[{}]}}",
+        "{{\"engine\":\"tandem\",\"items\":{},\"dim\":{dim},\"kernels\":\"{}\",\"threads\":{},\"build_s\":{build_s:.2},\"load_s\":{load_s:.3},\"bytes_per_item\":{:.0},\"runs\":[{}]}}",
         catalog.len(),
         index.space().kernels().name,
         args.threads,

@@ -95,6 +95,20 @@ thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
 }
 
+/// A graph's arrays, as a snapshot stores them.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct GraphParts {
+    pub rows: Vec<u32>,
+    pub links0: Vec<u32>,
+    pub max_links0: u32,
+    pub upper: Vec<u32>,
+    pub upper_start: Vec<u32>,
+    pub max_links: u32,
+    pub levels: Vec<u8>,
+    pub entry: u32,
+    pub max_level: u8,
+}
+
 /// A frozen HNSW graph over a fixed set of rows.
 pub(crate) struct Graph {
     stored_len: usize,
@@ -223,7 +237,79 @@ impl Graph {
         self.rows.len()
     }
 
-    #[allow(dead_code)]
+    /// The graph without its vectors, for snapshots.
+    pub(crate) fn to_parts(&self) -> GraphParts {
+        GraphParts {
+            rows: self.rows.clone(),
+            links0: self.links0.clone(),
+            max_links0: self.max_links0 as u32,
+            upper: self.upper.clone(),
+            upper_start: self.upper_start.clone(),
+            max_links: self.max_links as u32,
+            levels: self.levels.clone(),
+            entry: self.entry,
+            max_level: self.max_level,
+        }
+    }
+
+    /// Reassembles a graph, checking every index so a damaged snapshot cannot make a search
+    /// read out of bounds. `vector_of(row)` gives each row's stored vector.
+    pub(crate) fn from_parts(
+        p: GraphParts,
+        stored_len: usize,
+        vector_of: impl Fn(u32) -> Option<Vec<f32>>,
+    ) -> Result<Self, String> {
+        let n = p.rows.len();
+        let (m0, m) = (p.max_links0 as usize, p.max_links as usize);
+        if p.links0.len() != n * (m0 + 1) || p.upper_start.len() != n || p.levels.len() != n {
+            return Err("graph arrays disagree on the node count".into());
+        }
+        if n > 0 && (p.entry as usize >= n || p.levels[p.entry as usize] != p.max_level) {
+            return Err("graph entry point is invalid".into());
+        }
+        let node_ok = |x: u32| (x as usize) < n;
+        for node in 0..n {
+            let l0 = &p.links0[node * (m0 + 1)..(node + 1) * (m0 + 1)];
+            if l0[0] as usize > m0 || !l0[1..=l0[0] as usize].iter().all(|x| node_ok(*x)) {
+                return Err(format!("node {node}: bad layer-0 links"));
+            }
+            let start = p.upper_start[node] as usize;
+            for level in 1..=usize::from(p.levels[node]) {
+                let at = start + (level - 1) * (m + 1);
+                let block = p
+                    .upper
+                    .get(at..at + m + 1)
+                    .ok_or_else(|| format!("node {node}: upper links out of range"))?;
+                let ok = block[0] as usize <= m
+                    && block[1..=block[0] as usize]
+                        .iter()
+                        .all(|x| node_ok(*x) && p.levels[*x as usize] as usize >= level);
+                if !ok {
+                    return Err(format!("node {node}: bad layer-{level} links"));
+                }
+            }
+        }
+        let mut vectors = Vec::with_capacity(n * stored_len);
+        for row in &p.rows {
+            let mut v = vector_of(*row).ok_or_else(|| format!("graph row {row} has no item"))?;
+            v.resize(stored_len, 0.0);
+            vectors.extend_from_slice(&v);
+        }
+        Ok(Self {
+            stored_len,
+            vectors,
+            rows: p.rows,
+            links0: p.links0,
+            max_links0: m0,
+            upper: p.upper,
+            upper_start: p.upper_start,
+            max_links: m,
+            levels: p.levels,
+            entry: p.entry,
+            max_level: p.max_level,
+        })
+    }
+
     pub(crate) fn rows(&self) -> &[u32] {
         &self.rows
     }

@@ -2,6 +2,7 @@
 //! since the last rebuild (searched alongside, as Lucene and Qdrant do with segments),
 //! tombstones, the write-ahead log, and background rebuilds swapped in atomically.
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
@@ -14,6 +15,7 @@ use crate::filter::{Attributes, CatalogStats, FilterSpec, ItemFilter};
 use crate::graph::{Graph, Scored, SearchStats, TopK};
 use crate::kernels::Kernels;
 use crate::rows::{ItemUpdate, Rows};
+use crate::snapshot;
 use crate::space::{GraphDistance, Metric, Space};
 use crate::wal::{Mutation, Wal};
 
@@ -234,9 +236,144 @@ impl Index {
         })
     }
 
+    /// Restores an index from the newest valid snapshot in `dir`, falling back to older ones
+    /// (a clear warning for each that fails). Returns the index and the last log sequence it
+    /// holds, or `None` when no snapshot can be used.
+    pub fn from_snapshots(dir: &Path, params: IndexParams) -> Option<(Self, u64)> {
+        for path in snapshot::list(dir) {
+            let started = Instant::now();
+            match snapshot::read(&path).and_then(|data| Self::from_snapshot(data, params)) {
+                Ok((index, seq)) => {
+                    tracing::info!(
+                        path = %path.display(),
+                        items = index.live_items(),
+                        wal_seq = seq,
+                        seconds = started.elapsed().as_secs_f32(),
+                        "loaded index snapshot"
+                    );
+                    return Some((index, seq));
+                }
+                Err(e) => tracing::warn!(
+                    path = %path.display(),
+                    error = %e,
+                    "cannot use this snapshot; trying an older one, else rebuilding"
+                ),
+            }
+        }
+        None
+    }
+
+    fn from_snapshot(
+        data: snapshot::SnapshotData,
+        params: IndexParams,
+    ) -> Result<(Self, u64), RetrievalError> {
+        let corrupt = |reason: String| RetrievalError::Corrupt {
+            path: "snapshot".into(),
+            reason,
+        };
+        if data.metric != params.metric {
+            return Err(corrupt(format!(
+                "built for metric {}, configured {}",
+                data.metric, params.metric
+            )));
+        }
+        let catalog =
+            Arc::new(Catalog::from_parts(data.items).map_err(|e| corrupt(e.to_string()))?);
+        let space = Space::new(params.metric, catalog.dim(), Kernels::detect());
+        let rows = Rows::restore(catalog.clone(), space, &data.deleted);
+        let graph = Graph::from_parts(data.graph, space.stored_len(), |row| {
+            ((row as usize) < rows.len()).then(|| rows.stored_vector(row).into_owned())
+        })
+        .map_err(corrupt)?;
+        if let Some(bad) = data.unindexed.iter().find(|r| **r as usize >= rows.len()) {
+            return Err(corrupt(format!("unindexed row {bad} out of range")));
+        }
+        let fresh = Fresh::new(space, &params);
+        for &row in &data.unindexed {
+            if !rows.is_deleted(row) {
+                let mut v = rows.stored_vector(row).into_owned();
+                v.resize(space.stored_len(), 0.0);
+                fresh.hnsw.insert_slice((&v, row as usize));
+                if let Ok(mut r) = fresh.rows.lock() {
+                    r.push(row);
+                }
+            }
+        }
+        let dead_indexed = graph.rows().iter().filter(|r| rows.is_deleted(**r)).count();
+        let stats = CatalogStats::new(&catalog);
+        Ok((
+            Self {
+                catalog,
+                space,
+                params,
+                stats,
+                state: RwLock::new(State {
+                    rows,
+                    graph: Arc::new(graph),
+                    fresh: Arc::new(fresh),
+                    sealed: None,
+                    dead_indexed,
+                }),
+                writer: Mutex::new(None),
+                rebuilding: AtomicBool::new(false),
+            },
+            data.wal_seq,
+        ))
+    }
+
+    /// Writes a snapshot of the whole index into `dir` while searches and writes go on
+    /// (writes wait only while the state is copied). Returns the file written.
+    pub fn snapshot(&self, dir: &Path) -> Result<PathBuf, RetrievalError> {
+        let data = {
+            let writer = self.writer.lock().map_err(|_| poisoned())?;
+            let wal_seq = writer.as_ref().map_or(0, |w| w.next_seq() - 1);
+            let state = self.read()?;
+            let (items, deleted) = state.rows.to_parts();
+            let mut unindexed = state.fresh.rows();
+            if let Some(sealed) = &state.sealed {
+                unindexed.extend(sealed.rows());
+            }
+            snapshot::SnapshotData {
+                wal_seq,
+                metric: self.params.metric,
+                items,
+                deleted,
+                graph: state.graph.to_parts(),
+                unindexed,
+            }
+        };
+        let started = Instant::now();
+        let path = snapshot::write(dir, &data)?;
+        tracing::info!(
+            path = %path.display(),
+            wal_seq = data.wal_seq,
+            seconds = started.elapsed().as_secs_f32(),
+            "wrote index snapshot"
+        );
+        Ok(path)
+    }
+
+    /// The last log sequence number applied (0 without a log).
+    pub fn applied_seq(&self) -> u64 {
+        self.writer
+            .lock()
+            .ok()
+            .and_then(|w| w.as_ref().map(|w| w.next_seq() - 1))
+            .unwrap_or(0)
+    }
+
     /// Replays a write-ahead log into the index and makes later writes durable in it.
-    pub fn attach_wal(&self, path: &std::path::Path) -> Result<usize, RetrievalError> {
+    pub fn attach_wal(&self, path: &Path) -> Result<usize, RetrievalError> {
+        self.attach_wal_after(path, 0)
+    }
+
+    /// As `attach_wal`, skipping batches up to `after_seq` (already in a loaded snapshot).
+    pub fn attach_wal_after(&self, path: &Path, after_seq: u64) -> Result<usize, RetrievalError> {
         let (wal, batches) = Wal::open(path)?;
+        let batches: Vec<_> = batches
+            .into_iter()
+            .filter(|(seq, _)| *seq > after_seq)
+            .collect();
         let replayed = batches.len();
         let mut writer = self.writer.lock().map_err(|_| poisoned())?;
         for (_, mutation) in &batches {

@@ -5,12 +5,14 @@
 //! the SIMD distances, [`space`] the metric (inner product by default) and [`filter`] what a
 //! request may return.
 
+mod codec;
 mod error;
 mod filter;
 mod graph;
 mod index;
 pub mod kernels;
 mod rows;
+mod snapshot;
 mod space;
 mod wal;
 

@@ -8,7 +8,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use tandem_catalog::{Catalog, ItemIdx};
+use tandem_catalog::{Catalog, CatalogParts, ItemIdx};
 
 use crate::filter::Attributes;
 use crate::space::Space;
@@ -150,6 +150,88 @@ impl Rows {
 
     pub(crate) fn deleted_count(&self) -> usize {
         self.deleted_count
+    }
+
+    pub(crate) fn popularity(&self, row: ItemIdx) -> f32 {
+        let r = row as usize;
+        if r < self.base.len() {
+            self.base.popularity(row)
+        } else {
+            self.extra_popularity[r - self.base.len()]
+        }
+    }
+
+    fn category_name(&self, code: u32) -> &str {
+        let c = code as usize;
+        let base = self.base.categories();
+        if c < base.len() {
+            &base[c]
+        } else {
+            &self.extra_categories[c - base.len()]
+        }
+    }
+
+    /// Every row as catalog columns (vocabulary sorted again), and the tombstones (one byte
+    /// per row), for a snapshot.
+    pub(crate) fn to_parts(&self) -> (CatalogParts, Vec<u8>) {
+        let n = self.len();
+        let dim = self.space.dim();
+        let mut categories: Vec<String> = self
+            .base
+            .categories()
+            .iter()
+            .chain(&self.extra_categories)
+            .cloned()
+            .collect();
+        categories.sort_unstable();
+        let code_of = |name: &str| {
+            categories
+                .binary_search_by(|c| c.as_str().cmp(name))
+                .unwrap_or(0) as u32
+        };
+        let mut parts = CatalogParts {
+            item_ids: Vec::with_capacity(n),
+            embeddings: Vec::with_capacity(n * dim),
+            dim,
+            categories: Vec::new(),
+            category_codes: Vec::with_capacity(n),
+            price: Vec::with_capacity(n),
+            in_stock: Vec::with_capacity(n),
+            popularity: Vec::with_capacity(n),
+        };
+        let mut deleted = Vec::with_capacity(n);
+        for row in 0..n as ItemIdx {
+            parts.item_ids.push(self.item_id(row).to_owned());
+            parts
+                .embeddings
+                .extend_from_slice(&self.stored_vector(row)[..dim]);
+            parts
+                .category_codes
+                .push(code_of(self.category_name(self.category_code(row))));
+            parts.price.push(self.price(row));
+            parts.in_stock.push(self.in_stock(row));
+            parts.popularity.push(self.popularity(row));
+            deleted.push(u8::from(self.is_deleted(row)));
+        }
+        parts.categories = categories;
+        (parts, deleted)
+    }
+
+    /// Rows over a snapshot's items, with its tombstones.
+    pub(crate) fn restore(base: Arc<Catalog>, space: Space, deleted: &[u8]) -> Self {
+        let mut rows = Self::new(base, space);
+        for (row, d) in deleted.iter().enumerate() {
+            if *d != 0 {
+                let row = row as ItemIdx;
+                rows.tombstone(row);
+                // The id's last row is deleted: the item is gone, not moved.
+                let id = rows.base.item_id(row).to_owned();
+                if rows.base.idx_of(&id) == Some(row) {
+                    rows.moved.insert(id, None);
+                }
+            }
+        }
+        rows
     }
 
     /// Rows not deleted, in order.

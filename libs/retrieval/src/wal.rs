@@ -11,6 +11,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use crate::RetrievalError;
+use crate::codec::Reader;
 use crate::rows::ItemUpdate;
 
 const MAGIC: &[u8; 8] = b"TNDMWAL1";
@@ -180,38 +181,8 @@ fn encode(seq: u64, mutation: &Mutation) -> Vec<u8> {
     out
 }
 
-/// Reads little-endian fields off a payload; `None` on any overrun.
-struct Reader<'a>(&'a [u8]);
-
-impl Reader<'_> {
-    fn take(&mut self, n: usize) -> Option<&[u8]> {
-        if self.0.len() < n {
-            return None;
-        }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Some(head)
-    }
-    fn u8(&mut self) -> Option<u8> {
-        self.take(1).map(|b| b[0])
-    }
-    fn u32(&mut self) -> Option<u32> {
-        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
-    }
-    fn u64(&mut self) -> Option<u64> {
-        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
-    }
-    fn f32(&mut self) -> Option<f32> {
-        Some(f32::from_le_bytes(self.take(4)?.try_into().ok()?))
-    }
-    fn string(&mut self) -> Option<String> {
-        let n = self.u32()? as usize;
-        String::from_utf8(self.take(n)?.to_vec()).ok()
-    }
-}
-
 fn decode(payload: &[u8]) -> Option<(u64, Mutation)> {
-    let mut r = Reader(payload);
+    let mut r = Reader::new(payload);
     let seq = r.u64()?;
     let count = r.u32()? as usize;
     let mut upserts = Vec::new();
@@ -235,7 +206,7 @@ fn decode(payload: &[u8]) -> Option<(u64, Mutation)> {
             _ => return None,
         }
     }
-    if !r.0.is_empty() || (!upserts.is_empty() && !deletes.is_empty()) {
+    if !r.is_empty() || (!upserts.is_empty() && !deletes.is_empty()) {
         return None;
     }
     Some((

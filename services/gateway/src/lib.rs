@@ -91,13 +91,13 @@ pub async fn start(
                 )?),
                 None => {
                     let (shared, params) = (catalog.clone(), checked.index);
-                    let state_dir = config.index.state_dir.clone();
+                    let state = config.index.state();
                     let built = tokio::task::spawn_blocking(move || {
-                        tandem_retrieval_service::open_index(shared, params, state_dir.as_deref())
+                        tandem_retrieval_service::open_index(shared, params, state.as_ref())
                     });
                     let built = built.await??;
                     index.set(built.clone());
-                    Arc::new(InProcessRetrieval(built))
+                    Arc::new(InProcessRetrieval::new(built, catalog.clone()))
                 }
             };
             let ranking: Arc<dyn ScoringStage> = match (&config.ranking_addr, checked.ranker) {

@@ -38,6 +38,10 @@ pub struct IndexArgs {
     /// Upserted rows held in the mutable segment before a background rebuild merges them.
     #[arg(long, env = "TANDEM_FRESH_CAPACITY", default_value_t = 20_000)]
     pub fresh_capacity: usize,
+    /// Seconds between snapshots of the index into `--state-dir` (taken only when writes
+    /// happened; a first one right after a build). 0 = only that first one.
+    #[arg(long, env = "TANDEM_SNAPSHOT_INTERVAL_S", default_value_t = 300)]
+    pub snapshot_interval_s: u64,
     /// Fraction of tombstoned rows in the index that triggers a background rebuild.
     #[arg(long, env = "TANDEM_REBUILD_TOMBSTONE_RATIO", default_value_t = 0.2)]
     pub rebuild_tombstone_ratio: f64,
@@ -85,13 +89,16 @@ impl IndexArgs {
     }
 }
 
-/// Reads the catalog, builds the index and replays the write-ahead log (blocking; seconds
-/// for 50k items).
+/// Opens the index: from the newest valid snapshot in `state_dir` plus the log after it, or
+/// else reads the catalog and builds it (blocking; seconds for 50k items).
 pub fn load_index(
     items: &Path,
     params: IndexParams,
-    state_dir: Option<&Path>,
-) -> Result<Arc<Index>, Box<dyn std::error::Error + Send + Sync>> {
+    state: Option<&StateArgs>,
+) -> Result<Arc<Index>, BoxError> {
+    if let Some(index) = restore(params, state)? {
+        return Ok(index);
+    }
     let mut catalog = Catalog::open(items)?;
     tracing::info!(items = catalog.len(), dim = catalog.dim(), path = %items.display(), "loaded catalog");
     if let Some(shard) = params.shard {
@@ -101,26 +108,113 @@ pub fn load_index(
         catalog = catalog.select(&rows);
         tracing::info!(%shard, items = catalog.len(), "serving one shard of the catalog");
     }
-    open_index(Arc::new(catalog), params, state_dir)
+    build(Arc::new(catalog), params, state)
 }
 
-/// Builds the index over a loaded catalog and replays the write-ahead log in `state_dir`.
+/// As `load_index` with the catalog already loaded (the embedded gateway shares it).
 pub fn open_index(
     catalog: Arc<Catalog>,
     params: IndexParams,
-    state_dir: Option<&Path>,
-) -> Result<Arc<Index>, Box<dyn std::error::Error + Send + Sync>> {
-    let index = Index::build(catalog, params)?;
-    match state_dir {
-        Some(dir) => {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| format!("cannot create --state-dir {}: {e}", dir.display()))?;
-            index.attach_wal(&dir.join(WAL_FILE))?;
-        }
-        None => tracing::warn!("no --state-dir: the index is read-only"),
+    state: Option<&StateArgs>,
+) -> Result<Arc<Index>, BoxError> {
+    match restore(params, state)? {
+        Some(index) => Ok(index),
+        None => build(catalog, params, state),
     }
-    Ok(Arc::new(index))
 }
+
+/// Where the index keeps its log and snapshots, and how often it snapshots.
+#[derive(Debug, Clone)]
+pub struct StateArgs {
+    pub dir: PathBuf,
+    pub snapshot_interval: std::time::Duration,
+}
+
+impl IndexArgs {
+    pub fn state(&self) -> Option<StateArgs> {
+        self.state_dir.clone().map(|dir| StateArgs {
+            dir,
+            snapshot_interval: std::time::Duration::from_secs(self.snapshot_interval_s),
+        })
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+fn restore(params: IndexParams, state: Option<&StateArgs>) -> Result<Option<Arc<Index>>, BoxError> {
+    let Some(state) = state else {
+        return Ok(None);
+    };
+    std::fs::create_dir_all(&state.dir)
+        .map_err(|e| format!("cannot create --state-dir {}: {e}", state.dir.display()))?;
+    let Some((index, seq)) = Index::from_snapshots(&state.dir.join(SNAPSHOT_DIR), params) else {
+        return Ok(None);
+    };
+    index.attach_wal_after(&state.dir.join(WAL_FILE), seq)?;
+    let index = Arc::new(index);
+    spawn_snapshots(&index, state, seq);
+    Ok(Some(index))
+}
+
+fn build(
+    catalog: Arc<Catalog>,
+    params: IndexParams,
+    state: Option<&StateArgs>,
+) -> Result<Arc<Index>, BoxError> {
+    let index = Index::build(catalog, params)?;
+    let Some(state) = state else {
+        tracing::warn!("no --state-dir: the index is read-only");
+        return Ok(Arc::new(index));
+    };
+    index.attach_wal(&state.dir.join(WAL_FILE))?;
+    let index = Arc::new(index);
+    // A first snapshot right away: the next start loads it instead of rebuilding.
+    spawn_snapshots(&index, state, u64::MAX);
+    Ok(index)
+}
+
+/// Snapshots in the background: now if `last` is `u64::MAX`, then every interval when writes
+/// happened since the last one.
+fn spawn_snapshots(index: &Arc<Index>, state: &StateArgs, mut last: u64) {
+    let (index, dir, every) = (
+        Arc::downgrade(index),
+        state.dir.join(SNAPSHOT_DIR),
+        state.snapshot_interval,
+    );
+    let spawned = std::thread::Builder::new()
+        .name("index-snapshots".into())
+        .spawn(move || {
+            loop {
+                if last != u64::MAX {
+                    if every.is_zero() {
+                        return;
+                    }
+                    std::thread::sleep(every);
+                }
+                let Some(index) = index.upgrade() else {
+                    return;
+                };
+                let seq = index.applied_seq();
+                if seq != last {
+                    match index.snapshot(&dir) {
+                        Ok(_) => last = seq,
+                        Err(e) => {
+                            tracing::error!(error = %e, "snapshot failed; the log still holds every write");
+                            if last == u64::MAX {
+                                last = 0;
+                            }
+                        }
+                    }
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the snapshot thread");
+    }
+}
+
+/// Subdirectory of the state directory holding snapshots.
+pub const SNAPSHOT_DIR: &str = "snapshots";
 
 /// The write-ahead log's file name inside the state directory.
 pub const WAL_FILE: &str = "retrieval.wal";

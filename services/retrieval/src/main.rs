@@ -59,11 +59,10 @@ async fn main() -> anyhow::Result<()> {
         tandem_server::shutdown_signal(),
     ));
     let items = config.items.clone();
-    let state_dir = config.index.state_dir.clone();
-    let built =
-        tokio::task::spawn_blocking(move || load_index(&items, params, state_dir.as_deref()))
-            .await?
-            .map_err(|e| anyhow::anyhow!("cannot build the index: {e}"))?;
+    let state = config.index.state();
+    let built = tokio::task::spawn_blocking(move || load_index(&items, params, state.as_ref()))
+        .await?
+        .map_err(|e| anyhow::anyhow!("cannot open the index: {e}"))?;
     index.set(built);
     health.set_serving(true).await;
     tracing::info!(%addr, "serving");

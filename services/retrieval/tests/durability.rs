@@ -36,6 +36,10 @@ fn free_port() -> u16 {
 }
 
 async fn start(items: &Path, state: &Path) -> Server {
+    start_logging(items, state, Stdio::null()).await
+}
+
+async fn start_logging(items: &Path, state: &Path, log: impl Into<Stdio>) -> Server {
     let addr = format!("127.0.0.1:{}", free_port());
     let child = Command::new(env!("CARGO_BIN_EXE_tandem-retrieval"))
         .args([
@@ -50,8 +54,9 @@ async fn start(items: &Path, state: &Path) -> Server {
         .arg(items)
         .arg("--state-dir")
         .arg(state)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", "info")
         .stdout(Stdio::null())
+        .stderr(log)
         .spawn()
         .expect("spawn tandem-retrieval");
     let server = Server { child, addr };
@@ -134,12 +139,31 @@ async fn acknowledged_writes_survive_sigkill() {
     assert_eq!((deleted.deleted, deleted.not_found), (1, 1));
     assert!(deleted.sequence > upserted.sequence);
     assert_eq!(search(&mut c, query.clone(), 1).await, vec!["brand-new"]);
+    // The first start snapshots the freshly built index in the background.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::read_dir(state.join("snapshots"))
+        .map(|d| {
+            !d.flatten()
+                .any(|e| e.file_name().to_string_lossy().ends_with(".tsnap"))
+        })
+        .unwrap_or(true)
+    {
+        assert!(Instant::now() < deadline, "no snapshot written");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // SIGKILL right after the acknowledgements: no shutdown path runs.
     server.child.kill().expect("kill -9");
     server.child.wait().expect("reap");
 
-    let server = start(&items, &state).await;
+    let log_path = dir.path().join("restart.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let server = start_logging(&items, &state, log).await;
+    let log = std::fs::read_to_string(&log_path).expect("log");
+    assert!(
+        log.contains("loaded index snapshot") && !log.contains("built HNSW index"),
+        "restart should load the snapshot, not rebuild:\n{log}"
+    );
     let mut c = client(&server).await;
     assert_eq!(search(&mut c, query.clone(), 1).await, vec!["brand-new"]);
     let everything = search(&mut c, query.clone(), 1500).await;
