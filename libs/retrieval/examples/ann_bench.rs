@@ -91,7 +91,9 @@ fn main() -> Result<(), String> {
     let build_s = started.elapsed().as_secs_f64();
     // What a restart costs instead of a build: write a snapshot, time loading it.
     let snapshots = tempfile::tempdir().map_err(|e| e.to_string())?;
-    index.snapshot(snapshots.path()).map_err(|e| e.to_string())?;
+    index
+        .snapshot(snapshots.path())
+        .map_err(|e| e.to_string())?;
     let started = Instant::now();
     let (restored, _) = Index::from_snapshots(snapshots.path(), params)
         .ok_or("the snapshot just written does not load")?;

@@ -344,6 +344,12 @@ impl Index {
         };
         let started = Instant::now();
         let path = snapshot::write(dir, &data)?;
+        if let Some(through) = snapshot::log_needed_after(dir)
+            && let Some(wal) = self.writer.lock().map_err(|_| poisoned())?.as_mut()
+        {
+            let dropped = wal.truncate_through(through)?;
+            tracing::debug!(through, dropped, "compacted the write-ahead log");
+        }
         tracing::info!(
             path = %path.display(),
             wal_seq = data.wal_seq,

@@ -22,3 +22,4 @@ pub use graph::SearchStats;
 pub use index::{Candidate, Index, IndexParams, MAX_K, SearchParams, Shard, WriteOutcome};
 pub use rows::ItemUpdate;
 pub use space::{Metric, Space};
+pub use wal::{Mutation, Wal};

@@ -155,6 +155,23 @@ pub(crate) fn list(dir: &Path) -> Vec<PathBuf> {
     found
 }
 
+/// The log sequence a snapshot file holds, from its name.
+pub(crate) fn seq_of(path: &Path) -> Option<u64> {
+    path.file_name()?
+        .to_str()?
+        .strip_prefix(PREFIX)?
+        .strip_suffix(SUFFIX)?
+        .parse()
+        .ok()
+}
+
+/// The log may drop batches up to this sequence: the oldest kept snapshot holds them, so a
+/// damaged newest snapshot still has an older one plus a complete log after it. `None` while
+/// fewer than two snapshots exist.
+pub(crate) fn log_needed_after(dir: &Path) -> Option<u64> {
+    list(dir).get(KEEP - 1).and_then(|p| seq_of(p))
+}
+
 /// Reads and verifies one snapshot file.
 pub(crate) fn read(path: &Path) -> Result<SnapshotData, RetrievalError> {
     let corrupt = |reason: &str| RetrievalError::Corrupt {

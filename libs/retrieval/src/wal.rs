@@ -1,7 +1,9 @@
 //! Write-ahead log of upserts and deletes: a batch is on disk (written and fsynced) before it
 //! is applied and acknowledged, and replayed at start-up.
 //!
-//! File: the magic `TNDMWAL1`, then records `[len u32][crc32 u32][payload]`, little-endian.
+//! File: the magic `TNDMWAL1`, the sequence number before the first record (u64: after a
+//! snapshot drops old records, numbering goes on from there), then records
+//! `[len u32][crc32 u32][payload]`, little-endian.
 //! A payload is one whole request (`seq u64`, `count u32`, operations), so a batch torn by a
 //! crash is dropped whole: it was never acknowledged. Replay stops at the first short or
 //! corrupt record and truncates the file there.
@@ -15,6 +17,7 @@ use crate::codec::Reader;
 use crate::rows::ItemUpdate;
 
 const MAGIC: &[u8; 8] = b"TNDMWAL1";
+const HEADER: usize = 16;
 const OP_UPSERT: u8 = 1;
 const OP_DELETE: u8 = 2;
 /// A record larger than this is corruption, not data (a batch is at most a few MB).
@@ -32,6 +35,8 @@ pub struct Wal {
     path: PathBuf,
     file: File,
     next_seq: u64,
+    /// Sequence before the first record still in the file.
+    base_seq: u64,
 }
 
 impl Wal {
@@ -52,7 +57,7 @@ impl Wal {
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes).map_err(io)?;
         if bytes.is_empty() {
-            file.write_all(MAGIC).map_err(io)?;
+            file.write_all(&header(0)).map_err(io)?;
             file.sync_all().map_err(io)?;
             if let Some(dir) = path.parent() {
                 sync_dir(dir);
@@ -62,19 +67,23 @@ impl Wal {
                     path: path.to_owned(),
                     file,
                     next_seq: 1,
+                    base_seq: 0,
                 },
                 Vec::new(),
             ));
         }
-        if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
+        if bytes.len() < HEADER || &bytes[..MAGIC.len()] != MAGIC {
             return Err(RetrievalError::Corrupt {
                 path: path.to_owned(),
-                reason: "not a tandem write-ahead log (bad magic)".into(),
+                reason: "not a tandem write-ahead log (bad magic or header)".into(),
             });
         }
-        let mut pos = MAGIC.len();
+        let mut base = [0u8; 8];
+        base.copy_from_slice(&bytes[MAGIC.len()..HEADER]);
+        let mut pos = HEADER;
         let mut batches = Vec::new();
-        let mut next_seq = 1;
+        let base_seq = u64::from_le_bytes(base);
+        let mut next_seq = base_seq + 1;
         while let Some((payload, end)) = next_record(&bytes, pos) {
             let Some((seq, mutation)) = decode(payload) else {
                 break;
@@ -100,6 +109,7 @@ impl Wal {
                 path: path.to_owned(),
                 file,
                 next_seq,
+                base_seq,
             },
             batches,
         ))
@@ -123,10 +133,69 @@ impl Wal {
         Ok(seq)
     }
 
+    /// Drops the batches up to `seq` (now in a snapshot), keeping later ones: the kept
+    /// records are written to a new file, fsynced and renamed over the log, so a crash leaves
+    /// either the old log or the new one, both complete.
+    pub fn truncate_through(&mut self, seq: u64) -> Result<usize, RetrievalError> {
+        let io = |source| RetrievalError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let bytes = std::fs::read(&self.path).map_err(io)?;
+        let base = seq.min(self.next_seq - 1).max(self.base_seq);
+        let mut kept = header(base).to_vec();
+        let mut dropped = 0;
+        let mut pos = HEADER;
+        while let Some((payload, end)) = next_record(&bytes, pos) {
+            let record_seq = payload
+                .get(..8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_le_bytes)
+                .unwrap_or(0);
+            if record_seq > seq {
+                kept.extend_from_slice(&bytes[pos..end]);
+            } else {
+                dropped += 1;
+            }
+            pos = end;
+        }
+        if dropped == 0 {
+            return Ok(0);
+        }
+        let tmp = self.path.with_extension("wal.tmp");
+        {
+            let mut f = File::create(&tmp).map_err(io)?;
+            f.write_all(&kept).map_err(io)?;
+            f.sync_all().map_err(io)?;
+        }
+        std::fs::rename(&tmp, &self.path).map_err(io)?;
+        if let Some(dir) = self.path.parent() {
+            sync_dir(dir);
+        }
+        self.file = OpenOptions::new()
+            .append(true)
+            .open(&self.path)
+            .map_err(io)?;
+        self.base_seq = base;
+        Ok(dropped)
+    }
+
+    /// Sequence before the first batch the file still holds (0 if never compacted).
+    pub fn base_seq(&self) -> u64 {
+        self.base_seq
+    }
+
     /// Sequence number the next batch will get.
     pub fn next_seq(&self) -> u64 {
         self.next_seq
     }
+}
+
+fn header(base_seq: u64) -> [u8; HEADER] {
+    let mut h = [0u8; HEADER];
+    h[..MAGIC.len()].copy_from_slice(MAGIC);
+    h[MAGIC.len()..].copy_from_slice(&base_seq.to_le_bytes());
+    h
 }
 
 fn sync_dir(dir: &Path) {
@@ -263,12 +332,34 @@ mod tests {
         assert_eq!(std::fs::read(&path).expect("read").len(), full.len());
         assert_eq!(wal.append(&batches[1]).expect("append"), 3);
 
+        // Dropping what a snapshot holds keeps the rest and the numbering, also when
+        // nothing is left.
+        assert_eq!(wal.truncate_through(1).expect("truncate"), 1);
+        assert_eq!(wal.append(&batches[0]).expect("append"), 4);
+        drop(wal);
+        let (mut wal, replayed) = Wal::open(&path).expect("reopen");
+        assert_eq!(
+            replayed.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+            vec![2, 3, 4]
+        );
+        assert_eq!(wal.truncate_through(4).expect("truncate"), 3);
+        drop(wal);
+        let (mut wal, replayed) = Wal::open(&path).expect("reopen");
+        assert!(replayed.is_empty());
+        assert_eq!(wal.next_seq(), 5);
+        wal.append(&batches[0]).expect("append");
+        wal.append(&batches[1]).expect("append");
+        drop(wal);
+
         // A flipped bit fails the checksum: replay keeps what precedes it.
         let mut bytes = std::fs::read(&path).expect("read");
         let last = bytes.len() - 3;
         bytes[last] ^= 0x40;
         std::fs::write(&path, &bytes).expect("write");
         let (_, replayed) = Wal::open(&path).expect("reopen");
-        assert_eq!(replayed.len(), 2);
+        assert_eq!(
+            replayed.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+            vec![5]
+        );
     }
 }
