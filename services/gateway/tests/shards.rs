@@ -132,3 +132,56 @@ async fn shards_merge_into_the_unsharded_answer_and_degrade_when_one_is_down() {
     assert_eq!(partial.items.len(), 40);
     assert!(partial.items.iter().all(|i| shard_of(&i.item_id, 2) == 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_that_never_answers_is_cut_off_at_the_stage_deadline() {
+    let full = catalog();
+    let rows: Vec<u32> = (0..full.len() as u32)
+        .filter(|&r| shard_of(full.item_id(r), 2) == 0)
+        .collect();
+    let (s0_addr, _s0) = serve(full.select(&rows)).await;
+    // Accepts connections and never speaks: a hung pod.
+    let black_hole = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let hole_addr = black_hole.local_addr().expect("addr");
+    let _held = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = black_hole.accept().await {
+            held.push(socket);
+        }
+    });
+    let gateway = start(config(&[
+        &format!("--retrieval-addr={s0_addr},{hole_addr}"),
+        "--stage-timeout-ms=300",
+    ]))
+    .await;
+    let mut client = recommender(gateway.addr).await;
+    client
+        .record_events(pb::RecordEventsRequest {
+            events: vec![event(
+                "h",
+                &items_in(&full, "electronics", 1)[0],
+                pb::EventType::View,
+                T0,
+            )],
+        })
+        .await
+        .expect("events");
+    let started = std::time::Instant::now();
+    let answer = client
+        .recommend(request("h", 10))
+        .await
+        .expect("recommend")
+        .into_inner();
+    let took = started.elapsed();
+    assert!(took < std::time::Duration::from_secs(2), "took {took:?}");
+    assert!(answer.degraded);
+    assert!(
+        answer.degraded_reason.contains(&hole_addr.to_string()),
+        "{}",
+        answer.degraded_reason
+    );
+    assert_eq!(answer.items.len(), 10);
+    assert!(answer.items.iter().all(|i| shard_of(&i.item_id, 2) == 0));
+}
