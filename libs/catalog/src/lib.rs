@@ -166,13 +166,7 @@ impl Catalog {
             .enumerate()
             .map(|(i, &r)| (self.item_id(r).to_owned(), i as ItemIdx))
             .collect();
-        let mut by_popularity: Vec<ItemIdx> = (0..rows.len() as ItemIdx).collect();
-        by_popularity.sort_by(|&a, &b| {
-            popularity
-                .value(b as usize)
-                .total_cmp(&popularity.value(a as usize))
-                .then(a.cmp(&b))
-        });
+        let by_popularity = popularity_order(&popularity);
         Catalog {
             item_ids,
             embeddings: Float32Array::from(values),
@@ -246,13 +240,7 @@ impl Catalog {
             .map(|(i, id)| (id.clone(), i as ItemIdx))
             .collect();
         let popularity = Float32Array::from(parts.popularity);
-        let mut by_popularity: Vec<ItemIdx> = (0..n as ItemIdx).collect();
-        by_popularity.sort_by(|&a, &b| {
-            popularity
-                .value(b as usize)
-                .total_cmp(&popularity.value(a as usize))
-                .then(a.cmp(&b))
-        });
+        let by_popularity = popularity_order(&popularity);
         Ok(Catalog {
             item_ids: StringArray::from_iter_values(parts.item_ids.iter()),
             embeddings: Float32Array::from(parts.embeddings),
@@ -266,6 +254,18 @@ impl Catalog {
             by_popularity,
         })
     }
+}
+
+/// Rows by descending popularity, ties by row.
+pub(crate) fn popularity_order(popularity: &Float32Array) -> Vec<ItemIdx> {
+    let mut order: Vec<ItemIdx> = (0..popularity.len() as ItemIdx).collect();
+    order.sort_by(|&a, &b| {
+        popularity
+            .value(b as usize)
+            .total_cmp(&popularity.value(a as usize))
+            .then(a.cmp(&b))
+    });
+    order
 }
 
 /// Which of `shards` shards owns an item: FNV-1a of the id, so the assignment is the same in

@@ -164,13 +164,7 @@ pub(crate) fn from_batch(batch: &RecordBatch) -> Result<Catalog, CatalogError> {
             return Err(CatalogError::DuplicateItemId(id.to_owned()));
         }
     }
-    let mut by_popularity: Vec<ItemIdx> = (0..item_ids.len() as ItemIdx).collect();
-    by_popularity.sort_by(|&a, &b| {
-        popularity
-            .value(b as usize)
-            .total_cmp(&popularity.value(a as usize))
-            .then(a.cmp(&b))
-    });
+    let by_popularity = crate::popularity_order(&popularity);
 
     Ok(Catalog {
         item_ids,

@@ -383,12 +383,7 @@ impl Index {
         let replayed = batches.len();
         let mut writer = self.writer.lock().map_err(|_| poisoned())?;
         for (_, mutation) in &batches {
-            match mutation {
-                Mutation::Upsert(items) => self.apply_upserts(items)?,
-                Mutation::Delete(ids) => {
-                    self.apply_deletes(ids)?;
-                }
-            }
+            self.apply(mutation)?;
         }
         tracing::info!(path = %path.display(), batches = replayed, next_seq = wal.next_seq(), "replayed write-ahead log");
         *writer = Some(wal);
@@ -642,23 +637,7 @@ impl Index {
         items: Vec<ItemUpdate>,
     ) -> Result<WriteOutcome, RetrievalError> {
         self.validate_upserts(&items)?;
-        let mut writer = self.writer.lock().map_err(|_| poisoned())?;
-        let mutation = Mutation::Upsert(items);
-        let sequence = writer
-            .as_mut()
-            .ok_or(RetrievalError::ReadOnly)?
-            .append(&mutation)?;
-        let Mutation::Upsert(items) = mutation else {
-            return Err(poisoned());
-        };
-        self.apply_upserts(&items)?;
-        drop(writer);
-        self.maybe_rebuild();
-        Ok(WriteOutcome {
-            applied: items.len(),
-            not_found: 0,
-            sequence,
-        })
+        self.write(Mutation::Upsert(items))
     }
 
     /// Removes items; unknown ids are counted, not errors (a retried delete is harmless).
@@ -669,23 +648,37 @@ impl Index {
                 "must be a non-empty list of non-empty ids",
             ));
         }
+        self.write(Mutation::Delete(item_ids))
+    }
+
+    /// Logs (fsynced) then applies one batch, under the writer lock so memory follows the
+    /// log's order.
+    fn write(self: &Arc<Self>, mutation: Mutation) -> Result<WriteOutcome, RetrievalError> {
         let mut writer = self.writer.lock().map_err(|_| poisoned())?;
-        let mutation = Mutation::Delete(item_ids);
         let sequence = writer
             .as_mut()
             .ok_or(RetrievalError::ReadOnly)?
             .append(&mutation)?;
-        let Mutation::Delete(ids) = mutation else {
-            return Err(poisoned());
-        };
-        let applied = self.apply_deletes(&ids)?;
+        let applied = self.apply(&mutation)?;
         drop(writer);
         self.maybe_rebuild();
+        let asked = match &mutation {
+            Mutation::Upsert(items) => items.len(),
+            Mutation::Delete(ids) => ids.len(),
+        };
         Ok(WriteOutcome {
             applied,
-            not_found: ids.len() - applied,
+            not_found: asked - applied,
             sequence,
         })
+    }
+
+    /// Applies a logged batch; returns how many items it changed.
+    fn apply(&self, mutation: &Mutation) -> Result<usize, RetrievalError> {
+        match mutation {
+            Mutation::Upsert(items) => self.apply_upserts(items).map(|()| items.len()),
+            Mutation::Delete(ids) => self.apply_deletes(ids),
+        }
     }
 
     fn apply_upserts(&self, items: &[ItemUpdate]) -> Result<(), RetrievalError> {
