@@ -170,3 +170,62 @@ fn field<T: std::fmt::Debug>(r: Result<T, RetrievalError>) -> &'static str {
         other => panic!("expected InvalidArgument, got {other:?}"),
     }
 }
+
+/// Cosine and L2 spaces: scores mean what they say and the graph finds the exact answer.
+#[test]
+fn cosine_and_l2_metrics_match_their_brute_force() {
+    use tandem_retrieval::Metric;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("items.parquet");
+    write_parquet(&synthetic_batch(3000, 12, 10, 8), &path).expect("write");
+    let catalog = Arc::new(Catalog::open(&path).expect("open"));
+    let mut rng = StdRng::seed_from_u64(4);
+    for metric in [Metric::Cosine, Metric::L2] {
+        let params = IndexParams {
+            metric,
+            ..IndexParams::default()
+        };
+        let index = Index::build(catalog.clone(), params).expect("build");
+        let mut hits = 0;
+        for _ in 0..100 {
+            let q = random_query(&mut rng, 12);
+            let got = index
+                .search(
+                    &q,
+                    &ItemFilter::default(),
+                    SearchParams {
+                        k: 10,
+                        ef_search: None,
+                    },
+                )
+                .expect("search");
+            // Scores by hand: cosine similarity, or minus the squared distance.
+            let qn = q.iter().map(|v| v * v).sum::<f32>().sqrt();
+            let mut truth: Vec<(f32, u32)> = (0..catalog.len() as u32)
+                .map(|i| {
+                    let x = catalog.embedding(i);
+                    let s = match metric {
+                        Metric::Cosine => {
+                            let xn = x.iter().map(|v| v * v).sum::<f32>().sqrt();
+                            q.iter().zip(x).map(|(a, b)| a * b).sum::<f32>() / (qn * xn)
+                        }
+                        _ => -q.iter().zip(x).map(|(a, b)| (a - b) * (a - b)).sum::<f32>(),
+                    };
+                    (s, i)
+                })
+                .collect();
+            truth.sort_by(|a, b| b.0.total_cmp(&a.0));
+            let want: HashSet<u32> = truth[..10].iter().map(|t| t.1).collect();
+            for c in &got {
+                let exact = truth.iter().find(|t| t.1 == c.idx).expect("scored").0;
+                assert!(
+                    (c.score - exact).abs() < 1e-3 * (1.0 + exact.abs()),
+                    "{metric}: {} vs {exact}",
+                    c.score
+                );
+            }
+            hits += got.iter().filter(|c| want.contains(&c.idx)).count();
+        }
+        assert!(hits >= 950, "{metric}: recall@10 {}", hits as f64 / 1000.0);
+    }
+}
