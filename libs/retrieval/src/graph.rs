@@ -139,14 +139,14 @@ impl std::fmt::Debug for Graph {
 }
 
 impl Graph {
-    /// Copies an hnsw_rs graph whose data ids are rows. `vector_of(row)` gives a row's stored
-    /// vector; nodes are renumbered densely in the order of `rows` (which must list every
-    /// row the hnsw holds, once).
+    /// Copies an hnsw_rs graph whose data ids are rows. `vectors` holds the stored vectors
+    /// of `rows`, in that order (`rows.len() * stored_len` values); nodes are numbered in the
+    /// order of `rows`, which must list every row the hnsw holds, once.
     pub(crate) fn from_hnsw<D: Distance<f32> + Send + Sync>(
         hnsw: &Hnsw<'_, f32, D>,
         stored_len: usize,
         rows: Vec<u32>,
-        vector_of: impl Fn(u32) -> Vec<f32>,
+        vectors: Vec<f32>,
     ) -> Self {
         let n = rows.len();
         let max_links = usize::from(hnsw.get_max_nb_connection());
@@ -156,11 +156,6 @@ impl Graph {
             .enumerate()
             .map(|(l, r)| (*r, l as u32))
             .collect();
-        let mut vectors = vec![0.0f32; n * stored_len];
-        for (local, row) in rows.iter().enumerate() {
-            let v = vector_of(*row);
-            vectors[local * stored_len..(local + 1) * stored_len].copy_from_slice(&v[..stored_len]);
-        }
         let mut links0 = vec![0u32; n * (max_links0 + 1)];
         let mut levels = vec![0u8; n];
         let mut neighbourhoods: Vec<Vec<Vec<u32>>> = vec![Vec::new(); n];

@@ -205,9 +205,9 @@ impl Index {
         let space = Space::new(params.metric, catalog.dim(), Kernels::detect());
         let rows = Rows::new(catalog.clone(), space);
         let started = Instant::now();
-        let graph = build_graph(&space, &params, rows.live_rows(), |r| {
-            rows.stored_vector(r).into_owned()
-        });
+        let live = rows.live_rows();
+        let vectors = rows.stored_block(&live);
+        let graph = build_graph(&space, &params, live, vectors);
         tracing::info!(
             items = catalog.len(),
             dim = catalog.dim(),
@@ -218,22 +218,34 @@ impl Index {
             seconds = started.elapsed().as_secs_f32(),
             "built HNSW index"
         );
-        let stats = CatalogStats::new(&catalog);
-        Ok(Self {
+        let fresh = Fresh::new(space, &params);
+        Ok(Self::assemble(catalog, params, rows, graph, fresh))
+    }
+
+    /// The index over restored or built parts; writes need `attach_wal` next.
+    fn assemble(
+        catalog: Arc<Catalog>,
+        params: IndexParams,
+        rows: Rows,
+        graph: Graph,
+        fresh: Fresh,
+    ) -> Self {
+        let dead_indexed = graph.rows().iter().filter(|r| rows.is_deleted(**r)).count();
+        Self {
+            stats: CatalogStats::new(&catalog),
             catalog,
-            space,
+            space: rows.space(),
             params,
-            stats,
             state: RwLock::new(State {
                 rows,
                 graph: Arc::new(graph),
-                fresh: Arc::new(Fresh::new(space, &params)),
+                fresh: Arc::new(fresh),
                 sealed: None,
-                dead_indexed: 0,
+                dead_indexed,
             }),
             writer: Mutex::new(None),
             rebuilding: AtomicBool::new(false),
-        })
+        }
     }
 
     /// Restores an index from the newest valid snapshot in `dir`, falling back to older ones
@@ -299,24 +311,8 @@ impl Index {
                 }
             }
         }
-        let dead_indexed = graph.rows().iter().filter(|r| rows.is_deleted(**r)).count();
-        let stats = CatalogStats::new(&catalog);
         Ok((
-            Self {
-                catalog,
-                space,
-                params,
-                stats,
-                state: RwLock::new(State {
-                    rows,
-                    graph: Arc::new(graph),
-                    fresh: Arc::new(fresh),
-                    sealed: None,
-                    dead_indexed,
-                }),
-                writer: Mutex::new(None),
-                rebuilding: AtomicBool::new(false),
-            },
+            Self::assemble(catalog, params, rows, graph, fresh),
             data.wal_seq,
         ))
     }
@@ -501,6 +497,7 @@ impl Index {
             };
             for n in segment.hnsw.search_filter(&query, k, ef, Some(&admits)) {
                 let row = n.d_id as ItemIdx;
+                // hnsw_rs does not report its own evaluations; only the rescoring counts.
                 stats.distance_evals += 1;
                 found.push(Scored {
                     distance: self.space.distance(&query, &rows.stored_vector(row)),
@@ -760,23 +757,11 @@ impl Index {
             );
             state.sealed = Some(sealed);
             let live = state.rows.live_rows();
-            let n = self.space.stored_len();
-            let mut vectors = Vec::with_capacity(live.len() * n);
-            for &row in &live {
-                let v = state.rows.stored_vector(row);
-                vectors.extend_from_slice(&v);
-                vectors.resize(vectors.len() + n - v.len(), 0.0);
-            }
+            let vectors = state.rows.stored_block(&live);
             (live, vectors, state.rows.deleted_count())
         };
-        let n = self.space.stored_len();
-        let position: std::collections::HashMap<ItemIdx, usize> =
-            live.iter().enumerate().map(|(i, r)| (*r, i)).collect();
         let items = live.len();
-        let graph = build_graph(&self.space, &self.params, live, |row| {
-            let i = position.get(&row).copied().unwrap_or(0);
-            vectors[i * n..(i + 1) * n].to_vec()
-        });
+        let graph = build_graph(&self.space, &self.params, live, vectors);
         let mut state = self.state.write().map_err(|_| poisoned())?;
         state.graph = Arc::new(graph);
         state.sealed = None;
@@ -791,11 +776,12 @@ impl Index {
 }
 
 /// hnsw_rs builds over `rows` (all cores), then the graph is copied to the flat layout.
+/// `vectors` holds the rows' stored vectors in order.
 fn build_graph(
     space: &Space,
     params: &IndexParams,
     rows: Vec<ItemIdx>,
-    vector_of: impl Fn(ItemIdx) -> Vec<f32> + Sync,
+    vectors: Vec<f32>,
 ) -> Graph {
     let hnsw = Hnsw::new(
         params.max_connections,
@@ -804,27 +790,12 @@ fn build_graph(
         params.ef_construction,
         GraphDistance(*space),
     );
-    let vectors: Vec<Vec<f32>> = rows
-        .iter()
-        .map(|&r| {
-            let mut v = vector_of(r);
-            v.resize(space.stored_len(), 0.0);
-            v
-        })
-        .collect();
     let points: Vec<(&[f32], usize)> = vectors
-        .iter()
+        .chunks_exact(space.stored_len())
         .zip(&rows)
-        .map(|(v, r)| (v.as_slice(), *r as usize))
+        .map(|(v, r)| (v, *r as usize))
         .collect();
     hnsw.parallel_insert_slice(&points);
     drop(points);
-    let position: std::collections::HashMap<ItemIdx, usize> =
-        rows.iter().enumerate().map(|(i, r)| (*r, i)).collect();
-    Graph::from_hnsw(&hnsw, space.stored_len(), rows, |row| {
-        position
-            .get(&row)
-            .map(|&i| vectors[i].clone())
-            .unwrap_or_else(|| vec![0.0; space.stored_len()])
-    })
+    Graph::from_hnsw(&hnsw, space.stored_len(), rows, vectors)
 }

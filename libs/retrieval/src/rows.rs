@@ -62,6 +62,10 @@ impl Rows {
         }
     }
 
+    pub(crate) fn space(&self) -> Space {
+        self.space
+    }
+
     /// Rows ever allocated, deleted ones included.
     pub(crate) fn len(&self) -> usize {
         self.base.len() + self.extra_ids.len()
@@ -100,6 +104,18 @@ impl Rows {
             crate::Metric::InnerProduct | crate::Metric::L2 => Cow::Borrowed(x),
             crate::Metric::Cosine => Cow::Owned(self.space.item(x)),
         }
+    }
+
+    /// The stored vectors of `rows`, padded, one after another: what a graph build takes.
+    pub(crate) fn stored_block(&self, rows: &[ItemIdx]) -> Vec<f32> {
+        let n = self.space.stored_len();
+        let mut block = Vec::with_capacity(rows.len() * n);
+        for &row in rows {
+            let v = self.stored_vector(row);
+            block.extend_from_slice(&v);
+            block.resize(block.len() + n - v.len(), 0.0);
+        }
+        block
     }
 
     /// Appends the item's new row and tombstones its previous one. Returns the new row and
