@@ -37,6 +37,7 @@ data/demo/eval.json: $(VENV)/.installed $(PIPELINE_SRC)
 # Small world for the tests: seconds to generate, same code path.
 data/test/eval.json: $(VENV)/.installed $(PIPELINE_SRC)
 	cd models && ../$(PY) -W ignore -m tandem_pipeline --out ../data/test --items 3000 --eval-users 500
+	cd models && ../$(PY) -W ignore -m tandem_pipeline.fixtures --data ../data/test
 
 data: data/demo/eval.json
 test-data: data/test/eval.json

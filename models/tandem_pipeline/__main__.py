@@ -17,11 +17,11 @@ import onnxruntime as ort
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import world
+from . import seqranker, world
 from .embeddings import learn_item_embeddings
 from .evaluate import evaluate, print_report
 from .features import TYPE_WEIGHTS, assemble, make_spec
-from .ranker import group_by_user, top_n, train_and_export, training_rows, user_vectors
+from .ranker import candidate_rows, group_by_user, top_n, train_and_export, training_rows, user_vectors
 
 
 def parse_args() -> argparse.Namespace:
@@ -35,6 +35,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--dim", type=int, default=32, help="embedding dimension")
     p.add_argument("--hidden", default="64,32", help="MLP hidden layer sizes")
     p.add_argument("--max-iter", type=int, default=20, help="MLP training epochs at most")
+    p.add_argument("--seq-epochs", type=int, default=4, help="seqranker training epochs")
     p.add_argument("--train-users", type=int, default=20_000, help="users sampled for ranker training")
     p.add_argument("--eval-users", type=int, default=3_000, help="users sampled for evaluation")
     p.add_argument("--model-version", default="1")
@@ -75,23 +76,67 @@ def write_events(path: Path, ev: world.Events, items: world.Items) -> None:
     pq.write_table(table, path, compression="zstd")
 
 
-def write_rank_reference(path: Path, rng, catalog, spec, model_path, emb, test, train, items) -> None:
+def write_rank_reference(path: Path, rng, catalog, spec, model_path, emb, train, items) -> None:
     """Requests and the scores Python onnxruntime gives them: the services must match (1e-5)."""
     groups = group_by_user(train)
     users = [int(u) for u in rng.choice(list(groups), size=min(4, len(groups)), replace=False)]
     vecs, users = user_vectors(emb, train, users, groups)
     session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
     cases = []
-    for v, u in zip(vecs, users):
+    for n, (v, u) in enumerate(zip(vecs, users)):
         cands = top_n((v[None] @ emb.T), 64)[0]
         rs = (v[None] * emb[cands]).sum(axis=1)
-        feats = assemble(spec, catalog, np.repeat(v[None], len(cands), 0), cands, rs)
+        rows = groups[u]
+        recent = train.item[rows][np.argsort(-train.ts[rows], kind="stable")][:40]
+        context = {"hour_of_day": str((5 * n + 3) % 24)}
+        feats = assemble(spec, catalog, np.repeat(v[None], len(cands), 0), cands, rs,
+                         recent=[recent] * len(cands), context=[context] * len(cands))
         scores = session.run([spec["output"]["name"]], feats)[0][:, spec["output"]["column"]]
         cases.append({"user_id": f"user-{u}", "query_vector": v.tolist(),
                       "item_ids": items.item_id[cands].tolist(), "retrieval_scores": rs.tolist(),
+                      "recent_item_ids": items.item_id[recent].tolist(), "context": context,
                       "scores": scores.astype(float).tolist()})
     path.write_text(json.dumps({"model_version": f"{spec['model']['name']}/{spec['model']['version']}",
                                 "cases": cases}))
+
+
+def auc(y: np.ndarray, s: np.ndarray) -> float:
+    order = np.argsort(s, kind="stable")
+    ranks = np.empty(len(s))
+    ranks[order] = np.arange(1, len(s) + 1)
+    pos = y == 1
+    n_pos, n_neg = pos.sum(), (~pos).sum()
+    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / max(n_pos * n_neg, 1))
+
+
+def train_seqranker(rng, rows, catalog, emb, n_items, hidden, epochs, version, out: Path, items) -> tuple[dict, Path, dict]:
+    """The multi-input reference model; returns its spec, bundle and held-out AUC figures."""
+    spec = seqranker.make_spec(emb.shape[1], world.CATEGORIES, n_items, version, hidden)
+    contexts = [{"hour_of_day": str(h)} for h in rows.hours]
+    rs = (rows.vecs[rows.u_rows] * emb[rows.i_rows]).sum(axis=1)
+    inputs = assemble(spec, catalog, rows.vecs[rows.u_rows], rows.i_rows, rs,
+                      recent=rows.per_row(rows.recent), context=rows.per_row(contexts))
+    # Hold out 10% of users for the AUC report.
+    held = np.isin(rows.u_rows, rng.permutation(len(rows.vecs))[: max(1, len(rows.vecs) // 10)])
+    fit = {k: v[~held] for k, v in inputs.items()}
+    item_table = np.vstack([np.zeros((1, emb.shape[1]), np.float32), emb]).astype(np.float32)
+    model = seqranker.train(rng, fit, rows.y[~held], item_table, len(world.CATEGORIES), hidden, epochs)
+    onnx_bytes = seqranker.export(model, inputs["dense"].shape[1])
+    bundle = out / "models" / "seqranker" / version
+    bundle.mkdir(parents=True, exist_ok=True)
+    (bundle / "model.onnx").write_bytes(onnx_bytes)
+    (bundle / "feature_spec.json").write_text(json.dumps(spec, indent=2) + "\n")
+    # The exported graph must compute what was trained.
+    session = ort.InferenceSession(str(bundle / "model.onnx"), providers=["CPUExecutionProvider"])
+    sample = {k: v[:256] for k, v in inputs.items()}
+    got = session.run(["score"], sample)[0][:, 0]
+    want = model.predict(sample["dense"], sample["category"], sample["recent_items"])
+    if not np.allclose(got, want, atol=1e-4):
+        raise SystemExit(f"seqranker export differs from its numpy forward pass by {np.abs(got - want).max()}")
+    held_inputs = {k: v[held] for k, v in inputs.items()}
+    scores = session.run(["score"], held_inputs)[0][:, 0]
+    return spec, bundle, {"seqranker_auc": auc(rows.y[held], scores),
+                          "dot_auc": auc(rows.y[held], rs[held]), "held_out_rows": int(held.sum())}
 
 
 def main() -> None:
@@ -123,7 +168,8 @@ def main() -> None:
                "in_stock": items.in_stock.astype(np.float32),
                "category": np.array(world.CATEGORIES, dtype=object)[items.category]}
     spec = make_spec(args.dim, world.CATEGORIES, args.model_version, hidden)
-    x, y = training_rows(rng, train, catalog, spec, args.train_users)
+    rows = candidate_rows(rng, train, emb, args.train_users)
+    x, y = training_rows(rows, catalog, spec)
     print(f"ranker training rows: {x.shape[0]} x {x.shape[1]}, positives {y.mean():.3f}  [{time.time() - t0:.1f}s]")
     onnx_bytes = train_and_export(x, y, hidden, args.max_iter, args.seed)
 
@@ -138,8 +184,16 @@ def main() -> None:
     print(f"wrote {out}/items.parquet, {bundle}/model.onnx  [{time.time() - t0:.1f}s]")
 
     write_rank_reference(out / "rank_reference.json", rng, catalog, spec, bundle / "model.onnx",
-                         emb, test, train, items)
+                         emb, train, items)
+    seq_spec, seq_bundle, seq_eval = train_seqranker(rng, rows, catalog, emb, n_items, hidden, args.seq_epochs,
+                                                     args.model_version, out, items)
+    write_rank_reference(out / "seq_rank_reference.json", rng, catalog, seq_spec, seq_bundle / "model.onnx",
+                         emb, train, items)
+    print(f"seqranker: {seq_bundle}/model.onnx, held-out AUC {seq_eval['seqranker_auc']:.4f} "
+          f"(retrieval score alone {seq_eval['dot_auc']:.4f}, {seq_eval['held_out_rows']} rows)  "
+          f"[{time.time() - t0:.1f}s]")
     result = evaluate(rng, train, test, catalog, spec, str(bundle / "model.onnx"), args.eval_users)
+    result.update(seq_eval)
     result.update({"items": n_items, "users": n_users, "events": int(len(events.ts)), "seed": args.seed})
     (out / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
     print_report(result)

@@ -55,9 +55,33 @@ def make_spec(dim: int, categories: list[str], version: str, hidden: list[int]) 
     }
 
 
+def recent_sequence(items_newest_first, num_ids: int, width: int) -> np.ndarray:
+    """Distinct items newest first as 1 + row, ids reaching num_ids left out, 0-padded (Rust: recent_sequence)."""
+    out: list[int] = []
+    for item in items_newest_first:
+        if len(out) == width:
+            break
+        i = int(item) + 1
+        if i < num_ids and i not in out:
+            out.append(i)
+    return np.array(out + [0] * (width - len(out)), dtype=np.int64)
+
+
+def vocabulary_id(vocabulary: list[str], value) -> int:
+    try:
+        return vocabulary.index(value) + 1
+    except ValueError:
+        return 0
+
+
 def assemble(spec: dict, catalog: dict, user_vecs: np.ndarray, item_idx: np.ndarray,
-             retrieval_scores: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Model inputs for rows (user_vecs[i], item_idx[i]), driven by the spec."""
+             retrieval_scores: np.ndarray | None = None, recent: list | None = None,
+             context: list[dict] | None = None) -> dict[str, np.ndarray]:
+    """Model inputs for rows (user_vecs[i], item_idx[i]), driven by the spec.
+
+    recent[i]: the row's user's recent item rows, newest first; context[i]: its request context.
+    Rows of one user may share the same objects: sequences are encoded once per object.
+    """
     n = len(item_idx)
     emb = catalog["embedding"][item_idx]
     out = {}
@@ -86,7 +110,30 @@ def assemble(spec: dict, catalog: dict, user_vecs: np.ndarray, item_idx: np.ndar
                 ok = codes >= 0
                 oh[np.flatnonzero(ok), codes[ok]] = 1.0
                 cols.append(oh)
+            elif src == "item_categorical":
+                vocab = {c: i + 1 for i, c in enumerate(f["vocabulary"])}
+                cols.append(np.array([vocab.get(c, 0) for c in catalog[f["column"]][item_idx]],
+                                     dtype=np.int64)[:, None])
+            elif src == "recent_items":
+                cache: dict[int, np.ndarray] = {}
+                seqs = np.zeros((n, f["width"]), np.int64)
+                for i in range(n):
+                    r = recent[i] if recent is not None else []
+                    key = id(r)
+                    if key not in cache:
+                        cache[key] = recent_sequence(r, f["num_ids"], f["width"])
+                    seqs[i] = cache[key]
+                cols.append(seqs)
+            elif src == "context_numeric":
+                vals = [(c or {}).get(f["key"]) for c in (context or [None] * n)]
+                cols.append(np.array([float(v) if v is not None else f["default"] for v in vals],
+                                     dtype=np.float32)[:, None])
+            elif src == "context_categorical":
+                vals = [(c or {}).get(f["key"]) for c in (context or [None] * n)]
+                cols.append(np.array([vocabulary_id(f["vocabulary"], v) if v is not None else 0 for v in vals],
+                                     dtype=np.int64)[:, None])
             else:
                 raise ValueError(f"unknown feature source {src!r}")
-        out[inp["name"]] = np.ascontiguousarray(np.concatenate(cols, axis=1), dtype=np.float32)
+        dtype = np.int64 if inp["dtype"] == "int64" else np.float32
+        out[inp["name"]] = np.ascontiguousarray(np.concatenate(cols, axis=1), dtype=dtype)
     return out

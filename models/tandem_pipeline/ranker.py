@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from skl2onnx import to_onnx
 from skl2onnx.common.data_types import FloatTensorType
@@ -44,9 +46,22 @@ def top_n(scores: np.ndarray, n: int) -> np.ndarray:
     return np.take_along_axis(part, order, axis=1)
 
 
-def training_rows(rng, train: Events, catalog: dict, spec: dict, max_users: int):
+@dataclass
+class CandidateRows:
+    """Labelled rows shaped like serving: each user's retrieved candidates, one row each."""
+    vecs: np.ndarray  # [users, dim] query vectors from history before the label window
+    u_rows: np.ndarray  # row -> user position
+    i_rows: np.ndarray  # row -> item
+    y: np.ndarray  # 1 if the user engaged with the item in the label window
+    recent: list  # per user position: history item rows, newest first
+    hours: np.ndarray  # per user position: UTC hour of the last history event
+
+    def per_row(self, values):
+        return [values[u] for u in self.u_rows]
+
+
+def candidate_rows(rng, train: Events, emb: np.ndarray, max_users: int) -> CandidateRows:
     """History before t1 → user vector; engagement in [t1, end of train) → labels."""
-    emb = catalog["embedding"]
     t1 = int(np.quantile(train.ts, 0.8))
     hist_mask = train.ts < t1
     hist = Events(train.user[hist_mask], train.item[hist_mask], train.type[hist_mask], train.ts[hist_mask])
@@ -72,9 +87,19 @@ def training_rows(rng, train: Events, catalog: dict, spec: dict, max_users: int)
             u_rows.append(np.full(items.size, start + j))
             i_rows.append(items)
             y.append(np.concatenate([np.ones(pos.size), np.zeros(neg.size)]))
-    u_rows, i_rows, y = np.concatenate(u_rows), np.concatenate(i_rows), np.concatenate(y).astype(np.int64)
-    x = assemble(spec, catalog, vecs[u_rows], i_rows)["features"]
-    return x, y
+    recent, hours = [], []
+    for u in users:
+        rows = hist_groups[u]
+        order = np.argsort(-hist.ts[rows], kind="stable")
+        recent.append(hist.item[rows][order])
+        hours.append(int(hist.ts[rows].max() // 3_600_000 % 24))
+    return CandidateRows(vecs, np.concatenate(u_rows), np.concatenate(i_rows),
+                         np.concatenate(y).astype(np.int64), recent, np.array(hours))
+
+
+def training_rows(rows: CandidateRows, catalog: dict, spec: dict):
+    x = assemble(spec, catalog, rows.vecs[rows.u_rows], rows.i_rows)["features"]
+    return x, rows.y
 
 
 def train_and_export(x: np.ndarray, y: np.ndarray, hidden: list[int], max_iter: int, seed: int) -> bytes:

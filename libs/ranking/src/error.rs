@@ -23,6 +23,18 @@ pub enum RankingError {
     InvalidArgument { field: &'static str, reason: String },
     #[error("too many candidates: {got}, at most {max}")]
     TooManyCandidates { got: usize, max: usize },
+    #[error("ranking queue is full ({queued} rows waiting, at most {max}): retry later")]
+    Overloaded { queued: usize, max: usize },
+    #[error("model version `{0}` is not loaded")]
+    UnknownVersion(String),
+    #[error("traffic split: {0}")]
+    InvalidSplit(String),
+    #[error("model version `{version}` rejected: {reason}")]
+    Rejected { version: String, reason: String },
+    #[error("warm-up batch scored {value} on row {row}: the model gives non-finite scores")]
+    NonFiniteScores { row: usize, value: f32 },
+    #[error("CUDA execution provider: {0}")]
+    Cuda(String),
     #[error("ONNX Runtime {stage}: {message}")]
     Inference {
         stage: &'static str,

@@ -1,4 +1,9 @@
-//! The feature spec: the contract between the exported model and the service.
+//! The feature spec: the contract between an exported model and the service.
+//!
+//! Each model input is a `[rows, width]` tensor whose columns are the listed features in
+//! order. float32 inputs take numeric features, int64 inputs take ids (categorical columns,
+//! the user's recent items, categorical request context), so a model can keep its dense,
+//! categorical and sequence inputs in separate tensors.
 
 use std::path::Path;
 
@@ -9,6 +14,7 @@ use crate::RankingError;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct FeatureSpec {
+    /// 1 (float32 inputs only) or 2 (adds int64 inputs and the id sources).
     pub format_version: u32,
     pub model: ModelMeta,
     pub embedding_dim: usize,
@@ -24,11 +30,17 @@ pub struct ModelMeta {
     pub file: String,
 }
 
-/// One model input: a float32 `[rows, width]` tensor whose columns are the listed features in order.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum InputDtype {
+    Float32,
+    Int64,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct InputSpec {
     pub name: String,
-    pub dtype: String,
+    pub dtype: InputDtype,
     pub shape: Vec<i64>,
     pub features: Vec<FeatureSource>,
 }
@@ -45,22 +57,46 @@ pub struct OutputSpec {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "source", rename_all = "snake_case")]
 pub enum FeatureSource {
-    /// The user's query vector.
+    /// float32: the user's query vector.
     UserVector { width: usize },
-    /// The candidate's embedding.
+    /// float32: the candidate's embedding.
     ItemEmbedding { width: usize },
-    /// Inner product of the two above.
+    /// float32: inner product of the two above.
     UserItemDot { width: usize },
-    /// The candidate's score from retrieval.
+    /// float32: the candidate's score from retrieval.
     RetrievalScore { width: usize },
-    /// A numeric catalog column (`price`, `popularity`, `in_stock` as 0/1).
+    /// float32: a numeric catalog column (`price`, `popularity`, `in_stock` as 0/1).
     ItemNumeric {
         column: String,
         transform: Transform,
         width: usize,
     },
-    /// One-hot of the item's category over a fixed vocabulary (unknown → all zeros).
+    /// float32: one-hot of the item's category over a fixed vocabulary (unknown → all zeros).
     ItemCategoryOneHot {
+        vocabulary: Vec<String>,
+        width: usize,
+    },
+    /// int64: a categorical catalog column (`category`) as `1 + position in vocabulary`;
+    /// 0 means a value the model never saw.
+    ItemCategorical {
+        column: String,
+        vocabulary: Vec<String>,
+        width: usize,
+    },
+    /// int64: the user's most recent distinct items, newest first, as `1 + catalog row`,
+    /// padded with 0 to `width`. Items whose id would reach `num_ids` (newer than the
+    /// model's embedding table) are left out, so a lookup never leaves the table.
+    RecentItems { num_ids: i64, width: usize },
+    /// float32: a numeric request-context value (`context[key]`), `default` when absent.
+    ContextNumeric {
+        key: String,
+        default: f32,
+        width: usize,
+    },
+    /// int64: a categorical request-context value as `1 + position in vocabulary`, 0 when
+    /// absent or unknown.
+    ContextCategorical {
+        key: String,
         vocabulary: Vec<String>,
         width: usize,
     },
@@ -74,6 +110,9 @@ pub enum Transform {
     Log1p,
 }
 
+/// Catalog columns an `item_categorical` feature can read.
+const CATEGORICAL_COLUMNS: &[&str] = &["category"];
+
 impl FeatureSource {
     pub fn width(&self) -> usize {
         match self {
@@ -82,16 +121,48 @@ impl FeatureSource {
             | Self::UserItemDot { width }
             | Self::RetrievalScore { width }
             | Self::ItemNumeric { width, .. }
-            | Self::ItemCategoryOneHot { width, .. } => *width,
+            | Self::ItemCategoryOneHot { width, .. }
+            | Self::ItemCategorical { width, .. }
+            | Self::RecentItems { width, .. }
+            | Self::ContextNumeric { width, .. }
+            | Self::ContextCategorical { width, .. } => *width,
         }
     }
 
-    /// The width this source must have given the spec's embedding dimension.
-    fn expected_width(&self, dim: usize) -> usize {
+    /// The `source` tag as written in the spec.
+    pub fn name(&self) -> &'static str {
         match self {
-            Self::UserVector { .. } | Self::ItemEmbedding { .. } => dim,
-            Self::UserItemDot { .. } | Self::RetrievalScore { .. } | Self::ItemNumeric { .. } => 1,
-            Self::ItemCategoryOneHot { vocabulary, .. } => vocabulary.len(),
+            Self::UserVector { .. } => "user_vector",
+            Self::ItemEmbedding { .. } => "item_embedding",
+            Self::UserItemDot { .. } => "user_item_dot",
+            Self::RetrievalScore { .. } => "retrieval_score",
+            Self::ItemNumeric { .. } => "item_numeric",
+            Self::ItemCategoryOneHot { .. } => "item_category_one_hot",
+            Self::ItemCategorical { .. } => "item_categorical",
+            Self::RecentItems { .. } => "recent_items",
+            Self::ContextNumeric { .. } => "context_numeric",
+            Self::ContextCategorical { .. } => "context_categorical",
+        }
+    }
+
+    /// The dtype of the tensor this source can fill.
+    pub fn dtype(&self) -> InputDtype {
+        match self {
+            Self::ItemCategorical { .. }
+            | Self::RecentItems { .. }
+            | Self::ContextCategorical { .. } => InputDtype::Int64,
+            _ => InputDtype::Float32,
+        }
+    }
+
+    /// The width this source must have given the spec's embedding dimension (`None`: any
+    /// positive width, the sequence length).
+    fn expected_width(&self, dim: usize) -> Option<usize> {
+        match self {
+            Self::UserVector { .. } | Self::ItemEmbedding { .. } => Some(dim),
+            Self::ItemCategoryOneHot { vocabulary, .. } => Some(vocabulary.len()),
+            Self::RecentItems { .. } => None,
+            _ => Some(1),
         }
     }
 }
@@ -116,15 +187,15 @@ impl FeatureSpec {
         Ok(spec)
     }
 
-    /// Internal consistency: widths add up and match the declared shapes.
+    /// Internal consistency: dtypes agree, widths add up and match the declared shapes.
     fn check(&self, path: &Path) -> Result<(), RankingError> {
         let err = |message: String| RankingError::Spec {
             path: path.to_owned(),
             message,
         };
-        if self.format_version != 1 {
+        if !(1..=2).contains(&self.format_version) {
             return Err(err(format!(
-                "format_version {} is not supported (1 is)",
+                "format_version {} is not supported (1 and 2 are)",
                 self.format_version
             )));
         }
@@ -132,19 +203,43 @@ impl FeatureSpec {
             return Err(err("no inputs".into()));
         }
         for input in &self.inputs {
-            if input.dtype != "float32" {
+            if input.features.is_empty() {
+                return Err(err(format!("input `{}`: no features", input.name)));
+            }
+            if self.format_version == 1 && input.dtype != InputDtype::Float32 {
                 return Err(err(format!(
-                    "input `{}`: dtype {} is not supported (float32 is)",
-                    input.name, input.dtype
+                    "input `{}`: format_version 1 takes float32 inputs only",
+                    input.name
                 )));
             }
             for f in &input.features {
-                let want = f.expected_width(self.embedding_dim);
-                if f.width() != want {
+                if f.dtype() != input.dtype {
                     return Err(err(format!(
-                        "input `{}`: feature {f:?} has width {}, expected {want}",
+                        "input `{}` is {:?} but feature {f:?} gives {:?}",
                         input.name,
-                        f.width()
+                        input.dtype,
+                        f.dtype()
+                    )));
+                }
+                let ok = match f.expected_width(self.embedding_dim) {
+                    Some(want) => f.width() == want,
+                    None => f.width() > 0,
+                };
+                if !ok {
+                    return Err(err(format!(
+                        "input `{}`: feature {f:?} has width {}, expected {}",
+                        input.name,
+                        f.width(),
+                        f.expected_width(self.embedding_dim)
+                            .map_or("a positive number".to_owned(), |w| w.to_string())
+                    )));
+                }
+                if let FeatureSource::RecentItems { num_ids, .. } = f
+                    && *num_ids < 1
+                {
+                    return Err(err(format!(
+                        "input `{}`: recent_items num_ids must be at least 1 (padding)",
+                        input.name
                     )));
                 }
             }
@@ -173,15 +268,36 @@ impl FeatureSpec {
             )));
         }
         for f in self.inputs.iter().flat_map(|i| &i.features) {
-            if let FeatureSource::ItemNumeric { column, .. } = f
-                && !Catalog::has_numeric(column)
-            {
-                return Err(err(format!(
-                    "item_numeric column `{column}` is not a numeric catalog column"
-                )));
+            match f {
+                FeatureSource::ItemNumeric { column, .. } if !Catalog::has_numeric(column) => {
+                    return Err(err(format!(
+                        "item_numeric column `{column}` is not a numeric catalog column"
+                    )));
+                }
+                FeatureSource::ItemCategorical { column, .. }
+                    if !CATEGORICAL_COLUMNS.contains(&column.as_str()) =>
+                {
+                    return Err(err(format!(
+                        "item_categorical column `{column}` is not a categorical catalog column ({})",
+                        CATEGORICAL_COLUMNS.join(", ")
+                    )));
+                }
+                _ => {}
             }
         }
         Ok(())
+    }
+
+    /// The request-context keys the model reads.
+    pub fn context_keys(&self) -> impl Iterator<Item = &str> {
+        self.inputs
+            .iter()
+            .flat_map(|i| &i.features)
+            .filter_map(|f| match f {
+                FeatureSource::ContextNumeric { key, .. }
+                | FeatureSource::ContextCategorical { key, .. } => Some(key.as_str()),
+                _ => None,
+            })
     }
 
     /// `NAME/VERSION`, reported with every score.

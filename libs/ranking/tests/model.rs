@@ -1,126 +1,165 @@
+//! The model contract: parity with Python onnxruntime on both reference models, refusals that
+//! name what differs, and requests that are rejected before they reach ORT.
 //! Needs the pipeline's test data and libonnxruntime: `make test` provides both.
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+mod common;
 
-use tandem_catalog::Catalog;
-use tandem_ranking::{RankRequest, Ranker, RankerConfig, RankingError};
+use common::*;
+use tandem_ranking::{Ranker, RankingError, ScoreRequest};
 
-fn test_data() -> PathBuf {
-    let dir = std::env::var_os("TANDEM_TEST_DATA").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/test"),
-        PathBuf::from,
-    );
-    assert!(
-        dir.join("items.parquet").is_file(),
-        "{} has no test data: run `make test`, which generates it",
-        dir.display()
-    );
-    dir
-}
-
-fn config() -> RankerConfig {
-    let dylib = std::env::var_os("ORT_DYLIB_PATH")
-        .expect("ORT_DYLIB_PATH must point at libonnxruntime.so: run `make test`");
-    RankerConfig {
-        ort_dylib_path: dylib.into(),
-        sessions: 2,
-        intra_threads: 1,
-        max_candidates: 1000,
-    }
-}
-
-fn catalog() -> Arc<Catalog> {
-    Arc::new(Catalog::open(&test_data().join("items.parquet")).expect("catalog"))
-}
-
-#[derive(serde::Deserialize)]
-struct Reference {
-    model_version: String,
-    cases: Vec<Case>,
-}
-
-#[derive(serde::Deserialize)]
-struct Case {
-    query_vector: Vec<f32>,
-    item_ids: Vec<String>,
-    retrieval_scores: Vec<f32>,
-    scores: Vec<f32>,
-}
-
-#[test]
-fn scores_equal_python_onnxruntime() {
-    let data = test_data();
+fn parity(model: &str, reference_file: &str) {
     let catalog = catalog();
-    let ranker =
-        Ranker::load(&data.join("models/ranker"), catalog.clone(), config()).expect("load");
-    let reference: Reference = serde_json::from_str(
-        &std::fs::read_to_string(data.join("rank_reference.json")).expect("reference"),
-    )
-    .expect("json");
-    assert_eq!(ranker.version(), reference.model_version);
+    let reference = reference(reference_file);
     assert!(!reference.cases.is_empty());
-    for case in &reference.cases {
-        let items: Vec<u32> = case
-            .item_ids
-            .iter()
-            .map(|id| catalog.idx_of(id).expect("known item"))
-            .collect();
-        let got = ranker
-            .rank(RankRequest {
-                user_vector: &case.query_vector,
-                items: &items,
-                retrieval_scores: &case.retrieval_scores,
-            })
-            .expect("rank");
-        assert_eq!(got.scores.len(), case.scores.len());
-        for (i, (a, b)) in got.scores.iter().zip(&case.scores).enumerate() {
-            assert!((a - b).abs() <= 1e-5, "row {i}: tandem {a} vs python {b}");
+    for batch in [unbatched(), batching()] {
+        let ranker = Ranker::open(
+            &test_data().join("models").join(model),
+            catalog.clone(),
+            config(batch),
+            None,
+        )
+        .expect("load");
+        for case in &reference.cases {
+            let got = ranker.rank_blocking(case.request(&catalog)).expect("rank");
+            assert_eq!(got.model_version, reference.model_version);
+            assert_close(&got.scores, &case.scores, &case.user_id);
         }
     }
 }
 
-/// Copies the bundle with its spec edited.
-fn bundle_with(edit: impl FnOnce(&mut serde_json::Value)) -> tempfile::TempDir {
-    let src = test_data().join("models/ranker/1");
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::copy(src.join("model.onnx"), dir.path().join("model.onnx")).expect("copy");
-    let mut spec: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(src.join("feature_spec.json")).expect("read"),
+#[test]
+fn mlp_scores_equal_python_onnxruntime() {
+    parity("ranker", "rank_reference.json");
+}
+
+#[test]
+fn multi_input_model_scores_equal_python_onnxruntime() {
+    parity("seqranker", "seq_rank_reference.json");
+}
+
+#[test]
+fn the_sequence_and_context_change_the_multi_input_scores() {
+    let catalog = catalog();
+    let ranker = Ranker::open(
+        &test_data().join("models/seqranker"),
+        catalog.clone(),
+        config(unbatched()),
+        None,
     )
-    .expect("json");
-    edit(&mut spec);
-    std::fs::write(dir.path().join("feature_spec.json"), spec.to_string()).expect("write");
-    dir
+    .expect("load");
+    let case = &reference("seq_rank_reference.json").cases[0];
+    let full = ranker.rank_blocking(case.request(&catalog)).expect("rank");
+    let no_history = ranker
+        .rank_blocking(ScoreRequest {
+            recent_items: Vec::new(),
+            ..case.request(&catalog)
+        })
+        .expect("rank");
+    assert_ne!(
+        full.scores, no_history.scores,
+        "recent items are a model input"
+    );
+    let other_hour = ranker
+        .rank_blocking(ScoreRequest {
+            context: [("hour_of_day".to_owned(), "23.5".to_owned())].into(),
+            ..case.request(&catalog)
+        })
+        .expect("rank");
+    assert_ne!(full.scores, other_hour.scores, "context is a model input");
+}
+
+fn open_err(dir: &std::path::Path) -> RankingError {
+    Ranker::open(dir, catalog(), config(unbatched()), None).expect_err("must be refused")
 }
 
 #[test]
 fn spec_mismatch_names_the_input() {
-    let renamed = bundle_with(|s| s["inputs"][0]["name"] = "dense".into());
-    let err = Ranker::load(renamed.path(), catalog(), config()).expect_err("renamed input");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let ranker_v1 = test_data().join("models/ranker/1");
+    let seq_v1 = test_data().join("models/seqranker/1");
+
+    let dir = tmp.path().join("renamed/1");
+    copy_bundle(&ranker_v1, &dir, |s| {
+        s["inputs"][0]["name"] = "dense".into()
+    });
+    let err = open_err(&dir);
     assert!(
         matches!(&err, RankingError::InputMismatch { input, .. } if input == "dense"),
         "{err}"
     );
 
-    // Drop the one-hot block (and shrink the declared shape to match): the model wants 92 columns.
-    let narrower = bundle_with(|s| {
+    // Drop the one-hot block (and shrink the declared shape to match): the model wants more.
+    let dir = tmp.path().join("narrower/1");
+    copy_bundle(&ranker_v1, &dir, |s| {
         let features = s["inputs"][0]["features"].as_array_mut().expect("features");
         let last = features.pop().expect("one feature");
         let width = s["inputs"][0]["shape"][1].as_i64().expect("width")
             - last["width"].as_i64().expect("w");
         s["inputs"][0]["shape"][1] = width.into();
     });
-    let err = Ranker::load(narrower.path(), catalog(), config()).expect_err("narrower input");
+    let err = open_err(&dir);
     assert!(
         matches!(&err, RankingError::InputMismatch { input, problem } if input == "features" && problem.contains("shape")),
         "{err}"
     );
 
-    let bad_output = bundle_with(|s| s["output"]["name"] = "scores".into());
-    let err = Ranker::load(bad_output.path(), catalog(), config()).expect_err("output");
+    let dir = tmp.path().join("bad_output/1");
+    copy_bundle(&ranker_v1, &dir, |s| s["output"]["name"] = "scores".into());
+    let err = open_err(&dir);
     assert!(
         matches!(&err, RankingError::OutputMismatch { output, .. } if output == "scores"),
+        "{err}"
+    );
+
+    // The multi-input model: a shorter sequence than the graph takes.
+    let dir = tmp.path().join("short_sequence/1");
+    copy_bundle(&seq_v1, &dir, |s| {
+        s["inputs"][2]["features"][0]["width"] = 10.into();
+        s["inputs"][2]["shape"][1] = 10.into();
+    });
+    let err = open_err(&dir);
+    assert!(
+        matches!(&err, RankingError::InputMismatch { input, problem } if input == "recent_items" && problem.contains("shape")),
+        "{err}"
+    );
+
+    // A spec that leaves out one of the graph's inputs.
+    let dir = tmp.path().join("missing_input/1");
+    copy_bundle(&seq_v1, &dir, |s| {
+        s["inputs"].as_array_mut().expect("inputs").remove(1);
+    });
+    let err = open_err(&dir);
+    assert!(
+        matches!(&err, RankingError::InputMismatch { input, problem } if input == "category" && problem.contains("spec does not describe")),
+        "{err}"
+    );
+
+    // An id feature in a float32 tensor is refused by the spec check, naming the input.
+    let dir = tmp.path().join("wrong_dtype/1");
+    copy_bundle(&seq_v1, &dir, |s| {
+        s["inputs"][1]["dtype"] = "float32".into()
+    });
+    let err = open_err(&dir);
+    assert!(
+        matches!(&err, RankingError::Spec { message, .. } if message.contains("`category`")),
+        "{err}"
+    );
+}
+
+#[test]
+fn broken_models_are_refused() {
+    let fixtures = test_data().join("fixtures");
+    let err = open_err(&fixtures.join("nan_model"));
+    assert!(matches!(err, RankingError::NonFiniteScores { .. }), "{err}");
+    let err = open_err(&fixtures.join("garbage_model"));
+    assert!(
+        matches!(
+            &err,
+            RankingError::Inference {
+                stage: "session",
+                ..
+            }
+        ),
         "{err}"
     );
 }
@@ -128,19 +167,28 @@ fn spec_mismatch_names_the_input() {
 #[test]
 fn bad_requests_are_rejected_not_run() {
     let catalog = catalog();
-    let ranker = Ranker::load(
-        &test_data().join("models/ranker"),
+    let ranker = Ranker::open(
+        &test_data().join("models/seqranker"),
         catalog.clone(),
-        config(),
+        config(batching()),
+        None,
     )
     .expect("load");
     let dim = catalog.dim();
-    let items: Vec<u32> = (0..1001).collect();
+    let ok = ScoreRequest {
+        user_id: "u".into(),
+        user_vector: vec![0.1; dim],
+        items: (0..3).collect(),
+        ..ScoreRequest::default()
+    };
+    let field = |req: ScoreRequest| match ranker.rank_blocking(req) {
+        Err(RankingError::InvalidArgument { field, .. }) => field,
+        other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
+    };
     let err = ranker
-        .rank(RankRequest {
-            user_vector: &vec![0.1; dim],
-            items: &items,
-            retrieval_scores: &[],
+        .rank_blocking(ScoreRequest {
+            items: (0..1001).collect(),
+            ..ok.clone()
         })
         .expect_err("too many");
     assert!(matches!(
@@ -150,43 +198,45 @@ fn bad_requests_are_rejected_not_run() {
             max: 1000
         }
     ));
-    let err = ranker
-        .rank(RankRequest {
-            user_vector: &vec![0.1; dim - 1],
-            items: &items[..3],
-            retrieval_scores: &[],
-        })
-        .expect_err("short vector");
-    assert!(matches!(
-        err,
-        RankingError::InvalidArgument {
-            field: "user.query_vector",
-            ..
-        }
-    ));
+    assert_eq!(
+        field(ScoreRequest {
+            user_vector: vec![0.1; dim - 1],
+            ..ok.clone()
+        }),
+        "user.query_vector"
+    );
     let mut nan = vec![0.1; dim];
     nan[0] = f32::NAN;
+    assert_eq!(
+        field(ScoreRequest {
+            user_vector: nan,
+            ..ok.clone()
+        }),
+        "user.query_vector"
+    );
+    assert_eq!(
+        field(ScoreRequest {
+            context: [("hour_of_day".to_owned(), "noon".to_owned())].into(),
+            ..ok.clone()
+        }),
+        "user.context"
+    );
+    assert_eq!(
+        field(ScoreRequest {
+            retrieval_scores: vec![1.0],
+            ..ok.clone()
+        }),
+        "candidates.retrieval_score"
+    );
     let err = ranker
-        .rank(RankRequest {
-            user_vector: &nan,
-            items: &items[..3],
-            retrieval_scores: &[],
+        .rank_blocking(ScoreRequest {
+            version: Some("7".into()),
+            ..ok.clone()
         })
-        .expect_err("nan");
-    assert!(matches!(
-        err,
-        RankingError::InvalidArgument {
-            field: "user.query_vector",
-            ..
-        }
-    ));
-    let ok = ranker
-        .rank(RankRequest {
-            user_vector: &vec![0.1; dim],
-            items: &items[..3],
-            retrieval_scores: &[],
-        })
-        .expect("rank");
-    assert_eq!(ok.scores.len(), 3);
-    assert!(ok.scores.iter().all(|s| (0.0..=1.0).contains(s)));
+        .expect_err("unknown version");
+    assert!(matches!(err, RankingError::UnknownVersion(v) if v == "7"));
+
+    let scores = ranker.rank_blocking(ok).expect("rank");
+    assert_eq!(scores.scores.len(), 3);
+    assert!(scores.scores.iter().all(|s| (0.0..=1.0).contains(s)));
 }

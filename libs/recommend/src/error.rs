@@ -4,6 +4,9 @@ pub enum StageError {
     /// The request is wrong; retrying or falling back won't help.
     #[error("{field}: {reason}")]
     InvalidArgument { field: String, reason: String },
+    /// Something the request named does not exist (a pinned model version).
+    #[error("{0}")]
+    NotFound(String),
     /// The stage is down, overloaded or too slow; the pipeline degrades.
     #[error("{0}")]
     Unavailable(String),
@@ -13,6 +16,8 @@ pub enum StageError {
 pub enum RecommendError {
     #[error("{field}: {reason}")]
     InvalidArgument { field: String, reason: String },
+    #[error("{0}")]
+    NotFound(String),
 }
 
 impl RecommendError {
@@ -50,13 +55,19 @@ impl From<tandem_ranking::RankingError> for StageError {
                 field: "num_candidates".into(),
                 reason: format!("ranking takes at most {max} candidates, got {got}"),
             },
+            E::UnknownVersion(v) => Self::NotFound(format!("model_version: `{v}` is not loaded")),
             other @ (E::Runtime { .. }
             | E::Io { .. }
             | E::Spec { .. }
             | E::NoVersion(_)
             | E::InputMismatch { .. }
             | E::OutputMismatch { .. }
-            | E::Inference { .. }) => Self::Unavailable(other.to_string()),
+            | E::Inference { .. }
+            | E::Overloaded { .. }
+            | E::InvalidSplit(_)
+            | E::Rejected { .. }
+            | E::NonFiniteScores { .. }
+            | E::Cuda(_)) => Self::Unavailable(other.to_string()),
         }
     }
 }

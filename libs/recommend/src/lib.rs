@@ -15,4 +15,6 @@ pub use pipeline::{
     POPULARITY_VERSION, RETRIEVAL_ORDER_VERSION, RecommendRequest, Recommendation, RecommendedItem,
     Recommender,
 };
-pub use stages::{CandidateStage, InProcessRanking, InProcessRetrieval, Retrieved, ScoringStage};
+pub use stages::{
+    CandidateStage, InProcessRanking, InProcessRetrieval, Retrieved, ScoringContext, ScoringStage,
+};

@@ -1,4 +1,4 @@
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use tandem_catalog::{Catalog, ItemIdx};
@@ -6,7 +6,7 @@ use tandem_personalization::{HistoryStore, QueryConfig, query_vector};
 use tandem_retrieval::{Candidate, FilterSpec, ItemFilter};
 
 use crate::events::{IncomingEvent, validate};
-use crate::{CandidateStage, RecommendError, ScoringStage, StageError};
+use crate::{CandidateStage, RecommendError, ScoringContext, ScoringStage, StageError};
 
 pub const DEFAULT_K: usize = 10;
 pub const MAX_K: usize = 1000;
@@ -25,6 +25,18 @@ pub struct RecommendRequest {
     pub num_candidates: Option<u32>,
     pub filter: FilterSpec,
     pub context_item_ids: Vec<String>,
+    /// Passed to the ranking model; `hour_of_day` is filled from the clock when absent.
+    pub context: BTreeMap<String, String>,
+    /// Score with this model version instead of the user's traffic-split share.
+    pub model_version: Option<String>,
+}
+
+/// The UTC hour, as the `hour_of_day` context value.
+fn hour_of_day_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    ((secs / 3600) % 24).to_string()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -147,6 +159,7 @@ impl Recommender {
             Err(StageError::InvalidArgument { field, reason }) => {
                 return Err(RecommendError::InvalidArgument { field, reason });
             }
+            Err(StageError::NotFound(what)) => return Err(RecommendError::NotFound(what)),
             Err(StageError::Unavailable(why)) => {
                 tracing::warn!(%why, "retrieval failed; answering with popular items");
                 return Ok(self.popular(k, &filter, Some(format!("retrieval unavailable: {why}"))));
@@ -162,33 +175,46 @@ impl Recommender {
             .filter(|c| seen.insert(c.idx))
             .collect();
 
-        let (scores, model_version, degraded) =
-            match self.ranking.score(&req.user_id, &query, &candidates).await {
-                Ok(s) if s.scores.len() == candidates.len() => (s.scores, s.model_version, None),
-                Ok(s) => {
-                    let why = format!(
-                        "{} scores for {} candidates",
-                        s.scores.len(),
-                        candidates.len()
-                    );
-                    (
-                        retrieval_order(&candidates),
-                        RETRIEVAL_ORDER_VERSION.to_owned(),
-                        Some(format!("ranking failed: {why}")),
-                    )
-                }
-                Err(StageError::InvalidArgument { field, reason }) => {
-                    return Err(RecommendError::InvalidArgument { field, reason });
-                }
-                Err(StageError::Unavailable(why)) => {
-                    tracing::warn!(%why, "ranking failed; answering in retrieval order");
-                    (
-                        retrieval_order(&candidates),
-                        RETRIEVAL_ORDER_VERSION.to_owned(),
-                        Some(format!("ranking unavailable: {why}")),
-                    )
-                }
-            };
+        let recent: Vec<ItemIdx> = history.recent.iter().rev().map(|e| e.item).collect();
+        let mut context = req.context.clone();
+        context
+            .entry("hour_of_day".to_owned())
+            .or_insert_with(hour_of_day_now);
+        let scoring = ScoringContext {
+            user_id: &req.user_id,
+            query: &query,
+            recent_items: &recent,
+            context: &context,
+            model_version: req.model_version.as_deref().filter(|v| !v.is_empty()),
+        };
+        let (scores, model_version, degraded) = match self.ranking.score(scoring, &candidates).await
+        {
+            Ok(s) if s.scores.len() == candidates.len() => (s.scores, s.model_version, None),
+            Ok(s) => {
+                let why = format!(
+                    "{} scores for {} candidates",
+                    s.scores.len(),
+                    candidates.len()
+                );
+                (
+                    retrieval_order(&candidates),
+                    RETRIEVAL_ORDER_VERSION.to_owned(),
+                    Some(format!("ranking failed: {why}")),
+                )
+            }
+            Err(StageError::InvalidArgument { field, reason }) => {
+                return Err(RecommendError::InvalidArgument { field, reason });
+            }
+            Err(StageError::NotFound(what)) => return Err(RecommendError::NotFound(what)),
+            Err(StageError::Unavailable(why)) => {
+                tracing::warn!(%why, "ranking failed; answering in retrieval order");
+                (
+                    retrieval_order(&candidates),
+                    RETRIEVAL_ORDER_VERSION.to_owned(),
+                    Some(format!("ranking unavailable: {why}")),
+                )
+            }
+        };
         let mut items: Vec<RecommendedItem> = candidates
             .iter()
             .zip(scores)

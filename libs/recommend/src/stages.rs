@@ -1,8 +1,9 @@
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use tandem_catalog::{Catalog, ItemIdx};
-use tandem_ranking::{RankRequest, Ranker, Scores};
+use tandem_ranking::{Ranker, ScoreRequest, Scores};
 use tandem_retrieval::{Candidate, FilterSpec, Index, SearchParams};
 
 use crate::StageError;
@@ -35,13 +36,24 @@ pub trait CandidateStage: Send + Sync {
     ) -> Result<Retrieved, StageError>;
 }
 
+/// What ranking knows about the request besides the candidates.
+#[derive(Debug, Clone, Copy)]
+pub struct ScoringContext<'a> {
+    pub user_id: &'a str,
+    pub query: &'a [f32],
+    /// The user's recent items, newest first.
+    pub recent_items: &'a [ItemIdx],
+    pub context: &'a BTreeMap<String, String>,
+    /// A pinned model version, if the request named one.
+    pub model_version: Option<&'a str>,
+}
+
 /// One score per candidate, in order, and the model version that produced them.
 #[async_trait]
 pub trait ScoringStage: Send + Sync {
     async fn score(
         &self,
-        user_id: &str,
-        query: &[f32],
+        request: ScoringContext<'_>,
         candidates: &[Candidate],
     ) -> Result<Scores, StageError>;
 }
@@ -93,7 +105,7 @@ impl CandidateStage for InProcessRetrieval {
     }
 }
 
-/// Ranking in this process, on the blocking pool.
+/// Ranking in this process: requests join the model's dynamic batches.
 #[derive(Debug, Clone)]
 pub struct InProcessRanking(pub Arc<Ranker>);
 
@@ -101,23 +113,20 @@ pub struct InProcessRanking(pub Arc<Ranker>);
 impl ScoringStage for InProcessRanking {
     async fn score(
         &self,
-        _user_id: &str,
-        query: &[f32],
+        request: ScoringContext<'_>,
         candidates: &[Candidate],
     ) -> Result<Scores, StageError> {
-        let ranker = self.0.clone();
-        let query = query.to_vec();
-        let items: Vec<ItemIdx> = candidates.iter().map(|c| c.idx).collect();
-        let retrieval: Vec<f32> = candidates.iter().map(|c| c.score).collect();
-        tokio::task::spawn_blocking(move || {
-            ranker.rank(RankRequest {
-                user_vector: &query,
-                items: &items,
-                retrieval_scores: &retrieval,
+        self.0
+            .rank(ScoreRequest {
+                user_id: request.user_id.to_owned(),
+                user_vector: request.query.to_vec(),
+                items: candidates.iter().map(|c| c.idx).collect(),
+                retrieval_scores: candidates.iter().map(|c| c.score).collect(),
+                recent_items: request.recent_items.to_vec(),
+                context: request.context.clone(),
+                version: request.model_version.map(str::to_owned),
             })
-        })
-        .await
-        .map_err(|e| StageError::Unavailable(format!("ranking task failed: {e}")))?
-        .map_err(StageError::from)
+            .await
+            .map_err(StageError::from)
     }
 }

@@ -51,6 +51,8 @@ impl pb::recommender_service_server::RecommenderService for RecommenderApi {
             num_candidates: req.num_candidates,
             filter: filter_from_proto(req.filter),
             context_item_ids: req.context_item_ids,
+            context: req.context.into_iter().collect(),
+            model_version: (!req.model_version.is_empty()).then_some(req.model_version),
         };
         let result = recommender.recommend(&domain).await.map_err(|e| {
             tracing::debug!(%request_id, error = %e, "recommend rejected");

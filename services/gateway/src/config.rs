@@ -2,8 +2,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use tandem_ranking::RankerConfig;
-use tandem_ranking_service::ModelArgs;
+use tandem_ranking_service::{ModelArgs, ModelSettings};
 use tandem_retrieval::IndexParams;
 use tandem_retrieval_service::IndexArgs;
 
@@ -43,7 +42,7 @@ pub struct Config {
 pub(crate) struct Checked {
     pub index: IndexParams,
     /// Present when ranking runs in-process.
-    pub ranker: Option<RankerConfig>,
+    pub ranker: Option<ModelSettings>,
 }
 
 impl Config {

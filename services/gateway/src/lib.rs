@@ -12,10 +12,11 @@ use std::sync::Arc;
 
 use tandem_catalog::Catalog;
 use tandem_personalization::{InMemoryHistory, QueryConfig};
+use tandem_proto::v1::ranking_admin_service_server::RankingAdminServiceServer;
 use tandem_proto::v1::ranking_service_server::RankingServiceServer;
 use tandem_proto::v1::recommender_service_server::RecommenderServiceServer;
 use tandem_proto::v1::retrieval_service_server::RetrievalServiceServer;
-use tandem_ranking_service::{RankingApi, load_ranker};
+use tandem_ranking_service::{RankingAdminApi, RankingApi, load_ranker};
 use tandem_recommend::{
     CandidateStage, InProcessRanking, InProcessRetrieval, Recommender, ScoringStage,
 };
@@ -50,6 +51,7 @@ pub async fn start(
     }
     if config.ranking_addr.is_none() {
         names.push(service_name::<RankingServiceServer<RankingApi>>());
+        names.push(service_name::<RankingAdminServiceServer<RankingAdminApi>>());
     }
     let (mut routes, health) = tandem_server::base_routes(&names).await?;
     let recommender = Ready::default();
@@ -60,7 +62,9 @@ pub async fn start(
         routes = routes.add_service(RetrievalApi::new(index.clone()).into_service());
     }
     if config.ranking_addr.is_none() {
-        routes = routes.add_service(RankingApi::new(ranker.clone()).into_service());
+        routes = routes
+            .add_service(RankingApi::new(ranker.clone()).into_service())
+            .add_service(RankingAdminApi::new(ranker.clone()).into_service());
     }
     let (listener, addr) = tandem_server::bind(config.listen).await?;
     tracing::info!(

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use tandem_catalog::Catalog;
 use tandem_proto::v1 as pb;
 use tandem_ranking::Scores;
-use tandem_recommend::{CandidateStage, Retrieved, ScoringStage, StageError};
+use tandem_recommend::{CandidateStage, Retrieved, ScoringContext, ScoringStage, StageError};
 use tandem_retrieval::{Candidate, FilterSpec};
 use tonic::transport::{Channel, Endpoint};
 
@@ -29,6 +29,9 @@ fn channel(addr: &str, config: &Config) -> Result<Channel, BoxError> {
 /// else means the stage could not answer.
 fn stage_error(stage: &str, status: tonic::Status) -> StageError {
     match status.code() {
+        tonic::Code::NotFound if status.message().starts_with("model version") => {
+            StageError::NotFound(format!("model_version: {}", status.message()))
+        }
         tonic::Code::InvalidArgument | tonic::Code::NotFound => {
             let (field, reason) = status
                 .message()
@@ -123,7 +126,9 @@ impl CandidateStage for RemoteRetrieval {
                 Ok(Ok(response)) => merged.extend(response.into_inner().candidates),
                 Ok(Err(status)) => match stage_error("retrieval", status) {
                     // Every shard validates the same request: a bad one is the caller's fault.
-                    e @ StageError::InvalidArgument { .. } => return Err(e),
+                    e @ (StageError::InvalidArgument { .. } | StageError::NotFound(_)) => {
+                        return Err(e);
+                    }
                     StageError::Unavailable(why) => failed.push(format!("{addr}: {why}")),
                 },
                 Err(_) => failed.push(format!(
@@ -186,16 +191,26 @@ impl RemoteRanking {
 impl ScoringStage for RemoteRanking {
     async fn score(
         &self,
-        user_id: &str,
-        query: &[f32],
+        request: ScoringContext<'_>,
         candidates: &[Candidate],
     ) -> Result<Scores, StageError> {
         let catalog = &self.catalog;
         let request = pb::RankRequest {
             user: Some(pb::UserContext {
-                user_id: user_id.to_owned(),
-                query_vector: query.to_vec(),
+                user_id: request.user_id.to_owned(),
+                query_vector: request.query.to_vec(),
+                recent_item_ids: request
+                    .recent_items
+                    .iter()
+                    .map(|&i| catalog.item_id(i).to_owned())
+                    .collect(),
+                context: request
+                    .context
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
             }),
+            model_version: request.model_version.unwrap_or_default().to_owned(),
             candidates: candidates
                 .iter()
                 .map(|c| pb::RankCandidate {

@@ -6,5 +6,6 @@ use tonic::Status;
 pub(crate) fn status(err: RecommendError) -> Status {
     match err {
         RecommendError::InvalidArgument { .. } => Status::invalid_argument(err.to_string()),
+        RecommendError::NotFound(_) => Status::not_found(err.to_string()),
     }
 }

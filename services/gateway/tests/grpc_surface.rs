@@ -41,6 +41,7 @@ async fn rank_rpc_scores_equal_python_onnxruntime() {
                 user: Some(pb::UserContext {
                     user_id: case.user_id.clone(),
                     query_vector: case.query_vector.clone(),
+                    ..Default::default()
                 }),
                 candidates: case
                     .item_ids
@@ -51,6 +52,7 @@ async fn rank_rpc_scores_equal_python_onnxruntime() {
                         retrieval_score: *rs,
                     })
                     .collect(),
+                ..Default::default()
             })
             .await
             .expect("rank")
@@ -74,11 +76,13 @@ async fn rank_rpc_scores_equal_python_onnxruntime() {
             user: Some(pb::UserContext {
                 user_id: "u".into(),
                 query_vector: reference.cases[0].query_vector.clone(),
+                ..Default::default()
             }),
             candidates: vec![pb::RankCandidate {
                 item_id: "no-such-item".into(),
                 retrieval_score: 0.0,
             }],
+            ..Default::default()
         })
         .await
         .expect_err("unknown candidate");
@@ -118,6 +122,7 @@ async fn reflection_lists_exactly_the_served_services() {
         [
             "grpc.health.v1.Health",
             "grpc.reflection.v1.ServerReflection",
+            "tandem.v1.RankingAdminService",
             "tandem.v1.RankingService",
             "tandem.v1.RecommenderService",
             "tandem.v1.RetrievalService",
@@ -137,7 +142,7 @@ async fn reflection_lists_exactly_the_served_services() {
     assert!(
         !names
             .iter()
-            .any(|n| n == "tandem.v1.RetrievalService" || n == "tandem.v1.RankingService"),
+            .any(|n| n.starts_with("tandem.v1.R") && n != "tandem.v1.RecommenderService"),
         "{names:?}"
     );
 }
@@ -179,4 +184,190 @@ async fn health_stays_not_serving_when_the_model_cannot_load() {
         .expect_err("not ready");
     assert_eq!(status.code(), tonic::Code::Unavailable);
     drop(stop);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ranking_admin_reports_loads_and_splits_versions() {
+    // A model directory of our own, so versions can be added while serving.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path().join("ranker");
+    std::fs::create_dir_all(&root).expect("mkdir");
+    let copy = |from: &std::path::Path, version: &str| {
+        let to = root.join(version);
+        std::fs::create_dir_all(&to).expect("mkdir");
+        for file in ["model.onnx", "feature_spec.json"] {
+            std::fs::copy(from.join(file), to.join(file)).expect("copy");
+        }
+    };
+    copy(&test_data().join("models/ranker/1"), "1");
+    let model_dir = format!("--model-dir={}", root.display());
+    let gw = start(config(&[&model_dir, "--model-poll-interval-s=0"])).await;
+    let mut admin =
+        pb::ranking_admin_service_client::RankingAdminServiceClient::new(channel(gw.addr).await);
+    let info = admin
+        .get_model_info(pb::GetModelInfoRequest {})
+        .await
+        .expect("info")
+        .into_inner();
+    assert_eq!(info.versions.len(), 1);
+    let v1 = &info.versions[0];
+    assert_eq!((v1.version.as_str(), v1.label.as_str()), ("1", "ranker/1"));
+    assert_eq!(v1.execution_provider, "cpu");
+    assert_eq!(v1.sessions, 2);
+    assert_eq!(v1.inputs[0].name, "features");
+    assert_eq!(info.split.len(), 1);
+    assert!(info.follows_latest);
+    assert_eq!(info.batching.expect("batching").max_rows, 4096);
+
+    // Scoring counts show up in the stats.
+    let reference: Reference = serde_json::from_str(
+        &std::fs::read_to_string(test_data().join("rank_reference.json")).expect("reference"),
+    )
+    .expect("json");
+    let case = &reference.cases[0];
+    let request = |version: &str| pb::RankRequest {
+        user: Some(pb::UserContext {
+            user_id: case.user_id.clone(),
+            query_vector: case.query_vector.clone(),
+            ..Default::default()
+        }),
+        candidates: case
+            .item_ids
+            .iter()
+            .map(|id| pb::RankCandidate {
+                item_id: id.clone(),
+                retrieval_score: 0.5,
+            })
+            .collect(),
+        model_version: version.to_owned(),
+    };
+    let mut ranking = pb::ranking_service_client::RankingServiceClient::new(channel(gw.addr).await);
+    ranking.rank(request("")).await.expect("rank");
+    let stats = admin
+        .get_model_info(pb::GetModelInfoRequest {})
+        .await
+        .expect("info")
+        .into_inner()
+        .versions[0]
+        .stats
+        .expect("stats");
+    assert_eq!(
+        (stats.requests, stats.rows),
+        (1, case.item_ids.len() as u64)
+    );
+
+    // A broken version is refused; the serving one keeps serving.
+    copy(&test_data().join("fixtures/nan_model"), "2");
+    let status = admin
+        .load_model(pb::LoadModelRequest {
+            version: "2".into(),
+            serve: true,
+        })
+        .await
+        .expect_err("NaN model");
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    assert!(
+        status.message().contains("non-finite"),
+        "{}",
+        status.message()
+    );
+    let resp = ranking
+        .rank(request(""))
+        .await
+        .expect("still serving")
+        .into_inner();
+    assert_eq!(resp.model_version, "ranker/1");
+
+    // A good version loads, then a split routes users between the two.
+    copy(&test_data().join("models/seqranker/1"), "3");
+    let loaded = admin
+        .load_model(pb::LoadModelRequest {
+            version: "3".into(),
+            serve: false,
+        })
+        .await
+        .expect("load v3")
+        .into_inner();
+    assert_eq!(loaded.version.expect("info").label, "seqranker/1");
+    let pinned = ranking
+        .rank(request("3"))
+        .await
+        .expect("pinned")
+        .into_inner();
+    assert_eq!(pinned.model_version, "seqranker/1");
+    let status = ranking.rank(request("8")).await.expect_err("unknown pin");
+    assert_eq!(status.code(), tonic::Code::NotFound);
+    admin
+        .set_traffic_split(pb::SetTrafficSplitRequest {
+            split: vec![
+                pb::TrafficShare {
+                    version: "1".into(),
+                    weight: 50,
+                },
+                pb::TrafficShare {
+                    version: "3".into(),
+                    weight: 50,
+                },
+            ],
+        })
+        .await
+        .expect("split");
+    let status = admin
+        .set_traffic_split(pb::SetTrafficSplitRequest {
+            split: vec![pb::TrafficShare {
+                version: "2".into(),
+                weight: 1,
+            }],
+        })
+        .await
+        .expect_err("rejected version");
+    assert_eq!(status.code(), tonic::Code::NotFound);
+
+    // Recommend names the version; a pinned Recommend uses it, an unknown pin is NOT_FOUND.
+    let mut rec =
+        pb::recommender_service_client::RecommenderServiceClient::new(channel(gw.addr).await);
+    let mut versions = std::collections::BTreeSet::new();
+    for u in 0..40 {
+        let user_id = format!("user-{u}");
+        rec.record_events(pb::RecordEventsRequest {
+            events: vec![pb::Event {
+                user_id: user_id.clone(),
+                item_id: case.item_ids[u % 10].clone(),
+                r#type: pb::EventType::Click as i32,
+                timestamp_ms: 1_790_000_000_000,
+            }],
+        })
+        .await
+        .expect("events");
+        let resp = rec
+            .recommend(pb::RecommendRequest {
+                user_id,
+                ..Default::default()
+            })
+            .await
+            .expect("recommend")
+            .into_inner();
+        versions.insert(resp.model_version);
+    }
+    assert_eq!(
+        versions.into_iter().collect::<Vec<_>>(),
+        ["ranker/1", "seqranker/1"],
+        "a 50/50 split serves both versions"
+    );
+    let status = rec
+        .recommend(pb::RecommendRequest {
+            user_id: "user-1".into(),
+            model_version: "8".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("unknown pin");
+    assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
+
+    // Oversized requests are refused before they reach ONNX Runtime.
+    let mut big = request("");
+    let first = big.candidates[0].clone();
+    big.candidates = vec![first; 5001];
+    let status = ranking.rank(big).await.expect_err("oversized");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
 }

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use tandem_catalog::Catalog;
+use tandem_proto::v1::ranking_admin_service_server::RankingAdminServiceServer;
 use tandem_proto::v1::ranking_service_server::RankingServiceServer;
-use tandem_ranking_service::{ModelArgs, RankingApi, load_ranker};
+use tandem_ranking_service::{ModelArgs, RankingAdminApi, RankingApi, load_ranker};
 use tandem_server::Ready;
 
 /// Ranking server: scores candidates with the ONNX ranking model.
@@ -29,20 +30,23 @@ struct Config {
 async fn main() -> anyhow::Result<()> {
     tandem_server::init_tracing();
     let config = Config::parse();
-    let ranker_config = config.model.validate().map_err(anyhow::Error::msg)?;
+    let settings = config.model.validate().map_err(anyhow::Error::msg)?;
     anyhow::ensure!(
         config.items.is_file(),
         "--items {} does not exist (run `make data`)",
         config.items.display()
     );
 
-    let (routes, health) = tandem_server::base_routes(&[tandem_server::service_name::<
-        RankingServiceServer<RankingApi>,
-    >()])
+    let (routes, health) = tandem_server::base_routes(&[
+        tandem_server::service_name::<RankingServiceServer<RankingApi>>(),
+        tandem_server::service_name::<RankingAdminServiceServer<RankingAdminApi>>(),
+    ])
     .await
     .map_err(|e| anyhow::anyhow!(e))?;
     let ranker = Ready::default();
-    let routes = routes.add_service(RankingApi::new(ranker.clone()).into_service());
+    let routes = routes
+        .add_service(RankingApi::new(ranker.clone()).into_service())
+        .add_service(RankingAdminApi::new(ranker.clone()).into_service());
     let (listener, addr) = tandem_server::bind(config.listen)
         .await
         .with_context(|| format!("bind {}", config.listen))?;
@@ -57,7 +61,7 @@ async fn main() -> anyhow::Result<()> {
     let (items, model_dir) = (config.items.clone(), config.model.model_dir.clone());
     let loaded = tokio::task::spawn_blocking(move || {
         let catalog = Arc::new(Catalog::open(&items)?);
-        load_ranker(&model_dir, catalog, ranker_config).map_err(anyhow::Error::from)
+        load_ranker(&model_dir, catalog, settings).map_err(anyhow::Error::from)
     })
     .await?
     .context("cannot load the ranking model")?;
