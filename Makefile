@@ -15,7 +15,7 @@ DEMO_ITEMS ?= 50000
 ORT_DYLIB_PATH = $(abspath $(firstword $(wildcard $(VENV)/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.*)))
 PIPELINE_SRC := $(wildcard models/tandem_pipeline/*.py)
 
-.PHONY: help run run-split build data test-data test lint buf-lint bench bench-ann bench-ann-large clean
+.PHONY: help run run-split run-gpu gpu-venv build data test-data test lint buf-lint bench bench-ann bench-ann-large bench-ranking clean
 
 help:
 	@echo "make run        start tandem (embedded) on $(LISTEN) with the demo catalog and model"
@@ -24,6 +24,8 @@ help:
 	@echo "make data       (re)generate the demo data: DEMO_ITEMS=1000000 for the large catalog"
 	@echo "make bench      criterion benches of the hot paths (cargo bench)"
 	@echo "make bench-ann  retrieval vs hnswlib vs faiss on the 50k demo catalog (bench-ann-large: 1M)"
+	@echo "make bench-ranking  ranking rows/s and latency vs the Python onnxruntime floor"
+	@echo "make run-gpu    make run with the CUDA execution provider (onnxruntime-gpu wheel, --features cuda)"
 
 $(VENV)/.installed: models/requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -89,3 +91,28 @@ bench-ann-large: $(VENV)/.bench-installed data/large/eval.json
 
 clean:
 	rm -rf data $(TOOLS)
+
+bench-ranking: $(VENV)/.installed data/demo/eval.json
+	cargo build --release -p tandem-ranking --example rank_bench
+	ORT_DYLIB_PATH=$(ORT_DYLIB_PATH) $(PY) load-tests/ranking/compare.py --data data/demo --model ranker --out load-tests/ranking/results
+	ORT_DYLIB_PATH=$(ORT_DYLIB_PATH) $(PY) load-tests/ranking/compare.py --data data/demo --model seqranker --out load-tests/ranking/results
+
+# CUDA: a second venv with the onnxruntime-gpu wheel; its library replaces the CPU one.
+GPU_VENV := .venv-gpu
+GPU_ORT_DYLIB_PATH = $(firstword $(wildcard $(GPU_VENV)/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.*))
+empty :=
+space := $(empty) $(empty)
+CUDA_LIBS = $(subst $(space),:,$(wildcard $(abspath $(GPU_VENV))/lib/python3*/site-packages/nvidia/*/lib))
+
+$(GPU_VENV)/.installed: models/requirements-gpu.txt
+	$(PYTHON) -m venv $(GPU_VENV)
+	$(GPU_VENV)/bin/pip install --quiet --upgrade pip
+	$(GPU_VENV)/bin/pip install --quiet -r models/requirements-gpu.txt
+	touch $@
+
+gpu-venv: $(GPU_VENV)/.installed
+
+run-gpu: $(GPU_VENV)/.installed data/demo/eval.json
+	cargo build --release -p tandem-gateway --features cuda
+	LD_LIBRARY_PATH=$(CUDA_LIBS):$$LD_LIBRARY_PATH ORT_DYLIB_PATH=$(abspath $(GPU_ORT_DYLIB_PATH)) \
+		./target/release/tandem-gateway --listen $(LISTEN) --state-dir data/demo/state --execution-provider cuda

@@ -1,11 +1,14 @@
 //! Dynamic batching: concurrent requests queue up and each session's worker thread takes as
-//! many as fit in one ORT run (up to `max_rows`, waiting at most `max_wait` after the first
-//! arrived), then hands every caller its own slice of the output.
+//! many as fit in one ORT run (up to `max_rows`), then hands every caller its own slice of
+//! the output. A worker waits up to `max_wait` after the first request for more only while
+//! another session is running: then callers are active and more requests are on their way.
+//! With nothing else running it starts at once, so a lone caller pays no batching delay.
 //!
 //! Each worker owns its session (ORT's `run` takes `&mut self`), so no lock is held across an
 //! inference; the queue's mutex only guards pushing and popping.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -63,6 +66,8 @@ pub(crate) struct Batcher {
     config: BatchConfig,
     spec: FeatureSpec,
     catalog: Arc<Catalog>,
+    /// Workers inside a model run right now.
+    running: AtomicUsize,
     pub(crate) stats: Stats,
 }
 
@@ -80,6 +85,7 @@ impl Batcher {
             config,
             spec,
             catalog,
+            running: AtomicUsize::new(0),
             stats: Stats::default(),
         });
         for (i, session) in sessions.into_iter().enumerate() {
@@ -164,10 +170,13 @@ impl Batcher {
                     batch.extend(queue.jobs.pop_front());
                 }
                 let now = Instant::now();
+                // Only while another run is in progress are more requests likely to arrive.
+                let others_running = self.running.load(Ordering::Acquire) > 0;
                 if !queue.jobs.is_empty()
                     || rows >= self.config.max_rows
                     || now >= deadline
                     || queue.closed
+                    || !others_running
                 {
                     break;
                 }
@@ -198,7 +207,9 @@ impl Batcher {
             self.stats.queue_wait.record(started - job.queued);
         }
         let requests: Vec<&ScoreRequest> = batch.iter().map(|j| &j.request).collect();
+        self.running.fetch_add(1, Ordering::AcqRel);
         let result = run_batch(session, &self.spec, &self.catalog, &requests);
+        self.running.fetch_sub(1, Ordering::AcqRel);
         let rows: usize = requests.iter().map(|r| r.items.len()).sum();
         self.stats
             .record_run(batch.len(), rows, started.elapsed(), result.is_ok());

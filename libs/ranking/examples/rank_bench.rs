@@ -1,0 +1,183 @@
+//! Measures the ranking tier in process: rows/s and p50/p99 request latency for each
+//! candidate count and client concurrency, with dynamic batching on and off. Requests come
+//! from a JSON file (written by `load-tests/ranking/compare.py`, which runs the Python
+//! onnxruntime floor on the same batches); prints one JSON object per line.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tandem_catalog::Catalog;
+use tandem_ranking::{BatchConfig, ExecutionProvider, Ranker, RankerConfig, ScoreRequest};
+
+struct Args {
+    model: PathBuf,
+    items: PathBuf,
+    requests: PathBuf,
+    concurrency: Vec<usize>,
+    seconds: f64,
+    sessions: usize,
+    intra_threads: usize,
+    max_rows: usize,
+    max_wait_us: u64,
+    provider: ExecutionProvider,
+}
+
+fn parse() -> Result<Args, String> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut args = Args {
+        model: PathBuf::new(),
+        items: PathBuf::new(),
+        requests: PathBuf::new(),
+        concurrency: vec![1, 8, 32],
+        seconds: 3.0,
+        sessions: cores,
+        intra_threads: 1,
+        max_rows: 4096,
+        max_wait_us: 200,
+        provider: ExecutionProvider::Cpu,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().ok_or(format!("{flag} needs a value"))?;
+        let num = |v: &str| v.parse::<usize>().map_err(|e| format!("{flag}: {e}"));
+        match flag.as_str() {
+            "--model" => args.model = value.into(),
+            "--items" => args.items = value.into(),
+            "--requests" => args.requests = value.into(),
+            "--concurrency" => {
+                args.concurrency = value.split(',').map(num).collect::<Result<_, _>>()?
+            }
+            "--seconds" => args.seconds = value.parse().map_err(|e| format!("{flag}: {e}"))?,
+            "--sessions" => args.sessions = num(&value)?,
+            "--intra-threads" => args.intra_threads = num(&value)?,
+            "--batch-max-rows" => args.max_rows = num(&value)?,
+            "--batch-max-wait-us" => args.max_wait_us = num(&value)? as u64,
+            "--execution-provider" => args.provider = value.parse()?,
+            other => return Err(format!("unknown flag {other}")),
+        }
+    }
+    Ok(args)
+}
+
+#[derive(serde::Deserialize)]
+struct WireRequest {
+    user_vector: Vec<f32>,
+    items: Vec<u32>,
+    retrieval_scores: Vec<f32>,
+    recent_items: Vec<u32>,
+    hour: u32,
+}
+
+/// Runs `clients` threads sending `requests` round-robin for `seconds`; the first fifth of
+/// the time warms up and is not counted.
+fn measure(
+    ranker: &Arc<Ranker>,
+    requests: &[ScoreRequest],
+    clients: usize,
+    seconds: f64,
+) -> serde_json::Value {
+    let started = Instant::now();
+    let warm = Duration::from_secs_f64(seconds * 0.2);
+    let end = Duration::from_secs_f64(seconds * 1.2);
+    let threads: Vec<_> = (0..clients)
+        .map(|c| {
+            let ranker = ranker.clone();
+            let requests = requests.to_vec();
+            std::thread::spawn(move || {
+                let (mut rows, mut latencies) = (0usize, Vec::new());
+                let mut i = c;
+                loop {
+                    let t0 = Instant::now();
+                    if t0 - started >= end {
+                        break;
+                    }
+                    let req = requests[i % requests.len()].clone();
+                    let n = req.items.len();
+                    if let Err(e) = ranker.rank_blocking(req) {
+                        eprintln!("rank failed: {e}");
+                        std::process::exit(1);
+                    }
+                    let t1 = Instant::now();
+                    if t0 - started >= warm && t1 - started <= end {
+                        rows += n;
+                        latencies.push((t1 - t0).as_secs_f64() * 1e6);
+                    }
+                    i += clients;
+                }
+                (rows, latencies)
+            })
+        })
+        .collect();
+    let (mut rows, mut latencies) = (0usize, Vec::new());
+    for t in threads {
+        let (r, l) = t.join().unwrap_or_default();
+        rows += r;
+        latencies.extend(l);
+    }
+    latencies.sort_by(f64::total_cmp);
+    let q = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    let window = end.as_secs_f64() - warm.as_secs_f64();
+    serde_json::json!({
+        "rows_per_s": rows as f64 / window,
+        "requests": latencies.len(),
+        "p50_us": q(0.5),
+        "p99_us": q(0.99),
+    })
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = parse()?;
+    let catalog = Arc::new(Catalog::open(&args.items)?);
+    let wire: BTreeMap<String, Vec<WireRequest>> =
+        serde_json::from_str(&std::fs::read_to_string(&args.requests)?)?;
+    let dylib = std::env::var_os("ORT_DYLIB_PATH").ok_or("set ORT_DYLIB_PATH")?;
+    for (mode, max_rows) in [("batched", args.max_rows), ("unbatched", 0)] {
+        let config = RankerConfig {
+            ort_dylib_path: dylib.clone().into(),
+            execution_provider: args.provider,
+            sessions: args.sessions,
+            intra_threads: args.intra_threads,
+            max_candidates: 5000,
+            batch: BatchConfig {
+                max_rows,
+                max_wait: Duration::from_micros(args.max_wait_us),
+                max_queued_rows: 1 << 22,
+            },
+        };
+        let ranker = Arc::new(Ranker::open(&args.model, catalog.clone(), config, None)?);
+        let provider = ranker.info().versions[0].provider().as_str();
+        for (size, reqs) in &wire {
+            let requests: Vec<ScoreRequest> = reqs
+                .iter()
+                .enumerate()
+                .map(|(i, r)| ScoreRequest {
+                    user_id: format!("bench-{i}"),
+                    user_vector: r.user_vector.clone(),
+                    items: r.items.clone(),
+                    retrieval_scores: r.retrieval_scores.clone(),
+                    recent_items: r.recent_items.clone(),
+                    context: [("hour_of_day".to_owned(), r.hour.to_string())].into(),
+                    version: None,
+                })
+                .collect();
+            for &clients in &args.concurrency {
+                let mut row = measure(&ranker, &requests, clients, args.seconds);
+                row["mode"] = mode.into();
+                row["candidates"] = size.parse::<usize>()?.into();
+                row["concurrency"] = clients.into();
+                row["sessions"] = args.sessions.into();
+                row["intra_threads"] = args.intra_threads.into();
+                row["provider"] = provider.into();
+                println!("{row}");
+            }
+        }
+    }
+    Ok(())
+}
