@@ -11,6 +11,8 @@ TOOLS := .tools
 BUF_VERSION := 1.59.0
 LISTEN ?= 127.0.0.1:50051
 DEMO_ITEMS ?= 50000
+# Served ranking model under data/demo/models: ranker (MLP) or seqranker (multi-input).
+MODEL ?= ranker
 # Lazily expanded: the wheel is installed by the time a recipe uses it.
 ORT_DYLIB_PATH = $(abspath $(firstword $(wildcard $(VENV)/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.*)))
 PIPELINE_SRC := $(wildcard models/tandem_pipeline/*.py)
@@ -49,12 +51,12 @@ build:
 
 run: $(VENV)/.installed data/demo/eval.json build
 	ORT_DYLIB_PATH=$(ORT_DYLIB_PATH) ./target/release/tandem-gateway --listen $(LISTEN) \
-		--items data/demo/items.parquet --model-dir data/demo/models/ranker --state-dir data/demo/state
+		--items data/demo/items.parquet --model-dir data/demo/models/$(MODEL) --state-dir data/demo/state
 
 run-split: $(VENV)/.installed data/demo/eval.json build
 	export ORT_DYLIB_PATH=$(ORT_DYLIB_PATH) TANDEM_ITEMS=data/demo/items.parquet; \
 	./target/release/tandem-retrieval --listen 127.0.0.1:50052 --state-dir data/demo/state & r=$$!; \
-	./target/release/tandem-ranking --listen 127.0.0.1:50053 --model-dir data/demo/models/ranker & k=$$!; \
+	./target/release/tandem-ranking --listen 127.0.0.1:50053 --model-dir data/demo/models/$(MODEL) & k=$$!; \
 	trap "kill $$r $$k" EXIT; \
 	./target/release/tandem-gateway --listen $(LISTEN) --retrieval-addr 127.0.0.1:50052 --ranking-addr 127.0.0.1:50053
 
@@ -115,4 +117,5 @@ gpu-venv: $(GPU_VENV)/.installed
 run-gpu: $(GPU_VENV)/.installed data/demo/eval.json
 	cargo build --release -p tandem-gateway --features cuda
 	LD_LIBRARY_PATH=$(CUDA_LIBS):$$LD_LIBRARY_PATH ORT_DYLIB_PATH=$(abspath $(GPU_ORT_DYLIB_PATH)) \
-		./target/release/tandem-gateway --listen $(LISTEN) --state-dir data/demo/state --execution-provider cuda
+		./target/release/tandem-gateway --listen $(LISTEN) --state-dir data/demo/state \
+		--model-dir data/demo/models/$(MODEL) --execution-provider cuda

@@ -240,3 +240,27 @@ fn bad_requests_are_rejected_not_run() {
     assert_eq!(scores.scores.len(), 3);
     assert!(scores.scores.iter().all(|s| (0.0..=1.0).contains(s)));
 }
+
+#[test]
+fn execution_provider_cuda_fails_clearly_and_auto_falls_back_to_cpu() {
+    use tandem_ranking::{ActiveProvider, ExecutionProvider, RankerConfig};
+    let model = test_data().join("models/ranker");
+    let with = |provider| RankerConfig {
+        execution_provider: provider,
+        ..config(unbatched())
+    };
+    // CI machines have no GPU and the CPU wheel has no CUDA provider: `cuda` must refuse.
+    match Ranker::open(&model, catalog(), with(ExecutionProvider::Cuda), None) {
+        Err(RankingError::Cuda(why)) => assert!(!why.is_empty()),
+        Err(other) => panic!("expected a CUDA error, got {other}"),
+        // A machine with the GPU wheel and a GPU may run it; then it must say so.
+        Ok(r) => assert_eq!(r.info().versions[0].provider(), ActiveProvider::Cuda),
+    }
+    let auto = Ranker::open(&model, catalog(), with(ExecutionProvider::Auto), None).expect("auto");
+    let provider = auto.info().versions[0].provider();
+    let case = &reference("rank_reference.json").cases[0];
+    let scores = auto.rank_blocking(case.request(&catalog())).expect("rank");
+    if provider == ActiveProvider::Cpu {
+        assert_close(&scores.scores, &case.scores, "auto on cpu");
+    }
+}
