@@ -9,7 +9,7 @@ use std::sync::Arc;
 use criterion::{Criterion, criterion_group, criterion_main};
 use tandem_catalog::Catalog;
 use tandem_ranking::{
-    BatchConfig, ExecutionProvider, Ranker, RankerConfig, ScoreRequest, assemble,
+    Assembler, BatchConfig, ExecutionProvider, Ranker, RankerConfig, ScoreRequest,
 };
 
 fn setup() -> Option<(PathBuf, PathBuf)> {
@@ -63,9 +63,9 @@ fn ranking(c: &mut Criterion) {
         )
         .expect("load");
         let req = request(&catalog, 500);
-        let spec = ranker.info().versions[0].spec().clone();
+        let assembler = Assembler::new(ranker.info().versions[0].spec(), &catalog);
         c.bench_function(&format!("assemble/{model}/500"), |b| {
-            b.iter(|| assemble(black_box(&spec), &catalog, &[&req]))
+            b.iter(|| assembler.assemble(&catalog, black_box(&[&req])))
         });
         c.bench_function(&format!("rank/{model}/500"), |b| {
             b.iter(|| ranker.rank_blocking(black_box(req.clone())).expect("rank"))

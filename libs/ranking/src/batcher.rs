@@ -1,11 +1,13 @@
-//! Dynamic batching: concurrent requests queue up and each session's worker thread takes as
-//! many as fit in one ORT run (up to `max_rows`), then hands every caller its own slice of
-//! the output. A worker waits up to `max_wait` after the first request for more only while
-//! another session is running: then callers are active and more requests are on their way.
-//! With nothing else running it starts at once, so a lone caller pays no batching delay.
+//! Dynamic batching over a pool of ORT sessions (ORT's `run` takes `&mut self`, so each run
+//! takes a session out of the pool; the pool's mutex is never held across an inference).
 //!
-//! Each worker owns its session (ORT's `run` takes `&mut self`), so no lock is held across an
-//! inference; the queue's mutex only guards pushing and popping.
+//! A caller that finds a session idle leads: it runs its own request together with whatever
+//! is queued (up to `max_rows`) on its own thread, hands the others their slices, and returns
+//! the session. No thread hand-off, so a lone caller pays only its run. Callers that find
+//! every session busy queue up; worker threads (one per session) take a session as soon as one
+//! is free and run the queue in batches of up to `max_rows`, waiting up to `max_wait` after
+//! the first request for more only while another run is in progress (then callers are active
+//! and more requests are on their way).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,7 +20,7 @@ use tandem_catalog::Catalog;
 use tokio::sync::oneshot;
 
 use crate::RankingError;
-use crate::features::{InputValues, ScoreRequest, assemble};
+use crate::features::{Assembler, InputValues, ScoreRequest};
 use crate::spec::FeatureSpec;
 use crate::stats::Stats;
 
@@ -26,7 +28,7 @@ use crate::stats::Stats;
 pub struct BatchConfig {
     /// Most rows coalesced into one run; 0 turns batching off (one request per run).
     pub max_rows: usize,
-    /// How long a run waits for more requests after the first one queued.
+    /// How long a queued batch may wait for more requests after the first one.
     pub max_wait: Duration,
     /// Rows allowed to wait in the queue; past this new requests are refused (overload).
     pub max_queued_rows: usize,
@@ -46,7 +48,7 @@ pub(crate) type Reply = oneshot::Sender<Result<Vec<f32>, RankingError>>;
 /// Where a queued request's scores arrive.
 pub(crate) type Pending = oneshot::Receiver<Result<Vec<f32>, RankingError>>;
 
-struct Job {
+pub(crate) struct Job {
     request: ScoreRequest,
     reply: Reply,
     queued: Instant,
@@ -56,17 +58,34 @@ struct Job {
 struct Queue {
     jobs: VecDeque<Job>,
     rows: usize,
+    /// Sessions not running: a leader or a worker takes one for each run.
+    idle: Vec<Session>,
     closed: bool,
 }
 
-/// What the workers share: the queue and what they need to assemble and split a batch.
+/// How a request gets its scores.
+// Lives for one call on the caller's stack; boxing the session would only add an allocation.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Admission {
+    /// This caller runs now on `session`, with queued `followers` in the same run.
+    Lead {
+        request: ScoreRequest,
+        session: Session,
+        followers: Vec<Job>,
+        started: Instant,
+    },
+    /// Every session is busy: a worker will answer on the receiver.
+    Queued(Pending),
+}
+
 pub(crate) struct Batcher {
     queue: Mutex<Queue>,
     ready: Condvar,
     config: BatchConfig,
-    spec: FeatureSpec,
+    assembler: Assembler,
     catalog: Arc<Catalog>,
-    /// Workers inside a model run right now.
+    spec: FeatureSpec,
+    /// Runs in progress, led or queued.
     running: AtomicUsize,
     pub(crate) stats: Stats,
 }
@@ -79,32 +98,37 @@ impl Batcher {
         catalog: Arc<Catalog>,
         label: &str,
     ) -> Result<Arc<Self>, RankingError> {
+        let workers = sessions.len();
         let batcher = Arc::new(Self {
-            queue: Mutex::new(Queue::default()),
+            queue: Mutex::new(Queue {
+                idle: sessions,
+                ..Queue::default()
+            }),
             ready: Condvar::new(),
             config,
-            spec,
+            assembler: Assembler::new(&spec, &catalog),
             catalog,
+            spec,
             running: AtomicUsize::new(0),
             stats: Stats::default(),
         });
-        for (i, session) in sessions.into_iter().enumerate() {
+        for i in 0..workers {
             let worker = batcher.clone();
             std::thread::Builder::new()
                 .name(format!("rank-{label}-{i}"))
-                .spawn(move || worker.work(session))
+                .spawn(move || worker.work())
                 .map_err(|e| RankingError::inference("worker", e))?;
         }
         Ok(batcher)
     }
 
     fn lock(&self) -> MutexGuard<'_, Queue> {
-        // Workers never panic while holding the queue; a poisoned lock still holds valid jobs.
+        // Nothing panics while holding the queue; a poisoned lock still holds valid state.
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues a validated request; its scores arrive on `reply`.
-    pub(crate) fn submit(&self, request: ScoreRequest, reply: Reply) -> Result<(), RankingError> {
+    /// Leads a run if a session is idle, else queues the request.
+    pub(crate) fn admit(&self, request: ScoreRequest) -> Result<Admission, RankingError> {
         let rows = request.items.len();
         let mut queue = self.lock();
         if queue.closed {
@@ -113,12 +137,35 @@ impl Batcher {
                 "this model version is unloading",
             ));
         }
+        if let Some(session) = queue.idle.pop() {
+            let mut followers = Vec::new();
+            if self.config.max_rows > 0 {
+                let mut total = rows;
+                while let Some(next) = queue.jobs.front() {
+                    let more = next.request.items.len();
+                    if total + more > self.config.max_rows {
+                        break;
+                    }
+                    total += more;
+                    queue.rows -= more;
+                    followers.extend(queue.jobs.pop_front());
+                }
+            }
+            self.running.fetch_add(1, Ordering::AcqRel);
+            return Ok(Admission::Lead {
+                request,
+                session,
+                followers,
+                started: Instant::now(),
+            });
+        }
         if queue.rows > 0 && queue.rows + rows > self.config.max_queued_rows {
             return Err(RankingError::Overloaded {
                 queued: queue.rows,
                 max: self.config.max_queued_rows,
             });
         }
+        let (reply, pending) = oneshot::channel();
         queue.rows += rows;
         queue.jobs.push_back(Job {
             request,
@@ -127,7 +174,46 @@ impl Batcher {
         });
         drop(queue);
         self.ready.notify_one();
-        Ok(())
+        Ok(Admission::Queued(pending))
+    }
+
+    /// Runs a led batch on the caller's thread; returns the leader's scores.
+    pub(crate) fn lead(
+        &self,
+        request: ScoreRequest,
+        mut session: Session,
+        followers: Vec<Job>,
+        started: Instant,
+    ) -> Result<Vec<f32>, RankingError> {
+        let mut requests: Vec<&ScoreRequest> = Vec::with_capacity(1 + followers.len());
+        requests.push(&request);
+        requests.extend(followers.iter().map(|j| &j.request));
+        let result = self.run_counted(&mut session, &requests, started);
+        self.release(session);
+        let own = request.items.len();
+        match result {
+            Ok(scores) => {
+                self.stats.latency.record(started.elapsed());
+                let (mine, rest) = scores.split_at(own);
+                self.reply_all(followers, rest);
+                Ok(mine.to_vec())
+            }
+            Err(e) => {
+                self.fail_all(followers, &e);
+                Err(e)
+            }
+        }
+    }
+
+    /// Puts a session back; a worker picks up what queued meanwhile.
+    fn release(&self, session: Session) {
+        let mut queue = self.lock();
+        queue.idle.push(session);
+        let waiting = !queue.jobs.is_empty();
+        drop(queue);
+        if waiting {
+            self.ready.notify_one();
+        }
     }
 
     /// Stops taking requests; workers finish what is queued, then exit.
@@ -136,24 +222,27 @@ impl Batcher {
         self.ready.notify_all();
     }
 
-    fn work(&self, mut session: Session) {
-        while let Some(batch) = self.next_batch() {
-            self.run(&mut session, batch);
+    fn work(&self) {
+        while let Some((batch, mut session)) = self.next_batch() {
+            self.run_queued(&mut session, batch);
+            self.release(session);
         }
     }
 
-    /// Blocks for the next batch; `None` once closed and drained.
-    fn next_batch(&self) -> Option<Vec<Job>> {
+    /// Blocks for queued work and a free session; `None` once closed and drained.
+    fn next_batch(&self) -> Option<(Vec<Job>, Session)> {
         let mut queue = self.lock();
-        let first = loop {
-            if let Some(job) = queue.jobs.pop_front() {
-                break job;
+        loop {
+            if !queue.jobs.is_empty() && !queue.idle.is_empty() {
+                break;
             }
-            if queue.closed {
+            if queue.closed && queue.jobs.is_empty() {
                 return None;
             }
             queue = self.ready.wait(queue).unwrap_or_else(|e| e.into_inner());
-        };
+        }
+        let session = queue.idle.pop()?;
+        let first = queue.jobs.pop_front()?;
         let mut rows = first.request.items.len();
         queue.rows -= rows;
         let deadline = first.queued + self.config.max_wait;
@@ -187,19 +276,21 @@ impl Batcher {
                     .0;
             }
         }
-        let left_over = !queue.jobs.is_empty();
+        self.running.fetch_add(1, Ordering::AcqRel);
+        let more_work = !queue.jobs.is_empty() && !queue.idle.is_empty();
         drop(queue);
-        if left_over {
+        if more_work {
             // What did not fit is another worker's: wake one in case this one took its signal.
             self.ready.notify_one();
         }
-        Some(batch)
+        Some((batch, session))
     }
 
-    fn run(&self, session: &mut Session, mut batch: Vec<Job>) {
+    fn run_queued(&self, session: &mut Session, mut batch: Vec<Job>) {
         // Callers that gave up (deadline, disconnect) need no scores.
         batch.retain(|job| !job.reply.is_closed());
         if batch.is_empty() {
+            self.running.fetch_sub(1, Ordering::AcqRel);
             return;
         }
         let started = Instant::now();
@@ -207,31 +298,50 @@ impl Batcher {
             self.stats.queue_wait.record(started - job.queued);
         }
         let requests: Vec<&ScoreRequest> = batch.iter().map(|j| &j.request).collect();
-        self.running.fetch_add(1, Ordering::AcqRel);
-        let result = run_batch(session, &self.spec, &self.catalog, &requests);
+        match self.run_counted(session, &requests, started) {
+            Ok(scores) => self.reply_all(batch, &scores),
+            Err(e) => self.fail_all(batch, &e),
+        }
+    }
+
+    /// One run; `running` was raised by whoever took the session.
+    fn run_counted(
+        &self,
+        session: &mut Session,
+        requests: &[&ScoreRequest],
+        started: Instant,
+    ) -> Result<Vec<f32>, RankingError> {
+        let result = run_batch(
+            session,
+            &self.assembler,
+            &self.catalog,
+            &self.spec,
+            requests,
+        );
         self.running.fetch_sub(1, Ordering::AcqRel);
         let rows: usize = requests.iter().map(|r| r.items.len()).sum();
         self.stats
-            .record_run(batch.len(), rows, started.elapsed(), result.is_ok());
-        match result {
-            Ok(scores) => {
-                let mut rest = scores.as_slice();
-                for job in batch {
-                    let (mine, tail) = rest.split_at(job.request.items.len());
-                    rest = tail;
-                    self.stats.latency.record(job.queued.elapsed());
-                    // A caller that went away meanwhile is no error.
-                    let _ = job.reply.send(Ok(mine.to_vec()));
-                }
-            }
-            Err(e) => {
-                let message = e.to_string();
-                for job in batch {
-                    let _ = job
-                        .reply
-                        .send(Err(RankingError::inference("run", message.clone())));
-                }
-            }
+            .record_run(requests.len(), rows, started.elapsed(), result.is_ok());
+        result
+    }
+
+    fn reply_all(&self, jobs: Vec<Job>, scores: &[f32]) {
+        let mut rest = scores;
+        for job in jobs {
+            let (mine, tail) = rest.split_at(job.request.items.len());
+            rest = tail;
+            self.stats.latency.record(job.queued.elapsed());
+            // A caller that went away meanwhile is no error.
+            let _ = job.reply.send(Ok(mine.to_vec()));
+        }
+    }
+
+    fn fail_all(&self, jobs: Vec<Job>, error: &RankingError) {
+        let message = error.to_string();
+        for job in jobs {
+            let _ = job
+                .reply
+                .send(Err(RankingError::inference("run", message.clone())));
         }
     }
 }
@@ -239,12 +349,14 @@ impl Batcher {
 /// One ORT run over the rows of `requests`; the score column for every row, in order.
 pub(crate) fn run_batch(
     session: &mut Session,
-    spec: &FeatureSpec,
+    assembler: &Assembler,
     catalog: &Catalog,
+    spec: &FeatureSpec,
     requests: &[&ScoreRequest],
 ) -> Result<Vec<f32>, RankingError> {
     let rows: usize = requests.iter().map(|r| r.items.len()).sum();
-    let inputs = assemble(spec, catalog, requests)
+    let inputs = assembler
+        .assemble(catalog, requests)
         .into_iter()
         .map(|input| {
             let shape = [rows, input.width];

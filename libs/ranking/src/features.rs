@@ -104,88 +104,210 @@ pub(crate) fn validate(
     Ok(())
 }
 
-/// The model inputs for `requests`, rows in request order. Requests must have passed
-/// [`validate`] against the same spec and catalog.
+/// A spec resolved against a catalog once per model version, so assembling a row is copies
+/// and table lookups: no column names or category strings compared per row.
+#[derive(Debug, Clone)]
+pub struct Assembler {
+    inputs: Vec<CompiledInput>,
+}
+
+#[derive(Debug, Clone)]
+struct CompiledInput {
+    name: String,
+    width: usize,
+    dtype: InputDtype,
+    features: Vec<Compiled>,
+}
+
+#[derive(Debug, Clone)]
+enum Compiled {
+    UserVector,
+    ItemEmbedding,
+    UserItemDot,
+    RetrievalScore,
+    /// The column with its transform applied, one value per catalog row.
+    Numeric {
+        values: Vec<f32>,
+    },
+    /// Catalog category code → one-hot slot.
+    OneHot {
+        width: usize,
+        slot: Vec<Option<usize>>,
+    },
+    /// Catalog category code → id.
+    Categorical {
+        id: Vec<i64>,
+    },
+    RecentItems {
+        num_ids: i64,
+        width: usize,
+    },
+    ContextNumeric {
+        key: String,
+        default: f32,
+    },
+    ContextCategorical {
+        key: String,
+        vocabulary: Vec<String>,
+    },
+}
+
+impl Assembler {
+    /// Resolves `spec` against `catalog` (which `FeatureSpec::check_catalog` accepted).
+    pub fn new(spec: &FeatureSpec, catalog: &Catalog) -> Self {
+        let by_code = |vocabulary: &[String]| -> Vec<Option<usize>> {
+            catalog
+                .categories()
+                .iter()
+                .map(|c| vocabulary.iter().position(|v| v == c))
+                .collect()
+        };
+        let inputs = spec
+            .inputs
+            .iter()
+            .map(|input| CompiledInput {
+                name: input.name.clone(),
+                width: input.width(),
+                dtype: input.dtype,
+                features: input
+                    .features
+                    .iter()
+                    .map(|f| match f {
+                        FeatureSource::UserVector { .. } => Compiled::UserVector,
+                        FeatureSource::ItemEmbedding { .. } => Compiled::ItemEmbedding,
+                        FeatureSource::UserItemDot { .. } => Compiled::UserItemDot,
+                        FeatureSource::RetrievalScore { .. } => Compiled::RetrievalScore,
+                        FeatureSource::ItemNumeric {
+                            column, transform, ..
+                        } => Compiled::Numeric {
+                            values: (0..catalog.len() as ItemIdx)
+                                .map(|item| {
+                                    let v = catalog.numeric(column, item).unwrap_or(0.0);
+                                    match transform {
+                                        Transform::Identity => v,
+                                        Transform::Log1p => v.max(0.0).ln_1p(),
+                                    }
+                                })
+                                .collect(),
+                        },
+                        FeatureSource::ItemCategoryOneHot { vocabulary, width } => {
+                            Compiled::OneHot {
+                                width: *width,
+                                slot: by_code(vocabulary),
+                            }
+                        }
+                        FeatureSource::ItemCategorical { vocabulary, .. } => {
+                            Compiled::Categorical {
+                                id: by_code(vocabulary)
+                                    .into_iter()
+                                    .map(|p| p.map_or(0, |p| p as i64 + 1))
+                                    .collect(),
+                            }
+                        }
+                        FeatureSource::RecentItems { num_ids, width } => Compiled::RecentItems {
+                            num_ids: *num_ids,
+                            width: *width,
+                        },
+                        FeatureSource::ContextNumeric { key, default, .. } => {
+                            Compiled::ContextNumeric {
+                                key: key.clone(),
+                                default: *default,
+                            }
+                        }
+                        FeatureSource::ContextCategorical {
+                            key, vocabulary, ..
+                        } => Compiled::ContextCategorical {
+                            key: key.clone(),
+                            vocabulary: vocabulary.clone(),
+                        },
+                    })
+                    .collect(),
+            })
+            .collect();
+        Self { inputs }
+    }
+
+    /// The model inputs for `requests`, rows in request order. Requests must have passed
+    /// [`validate`] against the same spec and catalog.
+    pub fn assemble(&self, catalog: &Catalog, requests: &[&ScoreRequest]) -> Vec<AssembledInput> {
+        let rows: usize = requests.iter().map(|r| r.items.len()).sum();
+        self.inputs
+            .iter()
+            .map(|input| {
+                let width = input.width;
+                let values = match input.dtype {
+                    InputDtype::Float32 => {
+                        let mut out = Vec::with_capacity(rows * width);
+                        for req in requests {
+                            float_rows(&input.features, catalog, req, &mut out);
+                        }
+                        InputValues::F32(out)
+                    }
+                    InputDtype::Int64 => {
+                        let mut out = Vec::with_capacity(rows * width);
+                        for req in requests {
+                            id_rows(&input.features, catalog, req, &mut out);
+                        }
+                        InputValues::I64(out)
+                    }
+                };
+                AssembledInput {
+                    name: input.name.clone(),
+                    width,
+                    values,
+                }
+            })
+            .collect()
+    }
+}
+
+/// [`Assembler::assemble`] for a one-off call (resolves the spec each time).
 pub fn assemble(
     spec: &FeatureSpec,
     catalog: &Catalog,
     requests: &[&ScoreRequest],
 ) -> Vec<AssembledInput> {
-    let rows: usize = requests.iter().map(|r| r.items.len()).sum();
-    spec.inputs
-        .iter()
-        .map(|input| {
-            let width = input.width();
-            let values = match input.dtype {
-                InputDtype::Float32 => {
-                    let mut out = Vec::with_capacity(rows * width);
-                    for req in requests {
-                        float_rows(&input.features, catalog, req, &mut out);
-                    }
-                    InputValues::F32(out)
-                }
-                InputDtype::Int64 => {
-                    let mut out = Vec::with_capacity(rows * width);
-                    for req in requests {
-                        id_rows(&input.features, catalog, req, &mut out);
-                    }
-                    InputValues::I64(out)
-                }
-            };
-            AssembledInput {
-                name: input.name.clone(),
-                width,
-                values,
-            }
-        })
-        .collect()
+    Assembler::new(spec, catalog).assemble(catalog, requests)
 }
 
-fn float_rows(
-    features: &[FeatureSource],
-    catalog: &Catalog,
-    req: &ScoreRequest,
-    out: &mut Vec<f32>,
-) {
+fn float_rows(features: &[Compiled], catalog: &Catalog, req: &ScoreRequest, out: &mut Vec<f32>) {
     let user = &req.user_vector;
+    // Per-request values, the same on every row.
+    let context: Vec<f32> = features
+        .iter()
+        .map(|f| match f {
+            Compiled::ContextNumeric { key, default } => req
+                .context
+                .get(key)
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(*default),
+            _ => 0.0,
+        })
+        .collect();
     for (row, &item) in req.items.iter().enumerate() {
         let emb = catalog.embedding(item);
-        for f in features {
+        for (f, &context) in features.iter().zip(&context) {
             match f {
-                FeatureSource::UserVector { .. } => out.extend_from_slice(user),
-                FeatureSource::ItemEmbedding { .. } => out.extend_from_slice(emb),
-                FeatureSource::UserItemDot { .. } => {
-                    out.push(user.iter().zip(emb).map(|(a, b)| a * b).sum())
-                }
-                FeatureSource::RetrievalScore { .. } => {
+                Compiled::UserVector => out.extend_from_slice(user),
+                Compiled::ItemEmbedding => out.extend_from_slice(emb),
+                Compiled::UserItemDot => out.push(user.iter().zip(emb).map(|(a, b)| a * b).sum()),
+                Compiled::RetrievalScore => {
                     out.push(req.retrieval_scores.get(row).copied().unwrap_or(0.0))
                 }
-                FeatureSource::ItemNumeric {
-                    column, transform, ..
-                } => {
-                    let v = catalog.numeric(column, item).unwrap_or(0.0);
-                    out.push(match transform {
-                        Transform::Identity => v,
-                        Transform::Log1p => v.max(0.0).ln_1p(),
-                    });
+                Compiled::Numeric { values } => {
+                    out.push(values.get(item as usize).copied().unwrap_or(0.0))
                 }
-                FeatureSource::ItemCategoryOneHot { vocabulary, .. } => {
-                    let category = catalog.category(item);
-                    out.extend(
-                        vocabulary
-                            .iter()
-                            .map(|c| if c == category { 1.0 } else { 0.0 }),
-                    );
+                Compiled::OneHot { width, slot } => {
+                    let start = out.len();
+                    out.resize(start + width, 0.0);
+                    if let Some(Some(s)) = slot.get(catalog.category_code(item) as usize) {
+                        out[start + s] = 1.0;
+                    }
                 }
-                FeatureSource::ContextNumeric { key, default, .. } => out.push(
-                    req.context
-                        .get(key)
-                        .and_then(|v| v.trim().parse().ok())
-                        .unwrap_or(*default),
-                ),
-                FeatureSource::ItemCategorical { .. }
-                | FeatureSource::RecentItems { .. }
-                | FeatureSource::ContextCategorical { .. } => {
+                Compiled::ContextNumeric { .. } => out.push(context),
+                Compiled::Categorical { .. }
+                | Compiled::RecentItems { .. }
+                | Compiled::ContextCategorical { .. } => {
                     unreachable!("the spec check keeps id features out of float32 inputs")
                 }
             }
@@ -193,17 +315,15 @@ fn float_rows(
     }
 }
 
-fn id_rows(features: &[FeatureSource], catalog: &Catalog, req: &ScoreRequest, out: &mut Vec<i64>) {
+fn id_rows(features: &[Compiled], catalog: &Catalog, req: &ScoreRequest, out: &mut Vec<i64>) {
     // Per-request values, the same on every row.
     let constant: Vec<Vec<i64>> = features
         .iter()
         .map(|f| match f {
-            FeatureSource::RecentItems { num_ids, width } => {
+            Compiled::RecentItems { num_ids, width } => {
                 recent_sequence(&req.recent_items, *num_ids, *width)
             }
-            FeatureSource::ContextCategorical {
-                key, vocabulary, ..
-            } => {
+            Compiled::ContextCategorical { key, vocabulary } => {
                 vec![
                     req.context
                         .get(key)
@@ -216,9 +336,11 @@ fn id_rows(features: &[FeatureSource], catalog: &Catalog, req: &ScoreRequest, ou
     for &item in &req.items {
         for (f, constant) in features.iter().zip(&constant) {
             match f {
-                FeatureSource::ItemCategorical { vocabulary, .. } => {
-                    out.push(vocabulary_id(vocabulary, catalog.category(item)))
-                }
+                Compiled::Categorical { id } => out.push(
+                    id.get(catalog.category_code(item) as usize)
+                        .copied()
+                        .unwrap_or(0),
+                ),
                 _ => out.extend_from_slice(constant),
             }
         }

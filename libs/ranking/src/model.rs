@@ -7,8 +7,8 @@ use std::time::Instant;
 use tandem_catalog::Catalog;
 
 use crate::RankingError;
-use crate::batcher::{BatchConfig, Batcher, Pending, run_batch};
-use crate::features::{ScoreRequest, validate};
+use crate::batcher::{Admission, BatchConfig, Batcher, run_batch};
+use crate::features::{Assembler, ScoreRequest, validate};
 use crate::session::{
     ActiveProvider, ExecutionProvider, SessionOptions, check_model, init_runtime, open_session,
 };
@@ -94,8 +94,9 @@ impl ModelVersion {
         check_model(&sessions[0], &spec)?;
         let label = spec.version_label();
         let warm_up = warm_up_request(&catalog, &spec);
+        let assembler = Assembler::new(&spec, &catalog);
         for session in &mut sessions {
-            let scores = run_batch(session, &spec, &catalog, &[&warm_up])?;
+            let scores = run_batch(session, &assembler, &catalog, &spec, &[&warm_up])?;
             if let Some(i) = scores.iter().position(|s| !s.is_finite()) {
                 return Err(RankingError::NonFiniteScores {
                     row: i,
@@ -177,22 +178,71 @@ impl ModelVersion {
         self.batcher.stats.snapshot()
     }
 
-    /// Checks the request and queues it; the receiver yields one score per candidate.
-    pub(crate) fn submit(&self, request: ScoreRequest) -> Result<Option<Pending>, RankingError> {
-        validate(&self.spec, &self.catalog, &request)?;
+    fn check(&self, request: &ScoreRequest) -> Result<(), RankingError> {
+        validate(&self.spec, &self.catalog, request)?;
         if request.items.len() > self.max_candidates {
             return Err(RankingError::TooManyCandidates {
                 got: request.items.len(),
                 max: self.max_candidates,
             });
         }
-        if request.items.is_empty() {
-            return Ok(None);
-        }
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.batcher.submit(request, tx)?;
-        Ok(Some(rx))
+        Ok(())
     }
+
+    /// One score per candidate; runs on this thread when a session is idle.
+    pub(crate) fn score_blocking(&self, request: ScoreRequest) -> Result<Vec<f32>, RankingError> {
+        self.check(&request)?;
+        if request.items.is_empty() {
+            return Ok(Vec::new());
+        }
+        match self.batcher.admit(request)? {
+            Admission::Lead {
+                request,
+                session,
+                followers,
+                started,
+            } => self.batcher.lead(request, session, followers, started),
+            Admission::Queued(pending) => pending.blocking_recv().map_err(|_| dropped())?,
+        }
+    }
+
+    /// One score per candidate. A caller that leads runs the model in place on a multi-thread
+    /// runtime (`block_in_place`), else on the blocking pool.
+    pub(crate) async fn score(&self, request: ScoreRequest) -> Result<Vec<f32>, RankingError> {
+        self.check(&request)?;
+        if request.items.is_empty() {
+            return Ok(Vec::new());
+        }
+        match self.batcher.admit(request)? {
+            Admission::Lead {
+                request,
+                session,
+                followers,
+                started,
+            } => {
+                let multi_thread = tokio::runtime::Handle::try_current().is_ok_and(|h| {
+                    h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+                });
+                if multi_thread {
+                    tokio::task::block_in_place(|| {
+                        self.batcher.lead(request, session, followers, started)
+                    })
+                } else {
+                    let batcher = self.batcher.clone();
+                    tokio::task::spawn_blocking(move || {
+                        batcher.lead(request, session, followers, started)
+                    })
+                    .await
+                    .map_err(|e| RankingError::inference("run", e))?
+                }
+            }
+            Admission::Queued(pending) => pending.await.map_err(|_| dropped())?,
+        }
+    }
+}
+
+fn dropped() -> RankingError {
+    RankingError::inference("run", "the worker dropped the request")
 }
 
 /// A plausible request: the most popular items for a user who looked at a few of them.

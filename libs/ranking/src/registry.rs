@@ -266,12 +266,7 @@ impl Ranker {
         // The handle keeps this version's workers alive until the reply, even if a reload
         // swaps it out meanwhile.
         let version = self.version_for(&request)?;
-        let scores = match version.submit(request)? {
-            None => Vec::new(),
-            Some(rx) => rx
-                .await
-                .map_err(|_| RankingError::inference("run", "the worker dropped the request"))??,
-        };
+        let scores = version.score(request).await?;
         Ok(Scores {
             scores,
             model_version: version.label().to_owned(),
@@ -281,12 +276,7 @@ impl Ranker {
     /// [`Ranker::rank`] for callers outside an async runtime.
     pub fn rank_blocking(&self, request: ScoreRequest) -> Result<Scores, RankingError> {
         let version = self.version_for(&request)?;
-        let scores = match version.submit(request)? {
-            None => Vec::new(),
-            Some(rx) => rx
-                .blocking_recv()
-                .map_err(|_| RankingError::inference("run", "the worker dropped the request"))??,
-        };
+        let scores = version.score_blocking(request)?;
         Ok(Scores {
             scores,
             model_version: version.label().to_owned(),
