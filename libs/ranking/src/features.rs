@@ -374,6 +374,83 @@ fn recent_sequence(recent: &[ItemIdx], num_ids: i64, width: usize) -> Vec<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spec::FeatureSpec;
+
+    /// Every source kind, checked value by value against the catalog.
+    #[test]
+    fn every_source_assembles_what_the_spec_says() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("items.parquet");
+        let batch = tandem_catalog::testing::synthetic_batch(10, 4, 3, 1);
+        tandem_catalog::testing::write_parquet(&batch, &path).expect("write");
+        let catalog = Catalog::open(&path).expect("catalog");
+        let spec: FeatureSpec = serde_json::from_value(serde_json::json!({
+            "format_version": 2,
+            "model": {"name": "m", "version": "1", "file": "model.onnx"},
+            "embedding_dim": 4,
+            "inputs": [
+                {"name": "dense", "dtype": "float32", "shape": [-1, 17], "features": [
+                    {"source": "user_item_dot", "width": 1},
+                    {"source": "item_embedding", "width": 4},
+                    {"source": "retrieval_score", "width": 1},
+                    {"source": "item_numeric", "column": "price", "transform": "log1p", "width": 1},
+                    {"source": "item_numeric", "column": "in_stock", "transform": "identity", "width": 1},
+                    {"source": "item_category_one_hot", "vocabulary": ["cat-01", "nope", "cat-00"], "width": 3},
+                    {"source": "context_numeric", "key": "hour_of_day", "default": 12.0, "width": 1},
+                    {"source": "context_numeric", "key": "absent", "default": -1.0, "width": 1},
+                    {"source": "user_vector", "width": 4}]},
+                {"name": "ids", "dtype": "int64", "shape": [-1, 6], "features": [
+                    {"source": "item_categorical", "column": "category", "vocabulary": ["cat-02", "cat-00"], "width": 1},
+                    {"source": "context_categorical", "key": "device", "vocabulary": ["web", "ios"], "width": 1},
+                    {"source": "recent_items", "num_ids": 9, "width": 3},
+                    {"source": "context_categorical", "key": "absent", "vocabulary": ["x"], "width": 1}]}],
+            "output": {"name": "score", "dtype": "float32", "column": 0}
+        }))
+        .expect("spec");
+        let user = vec![0.5, -0.5, 0.25, 1.0];
+        let req = ScoreRequest {
+            user_id: "u".into(),
+            user_vector: user.clone(),
+            items: vec![0, 4],
+            retrieval_scores: vec![0.75, 0.25],
+            // Row 8 is id 9, outside a 9-id table: left out.
+            recent_items: vec![3, 8, 3, 1, 2],
+            context: [
+                ("hour_of_day".to_owned(), "7".to_owned()),
+                ("device".to_owned(), "ios".to_owned()),
+            ]
+            .into(),
+            version: None,
+        };
+        validate(&spec, &catalog, &req).expect("valid");
+        let inputs = Assembler::new(&spec, &catalog).assemble(&catalog, &[&req]);
+        let InputValues::F32(dense) = &inputs[0].values else {
+            panic!("dense is float32")
+        };
+        assert_eq!(dense.len(), 2 * 17);
+        for (row, &item) in req.items.iter().enumerate() {
+            let r = &dense[row * 17..(row + 1) * 17];
+            let emb = catalog.embedding(item);
+            let dot: f32 = user.iter().zip(emb).map(|(a, b)| a * b).sum();
+            assert!((r[0] - dot).abs() < 1e-6);
+            assert_eq!(&r[1..5], emb);
+            assert_eq!(r[5], req.retrieval_scores[row]);
+            assert!((r[6] - catalog.price(item).ln_1p()).abs() < 1e-6);
+            assert_eq!(r[7], f32::from(u8::from(catalog.in_stock(item))));
+            let one_hot: Vec<f32> = ["cat-01", "nope", "cat-00"]
+                .iter()
+                .map(|c| f32::from(u8::from(*c == catalog.category(item))))
+                .collect();
+            assert_eq!(&r[8..11], one_hot.as_slice());
+            assert_eq!((r[11], r[12]), (7.0, -1.0));
+            assert_eq!(&r[13..], user.as_slice());
+        }
+        let InputValues::I64(ids) = &inputs[1].values else {
+            panic!("ids are int64")
+        };
+        // Item 0 is cat-00 (id 2 in this vocabulary), item 4 is cat-01 (unknown: 0).
+        assert_eq!(ids, &vec![2, 2, 4, 2, 3, 0, 0, 2, 4, 2, 3, 0]);
+    }
 
     #[test]
     fn recent_sequence_dedupes_clamps_and_pads() {
