@@ -99,7 +99,7 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=16, help="distinct requests per size")
     p.add_argument("--intra-threads", type=int, default=1)
     p.add_argument("--sessions", type=int, default=os.cpu_count())
-    p.add_argument("--batch-max-rows", type=int, default=4096)
+    p.add_argument("--batch-max-rows", type=int, default=1024)
     p.add_argument("--batch-max-wait-us", type=int, default=200)
     p.add_argument("--execution-provider", default="cpu")
     p.add_argument("--bench-bin", default=str(ROOT / "target/release/examples/rank_bench"))

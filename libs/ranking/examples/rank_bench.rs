@@ -34,7 +34,7 @@ fn parse() -> Result<Args, String> {
         seconds: 3.0,
         sessions: cores,
         intra_threads: 1,
-        max_rows: 4096,
+        max_rows: 1024,
         max_wait_us: 200,
         provider: ExecutionProvider::Cpu,
     };

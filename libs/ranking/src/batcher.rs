@@ -37,7 +37,7 @@ pub struct BatchConfig {
 impl Default for BatchConfig {
     fn default() -> Self {
         Self {
-            max_rows: 4096,
+            max_rows: 1024,
             max_wait: Duration::from_micros(200),
             max_queued_rows: 65_536,
         }

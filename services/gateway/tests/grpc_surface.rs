@@ -217,7 +217,7 @@ async fn ranking_admin_reports_loads_and_splits_versions() {
     assert_eq!(v1.inputs[0].name, "features");
     assert_eq!(info.split.len(), 1);
     assert!(info.follows_latest);
-    assert_eq!(info.batching.expect("batching").max_rows, 4096);
+    assert_eq!(info.batching.expect("batching").max_rows, 1024);
 
     // Scoring counts show up in the stats.
     let reference: Reference = serde_json::from_str(

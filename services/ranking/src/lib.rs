@@ -43,7 +43,7 @@ pub struct ModelArgs {
     #[arg(long, env = "TANDEM_MAX_CANDIDATES", default_value_t = 5000)]
     pub max_candidates: usize,
     /// Most rows coalesced into one model run; 0 turns dynamic batching off.
-    #[arg(long, env = "TANDEM_BATCH_MAX_ROWS", default_value_t = 4096)]
+    #[arg(long, env = "TANDEM_BATCH_MAX_ROWS", default_value_t = 1024)]
     pub batch_max_rows: usize,
     /// How long a run waits for more requests after the first (microseconds).
     #[arg(long, env = "TANDEM_BATCH_MAX_WAIT_US", default_value_t = 200)]
