@@ -14,7 +14,9 @@ DEMO_ITEMS ?= 50000
 # Served ranking model under data/demo/models: ranker (MLP) or seqranker (multi-input).
 MODEL ?= ranker
 # Lazily expanded: the wheel is installed by the time a recipe uses it.
-ORT_DYLIB_PATH = $(abspath $(firstword $(wildcard $(VENV)/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.*)))
+# Resolved by the shell when a recipe runs: make caches directory listings, so a $(wildcard)
+# can miss files that an earlier recipe of the same run (the venv install) created.
+ORT_DYLIB_PATH = $$(ls $(CURDIR)/$(VENV)/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* 2>/dev/null | head -n1)
 PIPELINE_SRC := $(wildcard models/tandem_pipeline/*.py)
 
 .PHONY: help run run-split run-gpu gpu-venv build data test-data test lint buf-lint bench bench-ann bench-ann-large bench-ranking clean
@@ -101,10 +103,8 @@ bench-ranking: $(VENV)/.installed data/demo/eval.json
 
 # CUDA: a second venv with the onnxruntime-gpu wheel; its library replaces the CPU one.
 GPU_VENV := .venv-gpu
-GPU_ORT_DYLIB_PATH = $(firstword $(wildcard $(GPU_VENV)/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.*))
-empty :=
-space := $(empty) $(empty)
-CUDA_LIBS = $(subst $(space),:,$(wildcard $(abspath $(GPU_VENV))/lib/python3*/site-packages/nvidia/*/lib))
+GPU_ORT_DYLIB_PATH = $$(ls $(CURDIR)/$(GPU_VENV)/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* 2>/dev/null | head -n1)
+CUDA_LIBS = $$(ls -d $(CURDIR)/$(GPU_VENV)/lib/python3*/site-packages/nvidia/*/lib 2>/dev/null | paste -sd: -)
 
 $(GPU_VENV)/.installed: models/requirements-gpu.txt
 	$(PYTHON) -m venv $(GPU_VENV)
@@ -116,6 +116,6 @@ gpu-venv: $(GPU_VENV)/.installed
 
 run-gpu: $(GPU_VENV)/.installed data/demo/eval.json
 	cargo build --release -p tandem-gateway --features cuda
-	LD_LIBRARY_PATH=$(CUDA_LIBS):$$LD_LIBRARY_PATH ORT_DYLIB_PATH=$(abspath $(GPU_ORT_DYLIB_PATH)) \
+	LD_LIBRARY_PATH=$(CUDA_LIBS):$$LD_LIBRARY_PATH ORT_DYLIB_PATH=$(GPU_ORT_DYLIB_PATH) \
 		./target/release/tandem-gateway --listen $(LISTEN) --state-dir data/demo/state \
 		--model-dir data/demo/models/$(MODEL) --execution-provider cuda
