@@ -63,17 +63,18 @@ struct Queue {
     closed: bool,
 }
 
+/// A run a caller leads on its own thread: its request first, then queued followers.
+pub(crate) struct Led {
+    request: ScoreRequest,
+    session: Session,
+    followers: Vec<Job>,
+    started: Instant,
+}
+
 /// How a request gets its scores.
-// Lives for one call on the caller's stack; boxing the session would only add an allocation.
-#[allow(clippy::large_enum_variant)]
 pub(crate) enum Admission {
-    /// This caller runs now on `session`, with queued `followers` in the same run.
-    Lead {
-        request: ScoreRequest,
-        session: Session,
-        followers: Vec<Job>,
-        started: Instant,
-    },
+    /// A session was idle: the caller runs now.
+    Lead(Box<Led>),
     /// Every session is busy: a worker will answer on the receiver.
     Queued(Pending),
 }
@@ -152,12 +153,12 @@ impl Batcher {
                 }
             }
             self.running.fetch_add(1, Ordering::AcqRel);
-            return Ok(Admission::Lead {
+            return Ok(Admission::Lead(Box::new(Led {
                 request,
                 session,
                 followers,
                 started: Instant::now(),
-            });
+            })));
         }
         if queue.rows > 0 && queue.rows + rows > self.config.max_queued_rows {
             return Err(RankingError::Overloaded {
@@ -178,13 +179,13 @@ impl Batcher {
     }
 
     /// Runs a led batch on the caller's thread; returns the leader's scores.
-    pub(crate) fn lead(
-        &self,
-        request: ScoreRequest,
-        mut session: Session,
-        followers: Vec<Job>,
-        started: Instant,
-    ) -> Result<Vec<f32>, RankingError> {
+    pub(crate) fn lead(&self, led: Box<Led>) -> Result<Vec<f32>, RankingError> {
+        let Led {
+            request,
+            mut session,
+            followers,
+            started,
+        } = *led;
         let mut requests: Vec<&ScoreRequest> = Vec::with_capacity(1 + followers.len());
         requests.push(&request);
         requests.extend(followers.iter().map(|j| &j.request));

@@ -178,65 +178,49 @@ impl ModelVersion {
         self.batcher.stats.snapshot()
     }
 
-    fn check(&self, request: &ScoreRequest) -> Result<(), RankingError> {
-        validate(&self.spec, &self.catalog, request)?;
+    /// Checks the request and admits it; `None` when there is nothing to score.
+    fn admit(&self, request: ScoreRequest) -> Result<Option<Admission>, RankingError> {
+        validate(&self.spec, &self.catalog, &request)?;
         if request.items.len() > self.max_candidates {
             return Err(RankingError::TooManyCandidates {
                 got: request.items.len(),
                 max: self.max_candidates,
             });
         }
-        Ok(())
+        if request.items.is_empty() {
+            return Ok(None);
+        }
+        self.batcher.admit(request).map(Some)
     }
 
     /// One score per candidate; runs on this thread when a session is idle.
     pub(crate) fn score_blocking(&self, request: ScoreRequest) -> Result<Vec<f32>, RankingError> {
-        self.check(&request)?;
-        if request.items.is_empty() {
-            return Ok(Vec::new());
-        }
-        match self.batcher.admit(request)? {
-            Admission::Lead {
-                request,
-                session,
-                followers,
-                started,
-            } => self.batcher.lead(request, session, followers, started),
-            Admission::Queued(pending) => pending.blocking_recv().map_err(|_| dropped())?,
+        match self.admit(request)? {
+            None => Ok(Vec::new()),
+            Some(Admission::Lead(led)) => self.batcher.lead(led),
+            Some(Admission::Queued(pending)) => pending.blocking_recv().map_err(|_| dropped())?,
         }
     }
 
     /// One score per candidate. A caller that leads runs the model in place on a multi-thread
     /// runtime (`block_in_place`), else on the blocking pool.
     pub(crate) async fn score(&self, request: ScoreRequest) -> Result<Vec<f32>, RankingError> {
-        self.check(&request)?;
-        if request.items.is_empty() {
-            return Ok(Vec::new());
-        }
-        match self.batcher.admit(request)? {
-            Admission::Lead {
-                request,
-                session,
-                followers,
-                started,
-            } => {
+        match self.admit(request)? {
+            None => Ok(Vec::new()),
+            Some(Admission::Lead(led)) => {
                 let multi_thread = tokio::runtime::Handle::try_current().is_ok_and(|h| {
                     h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
                 });
                 if multi_thread {
-                    tokio::task::block_in_place(|| {
-                        self.batcher.lead(request, session, followers, started)
-                    })
+                    tokio::task::block_in_place(|| self.batcher.lead(led))
                 } else {
                     let batcher = self.batcher.clone();
-                    tokio::task::spawn_blocking(move || {
-                        batcher.lead(request, session, followers, started)
-                    })
-                    .await
-                    .map_err(|e| RankingError::inference("run", e))?
+                    tokio::task::spawn_blocking(move || batcher.lead(led))
+                        .await
+                        .map_err(|e| RankingError::inference("run", e))?
                 }
             }
-            Admission::Queued(pending) => pending.await.map_err(|_| dropped())?,
+            Some(Admission::Queued(pending)) => pending.await.map_err(|_| dropped())?,
         }
     }
 }
