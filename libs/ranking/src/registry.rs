@@ -400,27 +400,20 @@ impl Ranker {
         self.load_version(&candidate, follow).ok()?;
         if follow {
             // Keep the version it replaced for pinned requests and quick rollback.
-            let routing = self.routing();
-            let keep: Vec<String> = routing
+            let _admin = self.admin();
+            let current = self.routing();
+            let versions: BTreeMap<_, _> = current
                 .versions
-                .keys()
-                .filter(|v| **v == candidate || Some(*v) == previous.as_ref())
-                .cloned()
+                .iter()
+                .filter(|(v, _)| {
+                    Some(*v) == previous.as_ref() || current.split.iter().any(|e| &e.version == *v)
+                })
+                .map(|(v, m)| (v.clone(), m.clone()))
                 .collect();
-            if keep.len() < routing.versions.len() {
-                let _admin = self.admin();
-                let current = self.routing();
-                let versions = current
-                    .versions
-                    .iter()
-                    .filter(|(v, _)| {
-                        keep.contains(v) || current.split.iter().any(|e| &e.version == *v)
-                    })
-                    .map(|(v, m)| (v.clone(), m.clone()))
-                    .collect();
-                if let Ok(r) = Routing::new(versions, current.split.clone()) {
-                    self.swap(r);
-                }
+            if versions.len() < current.versions.len()
+                && let Ok(r) = Routing::new(versions, current.split.clone())
+            {
+                self.swap(r);
             }
         }
         Some(candidate)

@@ -30,14 +30,27 @@ fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// A model directory `ranker/` in a temp dir holding `versions` (name, source bundle).
+fn model_root(versions: &[(&str, &str)]) -> (tempfile::TempDir, std::path::PathBuf) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path().join("ranker");
+    std::fs::create_dir_all(&root).expect("mkdir");
+    for (version, source) in versions {
+        publish(
+            &root,
+            version,
+            &test_data().join("models").join(source),
+            version,
+        );
+    }
+    (tmp, root)
+}
+
 #[test]
 fn hot_reload_under_load_loses_nothing_and_never_mixes_versions() {
     let catalog = catalog();
     let models = test_data().join("models");
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let root = tmp.path().join("ranker");
-    std::fs::create_dir_all(&root).expect("mkdir");
-    publish(&root, "1", &models.join("ranker/1"), "1");
+    let (tmp, root) = model_root(&[("1", "ranker/1")]);
     let ranker =
         Arc::new(Ranker::open(&root, catalog.clone(), config(batching()), None).expect("v1"));
     ranker.watch(Duration::from_millis(50)).expect("watcher");
@@ -183,12 +196,7 @@ fn hot_reload_under_load_loses_nothing_and_never_mixes_versions() {
 #[test]
 fn traffic_split_follows_the_weights_and_pins_override_it() {
     let catalog = catalog();
-    let models = test_data().join("models");
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let root = tmp.path().join("ranker");
-    std::fs::create_dir_all(&root).expect("mkdir");
-    publish(&root, "1", &models.join("ranker/1"), "1");
-    publish(&root, "2", &models.join("seqranker/1"), "2");
+    let (_tmp, root) = model_root(&[("1", "ranker/1"), ("2", "seqranker/1")]);
     let split = vec![
         SplitEntry {
             version: "1".into(),
