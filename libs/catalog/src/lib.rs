@@ -101,6 +101,11 @@ impl Catalog {
         self.category_codes[idx as usize]
     }
 
+    /// Every row's category code, by row.
+    pub fn category_codes(&self) -> &[u32] {
+        &self.category_codes
+    }
+
     pub fn category_code_of(&self, name: &str) -> Option<u32> {
         self.categories
             .binary_search_by(|c| c.as_str().cmp(name))

@@ -15,7 +15,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use ort::session::Session;
-use ort::value::{DynValue, Tensor};
+use ort::session::SessionInputValue;
+use ort::value::TensorRef;
 use tandem_catalog::Catalog;
 use tokio::sync::oneshot;
 
@@ -59,14 +60,14 @@ struct Queue {
     jobs: VecDeque<Job>,
     rows: usize,
     /// Sessions not running: a leader or a worker takes one for each run.
-    idle: Vec<Session>,
+    idle: Vec<Runner>,
     closed: bool,
 }
 
 /// A run a caller leads on its own thread: its request first, then queued followers.
 pub(crate) struct Led {
     request: ScoreRequest,
-    session: Session,
+    session: Runner,
     followers: Vec<Job>,
     started: Instant,
 }
@@ -93,7 +94,7 @@ pub(crate) struct Batcher {
 
 impl Batcher {
     pub(crate) fn start(
-        sessions: Vec<Session>,
+        sessions: Vec<Runner>,
         config: BatchConfig,
         spec: FeatureSpec,
         catalog: Arc<Catalog>,
@@ -207,7 +208,7 @@ impl Batcher {
     }
 
     /// Puts a session back; a worker picks up what queued meanwhile.
-    fn release(&self, session: Session) {
+    fn release(&self, session: Runner) {
         let mut queue = self.lock();
         queue.idle.push(session);
         let waiting = !queue.jobs.is_empty();
@@ -231,7 +232,7 @@ impl Batcher {
     }
 
     /// Blocks for queued work and a free session; `None` once closed and drained.
-    fn next_batch(&self) -> Option<(Vec<Job>, Session)> {
+    fn next_batch(&self) -> Option<(Vec<Job>, Runner)> {
         let mut queue = self.lock();
         loop {
             if !queue.jobs.is_empty() && !queue.idle.is_empty() {
@@ -287,7 +288,7 @@ impl Batcher {
         Some((batch, session))
     }
 
-    fn run_queued(&self, session: &mut Session, mut batch: Vec<Job>) {
+    fn run_queued(&self, session: &mut Runner, mut batch: Vec<Job>) {
         // Callers that gave up (deadline, disconnect) need no scores.
         batch.retain(|job| !job.reply.is_closed());
         if batch.is_empty() {
@@ -308,7 +309,7 @@ impl Batcher {
     /// One run; `running` was raised by whoever took the session.
     fn run_counted(
         &self,
-        session: &mut Session,
+        session: &mut Runner,
         requests: &[&ScoreRequest],
         started: Instant,
     ) -> Result<Vec<f32>, RankingError> {
@@ -347,30 +348,51 @@ impl Batcher {
     }
 }
 
+/// A session with the input buffers of its last run, reused by the next one.
+pub(crate) struct Runner {
+    session: Session,
+    inputs: Vec<InputValues>,
+}
+
+impl Runner {
+    pub(crate) fn new(session: Session) -> Self {
+        Self {
+            session,
+            inputs: Vec::new(),
+        }
+    }
+
+    pub(crate) fn session(&self) -> &Session {
+        &self.session
+    }
+}
+
 /// One ORT run over the rows of `requests`; the score column for every row, in order.
 pub(crate) fn run_batch(
-    session: &mut Session,
+    runner: &mut Runner,
     assembler: &Assembler,
     catalog: &Catalog,
     spec: &FeatureSpec,
     requests: &[&ScoreRequest],
 ) -> Result<Vec<f32>, RankingError> {
     let rows: usize = requests.iter().map(|r| r.items.len()).sum();
-    let inputs = assembler
-        .assemble(catalog, requests)
-        .into_iter()
-        .map(|input| {
-            let shape = [rows, input.width];
-            let value: DynValue = match input.values {
-                InputValues::F32(v) => Tensor::from_array((shape, v))?.into_dyn(),
-                InputValues::I64(v) => Tensor::from_array((shape, v))?.into_dyn(),
+    let Runner { session, inputs } = runner;
+    assembler.assemble_into(catalog, requests, inputs);
+    let values = assembler
+        .input_shapes()
+        .zip(inputs.iter())
+        .map(|((name, width), values)| {
+            let shape = [rows, width];
+            let value: SessionInputValue<'_> = match values {
+                InputValues::F32(v) => TensorRef::from_array_view((shape, v.as_slice()))?.into(),
+                InputValues::I64(v) => TensorRef::from_array_view((shape, v.as_slice()))?.into(),
             };
-            Ok((input.name, value))
+            Ok((name, value))
         })
         .collect::<Result<Vec<_>, ort::Error>>()
         .map_err(|e| RankingError::inference("input", e))?;
     let outputs = session
-        .run(inputs)
+        .run(values)
         .map_err(|e| RankingError::inference("run", e))?;
     let out = outputs
         .get(&spec.output.name)

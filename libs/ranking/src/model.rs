@@ -7,7 +7,7 @@ use std::time::Instant;
 use tandem_catalog::Catalog;
 
 use crate::RankingError;
-use crate::batcher::{Admission, BatchConfig, Batcher, run_batch};
+use crate::batcher::{Admission, BatchConfig, Batcher, Runner, run_batch};
 use crate::features::{Assembler, ScoreRequest, validate};
 use crate::session::{
     ActiveProvider, ExecutionProvider, SessionOptions, check_model, init_runtime, open_session,
@@ -89,9 +89,9 @@ impl ModelVersion {
         for _ in 0..config.sessions.max(1) {
             let (session, active) = open_session(&env, &model, &model_path, options)?;
             provider = active;
-            sessions.push(session);
+            sessions.push(Runner::new(session));
         }
-        check_model(&sessions[0], &spec)?;
+        check_model(sessions[0].session(), &spec)?;
         let label = spec.version_label();
         let warm_up = warm_up_request(&catalog, &spec);
         let assembler = Assembler::new(&spec, &catalog);
