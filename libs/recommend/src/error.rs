@@ -18,6 +18,9 @@ pub enum RecommendError {
     InvalidArgument { field: String, reason: String },
     #[error("{0}")]
     NotFound(String),
+    /// Something this request needs is down (the event log could not write).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl RecommendError {

@@ -1,87 +1,268 @@
-//! Event intake: a batch is validated whole, then applied.
+//! Event intake: validate, recognise retries, log durably, then apply to user state, in that
+//! order, so that an acknowledged event is on disk and a retried one counts once.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tandem_catalog::Catalog;
-use tandem_personalization::{EventKind, UserEvent};
+use tandem_events::{EventLog, EventLogConfig, LoggedEvent, Replayed, SeenIds};
+use tandem_personalization::{EventKind, HistoryStore, UserEvent};
 
 use crate::RecommendError;
 use crate::pipeline::MAX_EVENTS_PER_BATCH;
 
 /// An event as a client sends it; `kind` is `None` when the type was unspecified.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct IncomingEvent {
     pub user_id: String,
     pub item_id: String,
     pub kind: Option<EventKind>,
     /// Milliseconds since the epoch; 0 means now.
     pub timestamp_ms: i64,
+    /// The producer's id for retries; empty for none.
+    pub event_id: String,
 }
 
 /// Events may be at most this far in the future (client clock skew).
 const MAX_FUTURE_MS: i64 = 24 * 3_600_000;
+/// Nor older than 2000-01-01: an earlier time is a unit mistake (seconds, not milliseconds).
+const MIN_TIMESTAMP_MS: i64 = 946_684_800_000;
 
-pub(crate) fn validate(
-    catalog: &Catalog,
-    events: &[IncomingEvent],
-) -> Result<HashMap<String, Vec<UserEvent>>, RecommendError> {
-    if events.len() > MAX_EVENTS_PER_BATCH {
-        return Err(RecommendError::invalid(
-            "events",
-            format!(
-                "at most {MAX_EVENTS_PER_BATCH} per batch, got {}",
-                events.len()
-            ),
-        ));
-    }
-    let now = SystemTime::now()
+/// What a batch did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Recorded {
+    pub accepted: usize,
+    /// Retries of events already recorded.
+    pub duplicates: usize,
+}
+
+/// An event refused on its own (streaming intake).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// Position in the batch.
+    pub index: usize,
+    pub field: &'static str,
+    pub reason: String,
+}
+
+/// Validated and ready to log.
+struct Valid {
+    logged: LoggedEvent,
+    event: UserEvent,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
-    let mut by_user: HashMap<String, Vec<UserEvent>> = HashMap::new();
-    for (i, e) in events.iter().enumerate() {
-        if e.user_id.is_empty() {
-            return Err(RecommendError::invalid(
-                format!("events[{i}].user_id"),
-                "must not be empty",
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn check(catalog: &Catalog, e: &IncomingEvent, now: i64) -> Result<Valid, (&'static str, String)> {
+    if e.user_id.is_empty() {
+        return Err(("user_id", "must not be empty".into()));
+    }
+    let item = catalog
+        .idx_of(&e.item_id)
+        .ok_or_else(|| ("item_id", format!("unknown item `{}`", e.item_id)))?;
+    let kind = e.kind.ok_or_else(|| {
+        (
+            "type",
+            "must be VIEW, CLICK, ADD_TO_CART or PURCHASE".to_owned(),
+        )
+    })?;
+    let timestamp_ms = match e.timestamp_ms {
+        0 => now,
+        t if t < MIN_TIMESTAMP_MS => {
+            return Err((
+                "timestamp_ms",
+                format!("{t} is before 2000-01-01 (milliseconds since the epoch expected)"),
             ));
         }
-        let item = catalog.idx_of(&e.item_id).ok_or_else(|| {
-            RecommendError::invalid(
-                format!("events[{i}].item_id"),
-                format!("unknown item `{}`", e.item_id),
-            )
-        })?;
-        let kind = e.kind.ok_or_else(|| {
-            RecommendError::invalid(
-                format!("events[{i}].type"),
-                "must be VIEW, CLICK, ADD_TO_CART or PURCHASE",
-            )
-        })?;
-        let timestamp_ms = match e.timestamp_ms {
-            0 => now,
-            t if t < 0 => {
-                return Err(RecommendError::invalid(
-                    format!("events[{i}].timestamp_ms"),
-                    "must not be negative",
-                ));
-            }
-            t if t > now + MAX_FUTURE_MS => {
-                return Err(RecommendError::invalid(
-                    format!("events[{i}].timestamp_ms"),
-                    format!("{t} is more than a day in the future"),
-                ));
-            }
-            t => t,
-        };
-        by_user
-            .entry(e.user_id.clone())
-            .or_default()
-            .push(UserEvent {
-                item,
-                kind,
-                timestamp_ms,
-            });
+        t if t > now + MAX_FUTURE_MS => {
+            return Err((
+                "timestamp_ms",
+                format!("{t} is more than a day in the future"),
+            ));
+        }
+        t => t,
+    };
+    Ok(Valid {
+        logged: LoggedEvent {
+            event_id: e.event_id.clone(),
+            user_id: e.user_id.clone(),
+            item_id: e.item_id.clone(),
+            kind,
+            timestamp_ms,
+        },
+        event: UserEvent {
+            item,
+            kind,
+            timestamp_ms,
+        },
+    })
+}
+
+/// Where accepted events go: the log first, then user state.
+pub struct EventIntake {
+    catalog: Arc<Catalog>,
+    history: Arc<dyn HistoryStore>,
+    log: EventLog,
+    seen: SeenIds,
+}
+
+impl std::fmt::Debug for EventIntake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventIntake")
+            .field("log", &self.log)
+            .finish()
     }
-    Ok(by_user)
+}
+
+impl EventIntake {
+    /// Replays the log into `history` (events whose item this catalog lacks are skipped) and
+    /// remembers the last `dedupe_window` event ids, then takes new events.
+    pub fn open(
+        log: &EventLogConfig,
+        catalog: Arc<Catalog>,
+        history: Arc<dyn HistoryStore>,
+        dedupe_window: usize,
+    ) -> Result<(Self, Replayed), RecommendError> {
+        let seen = SeenIds::new(dedupe_window);
+        let mut unknown_items = 0u64;
+        let (log, replayed) = EventLog::open(log, |_, events| {
+            seen.claim(
+                events
+                    .iter()
+                    .map(|e| (e.user_id.as_str(), e.event_id.as_str())),
+            );
+            let mut by_user: HashMap<&str, Vec<UserEvent>> = HashMap::new();
+            for e in events {
+                match catalog.idx_of(&e.item_id) {
+                    Some(item) => by_user.entry(&e.user_id).or_default().push(UserEvent {
+                        item,
+                        kind: e.kind,
+                        timestamp_ms: e.timestamp_ms,
+                    }),
+                    None => unknown_items += 1,
+                }
+            }
+            for (user, events) in by_user {
+                history.record(user, &events);
+            }
+        })
+        .map_err(|e| RecommendError::Unavailable(format!("event log: {e}")))?;
+        if unknown_items > 0 {
+            tracing::warn!(
+                events = unknown_items,
+                "logged events name items this catalog does not have; left out of user state"
+            );
+        }
+        Ok((
+            Self {
+                catalog,
+                history,
+                log,
+                seen,
+            },
+            replayed,
+        ))
+    }
+
+    /// A whole batch: every event valid or none recorded (the error names the first bad one).
+    pub async fn record(&self, events: &[IncomingEvent]) -> Result<Recorded, RecommendError> {
+        if events.len() > MAX_EVENTS_PER_BATCH {
+            return Err(RecommendError::invalid(
+                "events",
+                format!(
+                    "at most {MAX_EVENTS_PER_BATCH} per batch, got {}",
+                    events.len()
+                ),
+            ));
+        }
+        let now = now_ms();
+        let valid = events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                check(&self.catalog, e, now).map_err(|(field, reason)| {
+                    RecommendError::invalid(format!("events[{i}].{field}"), reason)
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.commit(valid).await
+    }
+
+    /// Each event on its own: valid ones are recorded, invalid ones come back as rejections.
+    pub async fn record_each(
+        &self,
+        events: &[IncomingEvent],
+    ) -> Result<(Recorded, Vec<Rejection>), RecommendError> {
+        if events.len() > MAX_EVENTS_PER_BATCH {
+            return Err(RecommendError::invalid(
+                "events",
+                format!(
+                    "at most {MAX_EVENTS_PER_BATCH} per message, got {}",
+                    events.len()
+                ),
+            ));
+        }
+        let now = now_ms();
+        let mut valid = Vec::with_capacity(events.len());
+        let mut rejections = Vec::new();
+        for (index, e) in events.iter().enumerate() {
+            match check(&self.catalog, e, now) {
+                Ok(v) => valid.push(v),
+                Err((field, reason)) => rejections.push(Rejection {
+                    index,
+                    field,
+                    reason,
+                }),
+            }
+        }
+        Ok((self.commit(valid).await?, rejections))
+    }
+
+    /// Claims the event ids, logs the new events, applies them. If logging fails the ids are
+    /// released, so the producer's retry is taken.
+    async fn commit(&self, valid: Vec<Valid>) -> Result<Recorded, RecommendError> {
+        let fresh = self.seen.claim(
+            valid
+                .iter()
+                .map(|v| (v.logged.user_id.as_str(), v.logged.event_id.as_str())),
+        );
+        let duplicates = fresh.iter().filter(|f| !**f).count();
+        let new: Vec<Valid> = valid
+            .into_iter()
+            .zip(&fresh)
+            .filter_map(|(v, &f)| f.then_some(v))
+            .collect();
+        if new.is_empty() {
+            return Ok(Recorded {
+                accepted: 0,
+                duplicates,
+            });
+        }
+        let logged: Vec<LoggedEvent> = new.iter().map(|v| v.logged.clone()).collect();
+        if let Err(e) = self.log.append(logged).await {
+            self.seen.forget(
+                new.iter()
+                    .map(|v| (v.logged.user_id.as_str(), v.logged.event_id.as_str())),
+            );
+            return Err(RecommendError::Unavailable(format!(
+                "events were not recorded: {e}"
+            )));
+        }
+        let mut by_user: HashMap<&str, Vec<UserEvent>> = HashMap::new();
+        for v in &new {
+            by_user.entry(&v.logged.user_id).or_default().push(v.event);
+        }
+        for (user, events) in by_user {
+            self.history.record(user, &events);
+        }
+        Ok(Recorded {
+            accepted: new.len(),
+            duplicates,
+        })
+    }
 }

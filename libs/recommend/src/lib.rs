@@ -9,7 +9,7 @@ mod pipeline;
 mod stages;
 
 pub use error::{RecommendError, StageError};
-pub use events::IncomingEvent;
+pub use events::{EventIntake, IncomingEvent, Recorded, Rejection};
 pub use pipeline::{
     DEFAULT_K, DEFAULT_NUM_CANDIDATES, MAX_EVENTS_PER_BATCH, MAX_K, MAX_NUM_CANDIDATES,
     POPULARITY_VERSION, RETRIEVAL_ORDER_VERSION, RecommendRequest, Recommendation, RecommendedItem,

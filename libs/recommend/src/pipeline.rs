@@ -5,7 +5,7 @@ use tandem_catalog::{Catalog, ItemIdx};
 use tandem_personalization::{HistoryStore, QueryConfig, query_vector};
 use tandem_retrieval::{Candidate, FilterSpec, ItemFilter};
 
-use crate::events::{IncomingEvent, validate};
+use crate::events::{EventIntake, IncomingEvent, Recorded, Rejection};
 use crate::{CandidateStage, RecommendError, ScoringContext, ScoringStage, StageError};
 
 pub const DEFAULT_K: usize = 10;
@@ -58,6 +58,7 @@ pub struct Recommendation {
 pub struct Recommender {
     catalog: Arc<Catalog>,
     history: Arc<dyn HistoryStore>,
+    events: EventIntake,
     retrieval: Arc<dyn CandidateStage>,
     ranking: Arc<dyn ScoringStage>,
     query: QueryConfig,
@@ -76,6 +77,7 @@ impl Recommender {
     pub fn new(
         catalog: Arc<Catalog>,
         history: Arc<dyn HistoryStore>,
+        events: EventIntake,
         retrieval: Arc<dyn CandidateStage>,
         ranking: Arc<dyn ScoringStage>,
         query: QueryConfig,
@@ -83,6 +85,7 @@ impl Recommender {
         Self {
             catalog,
             history,
+            events,
             retrieval,
             ranking,
             query,
@@ -93,13 +96,21 @@ impl Recommender {
         &self.catalog
     }
 
-    /// Validates the whole batch, then applies it: the next `recommend` sees it.
-    pub fn record_events(&self, events: &[IncomingEvent]) -> Result<usize, RecommendError> {
-        let by_user = validate(&self.catalog, events)?;
-        for (user, events) in &by_user {
-            self.history.record(user, events);
-        }
-        Ok(events.len())
+    /// Records a batch whole or not at all; once this returns the events are on disk and the
+    /// next `recommend` sees them.
+    pub async fn record_events(
+        &self,
+        events: &[IncomingEvent],
+    ) -> Result<Recorded, RecommendError> {
+        self.events.record(events).await
+    }
+
+    /// Records the valid events of a batch and says why the others were refused.
+    pub async fn record_each_event(
+        &self,
+        events: &[IncomingEvent],
+    ) -> Result<(Recorded, Vec<Rejection>), RecommendError> {
+        self.events.record_each(events).await
     }
 
     pub async fn recommend(

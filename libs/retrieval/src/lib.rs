@@ -5,7 +5,6 @@
 //! the SIMD distances, [`space`] the metric (inner product by default) and [`filter`] what a
 //! request may return.
 
-mod codec;
 mod error;
 mod filter;
 mod graph;

@@ -13,9 +13,10 @@ use std::path::{Path, PathBuf};
 use tandem_catalog::CatalogParts;
 
 use crate::RetrievalError;
-use crate::codec::{Reader, Writer};
 use crate::graph::GraphParts;
 use crate::space::Metric;
+use tandem_storage::checksum;
+use tandem_storage::codec::{Reader, Writer};
 
 const MAGIC: &[u8; 8] = b"TNDMSNP1";
 const PREFIX: &str = "snapshot-";
@@ -123,7 +124,7 @@ pub(crate) fn write(dir: &Path, data: &SnapshotData) -> Result<PathBuf, Retrieva
         let mut f = File::create(&tmp).map_err(io(&tmp))?;
         f.write_all(MAGIC).map_err(io(&tmp))?;
         f.write_all(&payload).map_err(io(&tmp))?;
-        f.write_all(&crc32fast::hash(&payload).to_le_bytes())
+        f.write_all(&checksum(&payload).to_le_bytes())
             .map_err(io(&tmp))?;
         f.sync_all().map_err(io(&tmp))?;
     }
@@ -184,7 +185,7 @@ pub(crate) fn read(path: &Path) -> Result<SnapshotData, RetrievalError> {
     }
     let (payload, crc) = bytes[MAGIC.len()..].split_at(bytes.len() - MAGIC.len() - 4);
     let crc = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
-    if crc32fast::hash(payload) != crc {
+    if checksum(payload) != crc {
         return Err(corrupt("checksum mismatch (truncated or damaged)"));
     }
     decode(payload).ok_or_else(|| corrupt("checksum matches but the contents do not parse"))

@@ -13,8 +13,9 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use crate::RetrievalError;
-use crate::codec::Reader;
 use crate::rows::ItemUpdate;
+use tandem_storage::codec::{Reader, Writer};
+use tandem_storage::{frame, next_record, sync_dir};
 
 const MAGIC: &[u8; 8] = b"TNDMWAL1";
 const HEADER: usize = 16;
@@ -84,7 +85,7 @@ impl Wal {
         let mut batches = Vec::new();
         let base_seq = u64::from_le_bytes(base);
         let mut next_seq = base_seq + 1;
-        while let Some((payload, end)) = next_record(&bytes, pos) {
+        while let Some((payload, end)) = next_record(&bytes, pos, MAX_RECORD) {
             let Some((seq, mutation)) = decode(payload) else {
                 break;
             };
@@ -120,9 +121,7 @@ impl Wal {
         let seq = self.next_seq;
         let payload = encode(seq, mutation);
         let mut record = Vec::with_capacity(payload.len() + 8);
-        record.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        record.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-        record.extend_from_slice(&payload);
+        frame(&mut record, &payload);
         let io = |source| RetrievalError::Io {
             path: self.path.clone(),
             source,
@@ -146,7 +145,7 @@ impl Wal {
         let mut kept = header(base).to_vec();
         let mut dropped = 0;
         let mut pos = HEADER;
-        while let Some((payload, end)) = next_record(&bytes, pos) {
+        while let Some((payload, end)) = next_record(&bytes, pos, MAX_RECORD) {
             let record_seq = payload
                 .get(..8)
                 .and_then(|b| b.try_into().ok())
@@ -198,56 +197,34 @@ fn header(base_seq: u64) -> [u8; HEADER] {
     h
 }
 
-fn sync_dir(dir: &Path) {
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
-}
-
-fn next_record(bytes: &[u8], pos: usize) -> Option<(&[u8], usize)> {
-    let header = bytes.get(pos..pos + 8)?;
-    let len = u32::from_le_bytes(header[..4].try_into().ok()?) as usize;
-    let crc = u32::from_le_bytes(header[4..].try_into().ok()?);
-    if len > MAX_RECORD {
-        return None;
-    }
-    let payload = bytes.get(pos + 8..pos + 8 + len)?;
-    (crc32fast::hash(payload) == crc).then_some((payload, pos + 8 + len))
-}
-
-fn put_str(out: &mut Vec<u8>, s: &str) {
-    out.extend_from_slice(&(s.len() as u32).to_le_bytes());
-    out.extend_from_slice(s.as_bytes());
-}
-
 fn encode(seq: u64, mutation: &Mutation) -> Vec<u8> {
-    let mut out = Vec::new();
-    out.extend_from_slice(&seq.to_le_bytes());
+    let mut out = Writer::default();
+    out.u64(seq);
     match mutation {
         Mutation::Upsert(items) => {
-            out.extend_from_slice(&(items.len() as u32).to_le_bytes());
+            out.u32(items.len() as u32);
             for item in items {
-                out.push(OP_UPSERT);
-                put_str(&mut out, &item.item_id);
-                out.extend_from_slice(&(item.embedding.len() as u32).to_le_bytes());
+                out.u8(OP_UPSERT);
+                out.str(&item.item_id);
+                out.u32(item.embedding.len() as u32);
                 for v in &item.embedding {
-                    out.extend_from_slice(&v.to_le_bytes());
+                    out.f32(*v);
                 }
-                put_str(&mut out, &item.category);
-                out.extend_from_slice(&item.price.to_le_bytes());
-                out.push(u8::from(item.in_stock));
-                out.extend_from_slice(&item.popularity.to_le_bytes());
+                out.str(&item.category);
+                out.f32(item.price);
+                out.u8(u8::from(item.in_stock));
+                out.f32(item.popularity);
             }
         }
         Mutation::Delete(ids) => {
-            out.extend_from_slice(&(ids.len() as u32).to_le_bytes());
+            out.u32(ids.len() as u32);
             for id in ids {
-                out.push(OP_DELETE);
-                put_str(&mut out, id);
+                out.u8(OP_DELETE);
+                out.str(id);
             }
         }
     }
-    out
+    out.0
 }
 
 fn decode(payload: &[u8]) -> Option<(u64, Mutation)> {

@@ -5,7 +5,7 @@ use tandem_proto::v1 as pb;
 use tandem_recommend::{IncomingEvent, RecommendRequest, Recommender};
 use tandem_retrieval_service::filter_from_proto;
 use tandem_server::Ready;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::status::status;
 
@@ -91,20 +91,64 @@ impl pb::recommender_service_server::RecommenderService for RecommenderApi {
         request: Request<pb::RecordEventsRequest>,
     ) -> Result<Response<pb::RecordEventsResponse>, Status> {
         let recommender = self.recommender.get()?;
-        let events: Vec<IncomingEvent> = request
-            .into_inner()
-            .events
-            .into_iter()
-            .map(|e| IncomingEvent {
-                user_id: e.user_id,
-                item_id: e.item_id,
-                kind: event_kind(e.r#type),
-                timestamp_ms: e.timestamp_ms,
-            })
-            .collect();
-        let accepted = recommender.record_events(&events).map_err(status)?;
+        let events = incoming(request.into_inner().events);
+        let recorded = recommender.record_events(&events).await.map_err(status)?;
         Ok(Response::new(pb::RecordEventsResponse {
-            accepted: accepted as u32,
+            accepted: recorded.accepted as u32,
+            duplicates: recorded.duplicates as u32,
         }))
     }
+
+    async fn record_event_stream(
+        &self,
+        request: Request<Streaming<pb::RecordEventStreamRequest>>,
+    ) -> Result<Response<pb::RecordEventStreamResponse>, Status> {
+        let recommender = self.recommender.get()?;
+        let mut stream = request.into_inner();
+        let mut summary = pb::RecordEventStreamResponse::default();
+        let mut offset = 0u64;
+        // Each message is durable before the next is read: a broken stream loses nothing it
+        // delivered, and event ids make the producer's resend of the rest safe.
+        while let Some(message) = stream.message().await? {
+            let events = incoming(message.events);
+            let (recorded, rejections) = recommender
+                .record_each_event(&events)
+                .await
+                .map_err(status)?;
+            summary.accepted += recorded.accepted as u64;
+            summary.duplicates += recorded.duplicates as u64;
+            summary.rejected += rejections.len() as u64;
+            let room = MAX_REPORTED_REJECTIONS.saturating_sub(summary.rejections.len());
+            summary
+                .rejections
+                .extend(
+                    rejections
+                        .into_iter()
+                        .take(room)
+                        .map(|r| pb::EventRejection {
+                            index: offset + r.index as u64,
+                            field: r.field.to_owned(),
+                            reason: r.reason,
+                        }),
+                );
+            offset += events.len() as u64;
+        }
+        Ok(Response::new(summary))
+    }
+}
+
+/// Rejections listed in a stream's summary; the count covers all of them.
+const MAX_REPORTED_REJECTIONS: usize = 100;
+
+fn incoming(events: Vec<pb::Event>) -> Vec<IncomingEvent> {
+    events
+        .into_iter()
+        .map(|e| IncomingEvent {
+            user_id: e.user_id,
+            item_id: e.item_id,
+            kind: event_kind(e.r#type),
+            timestamp_ms: e.timestamp_ms,
+            event_id: e.event_id,
+        })
+        .collect()
 }

@@ -31,6 +31,21 @@ pub struct Config {
     /// Events kept per user.
     #[arg(long, env = "TANDEM_HISTORY_CAPACITY", default_value_t = 200)]
     pub history_capacity: usize,
+    /// Directory of the event log: every accepted event is written (fsynced) here before it
+    /// is acknowledged and replayed at start-up; closed segments are exported as Parquet to
+    /// `<dir>/parquet/day=YYYY-MM-DD/`.
+    #[arg(
+        long,
+        env = "TANDEM_EVENT_LOG_DIR",
+        default_value = "data/demo/state/events"
+    )]
+    pub event_log_dir: PathBuf,
+    /// An event log segment is closed and exported past this many MiB (or at midnight UTC).
+    #[arg(long, env = "TANDEM_EVENT_SEGMENT_MIB", default_value_t = 64)]
+    pub event_segment_mib: u64,
+    /// Event ids remembered to recognise retries (the most recent ones).
+    #[arg(long, env = "TANDEM_DEDUPE_WINDOW", default_value_t = 1_000_000)]
+    pub dedupe_window: usize,
     #[command(flatten)]
     pub index: IndexArgs,
     #[command(flatten)]
@@ -59,6 +74,18 @@ impl Config {
         if self.history_capacity == 0 {
             return Err("--history-capacity must be positive".into());
         }
+        if self.event_segment_mib == 0 {
+            return Err("--event-segment-mib must be positive".into());
+        }
+        if self.dedupe_window == 0 {
+            return Err("--dedupe-window must be positive".into());
+        }
+        if self.event_log_dir.exists() && !self.event_log_dir.is_dir() {
+            return Err(format!(
+                "--event-log-dir {} is not a directory",
+                self.event_log_dir.display()
+            ));
+        }
         let retrieval = self.retrieval_shards();
         for (flag, addr) in retrieval
             .iter()
@@ -86,6 +113,14 @@ impl Config {
             .filter(|a| !a.is_empty())
             .map(str::to_owned)
             .collect()
+    }
+
+    pub(crate) fn event_log(&self) -> tandem_events::EventLogConfig {
+        tandem_events::EventLogConfig {
+            dir: self.event_log_dir.clone(),
+            segment_bytes: self.event_segment_mib << 20,
+            export: true,
+        }
     }
 
     pub(crate) fn stage_timeout(&self) -> Duration {

@@ -11,14 +11,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tandem_catalog::Catalog;
-use tandem_personalization::{InMemoryHistory, QueryConfig};
+use tandem_personalization::{HistoryStore, InMemoryHistory, QueryConfig};
 use tandem_proto::v1::ranking_admin_service_server::RankingAdminServiceServer;
 use tandem_proto::v1::ranking_service_server::RankingServiceServer;
 use tandem_proto::v1::recommender_service_server::RecommenderServiceServer;
 use tandem_proto::v1::retrieval_service_server::RetrievalServiceServer;
 use tandem_ranking_service::{RankingAdminApi, RankingApi, load_ranker};
 use tandem_recommend::{
-    CandidateStage, InProcessRanking, InProcessRetrieval, Recommender, ScoringStage,
+    CandidateStage, EventIntake, InProcessRanking, InProcessRetrieval, Recommender, ScoringStage,
 };
 use tandem_retrieval_service::RetrievalApi;
 use tandem_server::{Health, Ready, service_name};
@@ -123,9 +123,25 @@ pub async fn start(
                     );
                 }
             };
+            let history = Arc::new(InMemoryHistory::new(config.history_capacity));
+            let (log_config, shared) = (config.event_log(), catalog.clone());
+            let replay_history = history.clone();
+            let (events, replayed) = tokio::task::spawn_blocking(move || {
+                EventIntake::open(&log_config, shared, replay_history, config.dedupe_window)
+            })
+            .await??;
+            tracing::info!(
+                dir = %config.event_log_dir.display(),
+                segments = replayed.segments,
+                batches = replayed.batches,
+                events = replayed.events,
+                users = history.users(),
+                "replayed event log"
+            );
             recommender.set(Arc::new(Recommender::new(
                 catalog,
-                Arc::new(InMemoryHistory::new(config.history_capacity)),
+                history,
+                events,
                 retrieval,
                 ranking,
                 QueryConfig::default(),

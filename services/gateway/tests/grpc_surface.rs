@@ -335,6 +335,7 @@ async fn ranking_admin_reports_loads_and_splits_versions() {
                 item_id: case.item_ids[u % 10].clone(),
                 r#type: pb::EventType::Click as i32,
                 timestamp_ms: 1_790_000_000_000,
+                event_id: String::new(),
             }],
         })
         .await

@@ -47,6 +47,11 @@ pub fn config(extra: &[&str]) -> Config {
         format!("--items={}", items.display()),
         format!("--model-dir={}", models.display()),
         "--ranking-sessions=2".into(),
+        // Each gateway its own event log (leaked: the gateway outlives the config).
+        format!(
+            "--event-log-dir={}",
+            state_dir().keep().join("events").display()
+        ),
     ];
     let flag = |a: &str| a.split('=').next().unwrap_or(a).to_owned();
     args.retain(|a| !extra.iter().any(|e| flag(e) == flag(a)));
@@ -114,7 +119,17 @@ pub fn event(user: &str, item: &str, kind: pb::EventType, t: i64) -> pb::Event {
         item_id: item.to_owned(),
         r#type: kind as i32,
         timestamp_ms: t,
+        event_id: String::new(),
     }
+}
+
+/// A fresh directory for one gateway's event log, removed when the test process ends
+/// (left behind on a crash for inspection).
+pub fn state_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("tandem-gateway-test-")
+        .tempdir()
+        .expect("tempdir")
 }
 
 pub fn request(user: &str, k: u32) -> pb::RecommendRequest {

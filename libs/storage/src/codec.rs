@@ -1,40 +1,46 @@
-//! Little-endian encoding shared by the write-ahead log and snapshots.
+//! Little-endian fields for tandem's logs and snapshots.
 
 /// Appends fields to a buffer.
 #[derive(Debug, Default)]
-pub(crate) struct Writer(pub Vec<u8>);
+pub struct Writer(pub Vec<u8>);
 
 impl Writer {
-    pub(crate) fn u8(&mut self, v: u8) {
+    pub fn u8(&mut self, v: u8) {
         self.0.push(v);
     }
-    pub(crate) fn u32(&mut self, v: u32) {
+    pub fn u32(&mut self, v: u32) {
         self.0.extend_from_slice(&v.to_le_bytes());
     }
-    pub(crate) fn u64(&mut self, v: u64) {
+    pub fn u64(&mut self, v: u64) {
         self.0.extend_from_slice(&v.to_le_bytes());
     }
-    pub(crate) fn str(&mut self, s: &str) {
+    pub fn i64(&mut self, v: i64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    pub fn f32(&mut self, v: f32) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    pub fn str(&mut self, s: &str) {
         self.u32(s.len() as u32);
         self.0.extend_from_slice(s.as_bytes());
     }
-    pub(crate) fn u32s(&mut self, v: &[u32]) {
+    pub fn u32s(&mut self, v: &[u32]) {
         self.u64(v.len() as u64);
         for x in v {
             self.0.extend_from_slice(&x.to_le_bytes());
         }
     }
-    pub(crate) fn f32s(&mut self, v: &[f32]) {
+    pub fn f32s(&mut self, v: &[f32]) {
         self.u64(v.len() as u64);
         for x in v {
             self.0.extend_from_slice(&x.to_le_bytes());
         }
     }
-    pub(crate) fn bytes(&mut self, v: &[u8]) {
+    pub fn bytes(&mut self, v: &[u8]) {
         self.u64(v.len() as u64);
         self.0.extend_from_slice(v);
     }
-    pub(crate) fn strs(&mut self, v: &[String]) {
+    pub fn strs(&mut self, v: &[String]) {
         self.u64(v.len() as u64);
         for s in v {
             self.str(s);
@@ -44,16 +50,16 @@ impl Writer {
 
 /// Reads fields off a buffer; `None` on any overrun, so damaged input is an error, not a panic.
 #[derive(Debug)]
-pub(crate) struct Reader<'a>(&'a [u8]);
+pub struct Reader<'a>(&'a [u8]);
 
 impl<'a> Reader<'a> {
-    pub(crate) fn new(bytes: &'a [u8]) -> Self {
+    pub fn new(bytes: &'a [u8]) -> Self {
         Self(bytes)
     }
-    pub(crate) fn is_empty(&self) -> bool {
+    pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
-    pub(crate) fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+    pub fn take(&mut self, n: usize) -> Option<&'a [u8]> {
         if self.0.len() < n {
             return None;
         }
@@ -61,19 +67,22 @@ impl<'a> Reader<'a> {
         self.0 = rest;
         Some(head)
     }
-    pub(crate) fn u8(&mut self) -> Option<u8> {
+    pub fn u8(&mut self) -> Option<u8> {
         self.take(1).map(|b| b[0])
     }
-    pub(crate) fn u32(&mut self) -> Option<u32> {
+    pub fn u32(&mut self) -> Option<u32> {
         Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
     }
-    pub(crate) fn u64(&mut self) -> Option<u64> {
+    pub fn u64(&mut self) -> Option<u64> {
         Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
     }
-    pub(crate) fn f32(&mut self) -> Option<f32> {
+    pub fn i64(&mut self) -> Option<i64> {
+        Some(i64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+    pub fn f32(&mut self) -> Option<f32> {
         Some(f32::from_le_bytes(self.take(4)?.try_into().ok()?))
     }
-    pub(crate) fn string(&mut self) -> Option<String> {
+    pub fn string(&mut self) -> Option<String> {
         let n = self.u32()? as usize;
         String::from_utf8(self.take(n)?.to_vec()).ok()
     }
@@ -81,7 +90,7 @@ impl<'a> Reader<'a> {
         let n = usize::try_from(self.u64()?).ok()?;
         (n.checked_mul(width)? <= self.0.len()).then_some(n)
     }
-    pub(crate) fn u32s(&mut self) -> Option<Vec<u32>> {
+    pub fn u32s(&mut self) -> Option<Vec<u32>> {
         let n = self.len(4)?;
         let raw = self.take(n * 4)?;
         Some(
@@ -90,7 +99,7 @@ impl<'a> Reader<'a> {
                 .collect(),
         )
     }
-    pub(crate) fn f32s(&mut self) -> Option<Vec<f32>> {
+    pub fn f32s(&mut self) -> Option<Vec<f32>> {
         let n = self.len(4)?;
         let raw = self.take(n * 4)?;
         Some(
@@ -99,11 +108,11 @@ impl<'a> Reader<'a> {
                 .collect(),
         )
     }
-    pub(crate) fn bytes(&mut self) -> Option<Vec<u8>> {
+    pub fn bytes(&mut self) -> Option<Vec<u8>> {
         let n = self.len(1)?;
         self.take(n).map(<[u8]>::to_vec)
     }
-    pub(crate) fn strs(&mut self) -> Option<Vec<String>> {
+    pub fn strs(&mut self) -> Option<Vec<String>> {
         let n = self.len(4)?;
         (0..n).map(|_| self.string()).collect()
     }

@@ -1,0 +1,18 @@
+//! Every user event tandem accepted, kept so that none is lost: an append-only log of
+//! segments on disk, group-committed (one fsync for all the batches that arrived during the
+//! previous one) before the caller is answered, replayed at start-up to rebuild user state,
+//! and rolled into Parquet files partitioned by day for the models pipeline to train from.
+//!
+//! Retried deliveries are recognised by their event id ([`SeenIds`]).
+
+mod dedupe;
+mod error;
+mod export;
+mod log;
+mod record;
+
+pub use dedupe::SeenIds;
+pub use error::EventLogError;
+pub use export::{EXPORT_DIR, export_segment, read_exported};
+pub use log::{EventLog, EventLogConfig, Replayed};
+pub use record::{LoggedEvent, kind_code, kind_from_code};

@@ -1,0 +1,392 @@
+//! Segments `seg-<first seq>.log` in one directory: the magic `TNDMEVT1`, then framed records
+//! (see [`tandem_storage::frame`]), one per accepted batch. One writer thread owns the open
+//! segment; appends queue to it and are answered after the fsync that covers them, so the
+//! batches that arrive while one fsync runs share the next (group commit).
+//!
+//! A segment is closed when it passes `segment_bytes` or the UTC day turns, then exported to
+//! Parquet and renamed `seg-<first seq>.done` (kept: replay reads it). Replay reads every
+//! segment in order; a torn tail (a write that was never acknowledged) is cut off.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use tandem_storage::codec::Writer;
+use tandem_storage::{frame, next_record, sync_dir};
+use tokio::sync::oneshot;
+
+use crate::export::{day_of, export_segment};
+use crate::record::{decode, encode};
+use crate::{EventLogError, LoggedEvent};
+
+const MAGIC: &[u8; 8] = b"TNDMEVT1";
+/// A record larger than this is damage (a batch is at most a few MB).
+const MAX_RECORD: usize = 64 << 20;
+/// Batches written under one fsync, at most.
+const MAX_GROUP: usize = 4096;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventLogConfig {
+    pub dir: PathBuf,
+    /// A segment is closed (and exported) past this size.
+    pub segment_bytes: u64,
+    /// Export closed segments to `dir/parquet/day=YYYY-MM-DD/`.
+    pub export: bool,
+}
+
+/// What replay found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Replayed {
+    pub segments: usize,
+    pub batches: u64,
+    pub events: u64,
+    /// Bytes of torn or damaged records dropped.
+    pub dropped_bytes: u64,
+}
+
+struct Append {
+    events: Vec<LoggedEvent>,
+    reply: oneshot::Sender<Result<u64, String>>,
+}
+
+pub struct EventLog {
+    dir: PathBuf,
+    appends: Option<mpsc::Sender<Append>>,
+    writer: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for EventLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventLog").field("dir", &self.dir).finish()
+    }
+}
+
+impl EventLog {
+    /// Replays every logged batch into `apply` (oldest first), then opens a new segment for
+    /// appends and exports closed segments that were not yet exported.
+    pub fn open(
+        config: &EventLogConfig,
+        mut apply: impl FnMut(u64, &[LoggedEvent]),
+    ) -> Result<(Self, Replayed), EventLogError> {
+        let dir = &config.dir;
+        std::fs::create_dir_all(dir).map_err(EventLogError::io(dir))?;
+        let segments = list_segments(dir)?;
+        let mut replayed = Replayed {
+            segments: segments.len(),
+            ..Replayed::default()
+        };
+        let mut last_seq = 0u64;
+        for (i, segment) in segments.iter().enumerate() {
+            let is_last = i + 1 == segments.len();
+            let bytes = read_either(&segment.path)?;
+            if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
+                if is_last && bytes.len() < MAGIC.len() {
+                    // Created, then the process died before the header was on disk.
+                    replayed.dropped_bytes += bytes.len() as u64;
+                    std::fs::remove_file(&segment.path)
+                        .map_err(EventLogError::io(&segment.path))?;
+                    continue;
+                }
+                return Err(EventLogError::Corrupt {
+                    path: segment.path.clone(),
+                    reason: "not a tandem event log segment (bad magic)".into(),
+                });
+            }
+            let mut pos = MAGIC.len();
+            while let Some((payload, end)) = next_record(&bytes, pos, MAX_RECORD) {
+                let Some((seq, events)) = decode(payload) else {
+                    break;
+                };
+                if seq <= last_seq {
+                    // Never written twice; a repeat means damage. Skip rather than re-apply.
+                    pos = end;
+                    continue;
+                }
+                last_seq = seq;
+                replayed.batches += 1;
+                replayed.events += events.len() as u64;
+                apply(seq, &events);
+                pos = end;
+            }
+            if pos < bytes.len() {
+                let dropped = (bytes.len() - pos) as u64;
+                replayed.dropped_bytes += dropped;
+                tracing::warn!(
+                    segment = %segment.path.display(),
+                    dropped_bytes = dropped,
+                    "event log segment ends in a torn or damaged record (a batch that was never \
+                     acknowledged); cutting it off"
+                );
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(&segment.path)
+                    .map_err(EventLogError::io(&segment.path))?;
+                f.set_len(pos as u64)
+                    .and_then(|()| f.sync_all())
+                    .map_err(EventLogError::io(&segment.path))?;
+            }
+        }
+        let next_seq =
+            last_seq.max(segments.last().map_or(0, |s| s.first_seq.saturating_sub(1))) + 1;
+        let open = Segment::create(dir, next_seq)?;
+
+        let (exports, exporter_rx) = mpsc::channel::<PathBuf>();
+        if config.export {
+            let export_dir = dir.clone();
+            std::thread::Builder::new()
+                .name("event-export".into())
+                .spawn(move || {
+                    for segment in exporter_rx {
+                        export_and_mark(&export_dir, &segment);
+                    }
+                })
+                .map_err(EventLogError::io(dir))?;
+            for s in segments.iter().filter(|s| !s.exported) {
+                let _ = exports.send(s.path.clone());
+            }
+        }
+        let (appends, rx) = mpsc::channel::<Append>();
+        let writer = {
+            let segment_bytes = config.segment_bytes.max(1);
+            let exports = config.export.then_some(exports);
+            let log_dir = dir.clone();
+            std::thread::Builder::new()
+                .name("event-log".into())
+                .spawn(move || write_loop(&log_dir, open, next_seq, segment_bytes, &rx, exports))
+                .map_err(EventLogError::io(dir))?
+        };
+        Ok((
+            Self {
+                dir: dir.clone(),
+                appends: Some(appends),
+                writer: Some(writer),
+            },
+            replayed,
+        ))
+    }
+
+    /// Appends one batch; resolves once it is on disk (fsynced), with its sequence number.
+    pub async fn append(&self, events: Vec<LoggedEvent>) -> Result<u64, EventLogError> {
+        let (reply, done) = oneshot::channel();
+        self.appends
+            .as_ref()
+            .ok_or_else(|| EventLogError::Closed("shut down".into()))?
+            .send(Append { events, reply })
+            .map_err(|_| EventLogError::Closed("the writer stopped".into()))?;
+        done.await
+            .map_err(|_| EventLogError::Closed("the writer stopped".into()))?
+            .map_err(EventLogError::Closed)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for EventLog {
+    /// Lets the writer finish what is queued.
+    fn drop(&mut self) {
+        self.appends.take();
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+#[derive(Debug)]
+struct SegmentFile {
+    path: PathBuf,
+    first_seq: u64,
+    exported: bool,
+}
+
+fn list_segments(dir: &Path) -> Result<Vec<SegmentFile>, EventLogError> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(EventLogError::io(dir))? {
+        let path = entry.map_err(EventLogError::io(dir))?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        let Some(rest) = name.strip_prefix("seg-") else {
+            continue;
+        };
+        let (seq, exported) = match (rest.strip_suffix(".log"), rest.strip_suffix(".done")) {
+            (Some(seq), _) => (seq, false),
+            (_, Some(seq)) => (seq, true),
+            _ => continue,
+        };
+        if let Ok(first_seq) = seq.parse() {
+            out.push(SegmentFile {
+                path,
+                first_seq,
+                exported,
+            });
+        }
+    }
+    out.sort_by_key(|s| s.first_seq);
+    Ok(out)
+}
+
+/// The segment appends go to.
+struct Segment {
+    path: PathBuf,
+    file: File,
+    bytes: u64,
+    day: i64,
+}
+
+impl Segment {
+    fn create(dir: &Path, first_seq: u64) -> Result<Self, EventLogError> {
+        let path = dir.join(format!("seg-{first_seq:020}.log"));
+        let file = {
+            let io = EventLogError::io(&path);
+            let mut file = OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .open(&path)
+                .map_err(&io)?;
+            file.write_all(MAGIC).map_err(&io)?;
+            file.sync_all().map_err(&io)?;
+            file
+        };
+        sync_dir(dir);
+        Ok(Self {
+            path,
+            file,
+            bytes: MAGIC.len() as u64,
+            day: day_of(now_ms()),
+        })
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn write_loop(
+    dir: &Path,
+    mut segment: Segment,
+    mut next_seq: u64,
+    segment_bytes: u64,
+    appends: &mpsc::Receiver<Append>,
+    exports: Option<mpsc::Sender<PathBuf>>,
+) {
+    let mut failed: Option<String> = None;
+    let mut buf = Writer::default();
+    let mut record = Vec::new();
+    while let Ok(first) = appends.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match appends.try_recv() {
+                Ok(more) => group.push(more),
+                Err(_) => break,
+            }
+        }
+        if let Some(why) = &failed {
+            for a in group {
+                let _ = a.reply.send(Err(why.clone()));
+            }
+            continue;
+        }
+        record.clear();
+        let first_seq = next_seq;
+        for a in &group {
+            buf.0.clear();
+            encode(next_seq, &a.events, &mut buf);
+            frame(&mut record, &buf.0);
+            next_seq += 1;
+        }
+        let written = segment
+            .file
+            .write_all(&record)
+            .and_then(|()| segment.file.sync_data());
+        match written {
+            Ok(()) => {
+                segment.bytes += record.len() as u64;
+                for (i, a) in group.into_iter().enumerate() {
+                    let _ = a.reply.send(Ok(first_seq + i as u64));
+                }
+            }
+            Err(e) => {
+                // What reached the file may be a torn record: replay cuts it off. Nothing
+                // more is acknowledged by this process.
+                let why = format!("{}: {e}", segment.path.display());
+                tracing::error!(error = %why, "event log write failed; refusing further events");
+                for a in group {
+                    let _ = a.reply.send(Err(why.clone()));
+                }
+                failed = Some(why);
+                continue;
+            }
+        }
+        if segment.bytes >= segment_bytes || day_of(now_ms()) != segment.day {
+            match Segment::create(dir, next_seq) {
+                Ok(fresh) => {
+                    let closed = std::mem::replace(&mut segment, fresh);
+                    if let Some(exports) = &exports {
+                        let _ = exports.send(closed.path);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not roll the event log; still appending")
+                }
+            }
+        }
+    }
+}
+
+/// Exports a closed segment, then renames it `.done` so a restart does not export it again.
+fn export_and_mark(dir: &Path, segment: &Path) {
+    match export_segment(segment, dir) {
+        Ok(files) => {
+            let done = segment.with_extension("done");
+            match std::fs::rename(segment, &done) {
+                Ok(()) => {
+                    sync_dir(dir);
+                    tracing::info!(segment = %done.display(), files = files.len(), "exported event log segment");
+                }
+                Err(e) => {
+                    tracing::warn!(segment = %segment.display(), error = %e, "could not mark segment exported")
+                }
+            }
+        }
+        Err(e) => {
+            tracing::warn!(segment = %segment.display(), error = %e, "event export failed; retried at the next start")
+        }
+    }
+}
+
+/// A segment's bytes, also when an exporter renamed it `.done` since it was listed.
+fn read_either(path: &Path) -> Result<Vec<u8>, EventLogError> {
+    match std::fs::read(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let done = path.with_extension("done");
+            std::fs::read(&done).map_err(EventLogError::io(&done))
+        }
+        other => other.map_err(EventLogError::io(path)),
+    }
+}
+
+/// Reads a segment's batches (used by export).
+pub(crate) fn read_segment(path: &Path) -> Result<Vec<(u64, Vec<LoggedEvent>)>, EventLogError> {
+    let bytes = std::fs::read(path).map_err(EventLogError::io(path))?;
+    if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
+        return Err(EventLogError::Corrupt {
+            path: path.to_owned(),
+            reason: "not a tandem event log segment (bad magic)".into(),
+        });
+    }
+    let mut pos = MAGIC.len();
+    let mut out = Vec::new();
+    while let Some((payload, end)) = next_record(&bytes, pos, MAX_RECORD) {
+        let Some(batch) = decode(payload) else { break };
+        out.push(batch);
+        pos = end;
+    }
+    Ok(out)
+}
