@@ -1,11 +1,14 @@
-//! What tandem knows about a user right now: their recent events (bounded), what they bought,
-//! and the query vector built from those events and the page context.
+//! What tandem knows about users right now: their recent events (bounded), what they bought,
+//! what they were shown and ignored, which items trend, and the query vector built from a
+//! user's events and the page context.
 //!
-//! History sits behind [`HistoryStore`] so a shared store for several gateway replicas can
-//! replace the in-process one without touching the callers.
+//! State sits behind [`StateStore`] so a store shared by several gateway replicas can replace
+//! the in-process one without touching the callers.
 
 mod history;
 mod query;
+mod trending;
 
-pub use history::{EventKind, HistoryStore, InMemoryHistory, UserEvent, UserHistory};
+pub use history::{EventKind, InMemoryState, Shown, StateStore, UserEvent, UserHistory};
 pub use query::{QueryConfig, query_vector};
+pub use trending::TrendingConfig;

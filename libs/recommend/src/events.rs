@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use tandem_catalog::Catalog;
 use tandem_events::{EventLog, EventLogConfig, LoggedEvent, Replayed, SeenIds};
-use tandem_personalization::{EventKind, HistoryStore, UserEvent};
+use tandem_personalization::{EventKind, StateStore, UserEvent};
 
 use crate::RecommendError;
 use crate::pipeline::MAX_EVENTS_PER_BATCH;
@@ -106,7 +106,7 @@ fn check(catalog: &Catalog, e: &IncomingEvent, now: i64) -> Result<Valid, (&'sta
 /// Where accepted events go: the log first, then user state.
 pub struct EventIntake {
     catalog: Arc<Catalog>,
-    history: Arc<dyn HistoryStore>,
+    history: Arc<dyn StateStore>,
     log: EventLog,
     seen: SeenIds,
 }
@@ -125,7 +125,7 @@ impl EventIntake {
     pub fn open(
         log: &EventLogConfig,
         catalog: Arc<Catalog>,
-        history: Arc<dyn HistoryStore>,
+        history: Arc<dyn StateStore>,
         dedupe_window: usize,
     ) -> Result<(Self, Replayed), RecommendError> {
         let seen = SeenIds::new(dedupe_window);

@@ -6,15 +6,17 @@
 mod error;
 mod events;
 mod pipeline;
+mod rules;
 mod stages;
 
 pub use error::{RecommendError, StageError};
 pub use events::{EventIntake, IncomingEvent, Recorded, Rejection};
 pub use pipeline::{
     DEFAULT_K, DEFAULT_NUM_CANDIDATES, MAX_EVENTS_PER_BATCH, MAX_K, MAX_NUM_CANDIDATES,
-    POPULARITY_VERSION, RETRIEVAL_ORDER_VERSION, RecommendRequest, Recommendation, RecommendedItem,
-    Recommender,
+    RETRIEVAL_ORDER_VERSION, RecommendRequest, Recommendation, RecommendedItem, Recommender,
+    Stages, TRENDING_VERSION,
 };
+pub use rules::{RuleEffect, RulesConfig};
 pub use stages::{
     CandidateStage, InProcessRanking, InProcessRetrieval, Retrieved, ScoringContext, ScoringStage,
 };

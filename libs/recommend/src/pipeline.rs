@@ -2,10 +2,11 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use tandem_catalog::{Catalog, ItemIdx};
-use tandem_personalization::{HistoryStore, QueryConfig, query_vector};
+use tandem_personalization::{QueryConfig, StateStore, UserHistory, query_vector};
 use tandem_retrieval::{Candidate, FilterSpec, ItemFilter};
 
 use crate::events::{EventIntake, IncomingEvent, Recorded, Rejection};
+use crate::rules::{self, Placed, RuleEffect, RulesConfig};
 use crate::{CandidateStage, RecommendError, ScoringContext, ScoringStage, StageError};
 
 pub const DEFAULT_K: usize = 10;
@@ -13,8 +14,8 @@ pub const MAX_K: usize = 1000;
 pub const DEFAULT_NUM_CANDIDATES: usize = 200;
 pub const MAX_NUM_CANDIDATES: usize = 5000;
 pub const MAX_EVENTS_PER_BATCH: usize = 10_000;
-/// `model_version` of answers that no model scored.
-pub const POPULARITY_VERSION: &str = "popularity";
+/// `model_version` of answers that no model scored: users with no history (and fallbacks).
+pub const TRENDING_VERSION: &str = "trending";
 /// `model_version` of answers in retrieval order because ranking could not answer.
 pub const RETRIEVAL_ORDER_VERSION: &str = "retrieval";
 
@@ -24,6 +25,10 @@ pub struct RecommendRequest {
     pub k: Option<u32>,
     pub num_candidates: Option<u32>,
     pub filter: FilterSpec,
+    /// Overrides `filter.in_stock_only` and the rules' default when set.
+    pub in_stock_only: Option<bool>,
+    /// Overrides the rules' diversity cap for this request (0 = no cap).
+    pub max_per_category: Option<u32>,
     pub context_item_ids: Vec<String>,
     /// Passed to the ranking model; `hour_of_day` is filled from the clock when absent.
     pub context: BTreeMap<String, String>,
@@ -39,16 +44,26 @@ fn hour_of_day_now() -> String {
     ((secs / 3600) % 24).to_string()
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+#[derive(Debug, Clone, PartialEq)]
 pub struct RecommendedItem {
     pub idx: ItemIdx,
+    /// Ranking score; the trending count for cold-start and backfilled items (0 when the item
+    /// came from catalog popularity alone).
     pub score: f32,
     pub retrieval_score: f32,
+    /// Business rules that moved or added the item.
+    pub effects: Vec<RuleEffect>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Recommendation {
-    /// Best first, distinct.
+    /// In served order: by score, then the business rules. Distinct.
     pub items: Vec<RecommendedItem>,
     pub model_version: String,
     /// Why a fallback answered, if one did.
@@ -57,11 +72,12 @@ pub struct Recommendation {
 
 pub struct Recommender {
     catalog: Arc<Catalog>,
-    history: Arc<dyn HistoryStore>,
+    state: Arc<dyn StateStore>,
     events: EventIntake,
     retrieval: Arc<dyn CandidateStage>,
     ranking: Arc<dyn ScoringStage>,
     query: QueryConfig,
+    rules: RulesConfig,
 }
 
 impl std::fmt::Debug for Recommender {
@@ -69,26 +85,34 @@ impl std::fmt::Debug for Recommender {
         f.debug_struct("Recommender")
             .field("catalog", &self.catalog)
             .field("query", &self.query)
+            .field("rules", &self.rules)
             .finish()
     }
+}
+
+/// The stages a [`Recommender`] calls.
+pub struct Stages {
+    pub retrieval: Arc<dyn CandidateStage>,
+    pub ranking: Arc<dyn ScoringStage>,
 }
 
 impl Recommender {
     pub fn new(
         catalog: Arc<Catalog>,
-        history: Arc<dyn HistoryStore>,
+        state: Arc<dyn StateStore>,
         events: EventIntake,
-        retrieval: Arc<dyn CandidateStage>,
-        ranking: Arc<dyn ScoringStage>,
+        stages: Stages,
         query: QueryConfig,
+        rules: RulesConfig,
     ) -> Self {
         Self {
             catalog,
-            history,
+            state,
             events,
-            retrieval,
-            ranking,
+            retrieval: stages.retrieval,
+            ranking: stages.ranking,
             query,
+            rules,
         }
     }
 
@@ -140,27 +164,52 @@ impl Recommender {
             }
             Some(n) => n as usize,
         };
-        let history = self.history.get(&req.user_id);
+        let now = now_ms();
+        let history = self.state.user(&req.user_id);
         // Unknown context items are skipped: a page may show items newer than this catalog.
         let context: Vec<ItemIdx> = req
             .context_item_ids
             .iter()
             .filter_map(|id| self.catalog.idx_of(id))
             .collect();
-        let excluded: HashSet<ItemIdx> =
-            history.purchased.iter().chain(&context).copied().collect();
-        let mut filter = ItemFilter::resolve(&self.catalog, &req.filter).map_err(|e| match e {
+        let bought_since = self
+            .rules
+            .purchase_exclusion_ms
+            .map_or(i64::MIN, |window| now.saturating_sub(window));
+        let excluded: HashSet<ItemIdx> = history
+            .purchased_since(bought_since)
+            .chain(context.iter().copied())
+            .collect();
+        let mut spec = req.filter.clone();
+        spec.in_stock_only = req.in_stock_only.unwrap_or(self.rules.in_stock_only);
+        let mut filter = ItemFilter::resolve(&self.catalog, &spec).map_err(|e| match e {
             tandem_retrieval::RetrievalError::InvalidArgument { field, reason } => {
                 RecommendError::invalid(field, reason)
             }
             other => RecommendError::invalid("filter", other.to_string()),
         })?;
         filter.exclude(excluded.iter().copied());
-
-        let Some(query) = query_vector(&self.catalog, &history, &context, &self.query) else {
-            return Ok(self.popular(k, &filter, None));
+        let plan = Plan {
+            k,
+            cap: req
+                .max_per_category
+                .map_or(self.rules.max_per_category, |c| c as usize),
+            filter: &filter,
+            history: &history,
         };
-        let mut spec = req.filter.clone();
+
+        let query = if history.is_empty() {
+            None
+        } else {
+            query_vector(&self.catalog, &history, &context, &self.query)
+        };
+        let Some(query) = query else {
+            let categories: HashSet<u32> = context
+                .iter()
+                .map(|&i| self.catalog.category_code(i))
+                .collect();
+            return Ok(self.served(&req.user_id, now, self.cold_start(&plan, &categories, None)));
+        };
         spec.exclude_item_ids
             .extend(excluded.iter().map(|&i| self.catalog.item_id(i).to_owned()));
 
@@ -172,8 +221,13 @@ impl Recommender {
             }
             Err(StageError::NotFound(what)) => return Err(RecommendError::NotFound(what)),
             Err(StageError::Unavailable(why)) => {
-                tracing::warn!(%why, "retrieval failed; answering with popular items");
-                return Ok(self.popular(k, &filter, Some(format!("retrieval unavailable: {why}"))));
+                tracing::warn!(%why, "retrieval failed; answering with trending items");
+                let answer = self.cold_start(
+                    &plan,
+                    &HashSet::new(),
+                    Some(format!("retrieval unavailable: {why}")),
+                );
+                return Ok(self.served(&req.user_id, now, answer));
             }
         };
         // A remote stage may run on another catalog version: keep only what this one admits.
@@ -226,49 +280,131 @@ impl Recommender {
                 )
             }
         };
-        let mut items: Vec<RecommendedItem> = candidates
+        let ranked: Vec<Placed> = candidates
             .iter()
             .zip(scores)
-            .map(|(c, score)| RecommendedItem {
-                idx: c.idx,
-                score,
-                retrieval_score: c.score,
-            })
+            .map(|(c, score)| Placed::new(c.idx, score, c.score))
             .collect();
-        items.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.idx.cmp(&b.idx)));
-        items.truncate(k);
+        let items = self.apply_rules(&plan, ranked, &HashSet::new());
         let degraded = match (partial, degraded) {
             (None, d) => d,
             (Some(p), None) => Some(format!("partial retrieval: {p}")),
             (Some(p), Some(d)) => Some(format!("{d}; partial retrieval: {p}")),
         };
-        Ok(Recommendation {
-            items,
-            model_version,
-            degraded,
-        })
+        Ok(self.served(
+            &req.user_id,
+            now,
+            Recommendation {
+                items,
+                model_version,
+                degraded,
+            },
+        ))
     }
 
-    /// Most popular admitted items, scored by popularity.
-    fn popular(&self, k: usize, filter: &ItemFilter, degraded: Option<String>) -> Recommendation {
-        let items = self
-            .catalog
+    /// Notes the impressions (for demotion) and hands the answer back.
+    fn served(&self, user_id: &str, now: i64, answer: Recommendation) -> Recommendation {
+        let shown: Vec<ItemIdx> = answer.items.iter().map(|i| i.idx).collect();
+        self.state.record_shown(user_id, &shown, now);
+        answer
+    }
+
+    /// Rules steps 2 to 6, backfilled from trending then popular items (those in `prefer`
+    /// categories first when given).
+    fn apply_rules(
+        &self,
+        plan: &Plan<'_>,
+        ranked: Vec<Placed>,
+        prefer: &HashSet<u32>,
+    ) -> Vec<RecommendedItem> {
+        let demote_after = self.rules.demote_after_shown;
+        let demoted = |idx: ItemIdx| {
+            demote_after > 0
+                && plan
+                    .history
+                    .shown
+                    .get(&idx)
+                    .is_some_and(|s| s.times >= demote_after)
+        };
+        let placed = rules::apply(
+            &self.catalog,
+            ranked,
+            plan.k,
+            plan.cap,
+            &demoted,
+            self.backfill(plan, prefer),
+        );
+        placed
+            .into_iter()
+            .map(|p| RecommendedItem {
+                idx: p.idx,
+                score: p.score,
+                retrieval_score: p.retrieval_score,
+                effects: p.effects,
+            })
+            .collect()
+    }
+
+    /// Trending then popular admitted items, those of `prefer` categories first.
+    fn backfill<'a>(
+        &'a self,
+        plan: &'a Plan<'a>,
+        prefer: &'a HashSet<u32>,
+    ) -> impl Iterator<Item = Placed> + 'a {
+        let catalog = &self.catalog;
+        let admits = move |i: ItemIdx| plan.filter.admits(catalog, i);
+        let preferred = move |i: ItemIdx| prefer.contains(&catalog.category_code(i));
+        let wanted = plan.k.saturating_mul(4).max(64);
+        let trending_in = if prefer.is_empty() {
+            Vec::new()
+        } else {
+            self.state.trending(wanted, &|i| admits(i) && preferred(i))
+        };
+        let popular_in = catalog
             .by_popularity()
             .iter()
-            .filter(|&&i| filter.admits(&self.catalog, i))
-            .take(k)
-            .map(|&idx| RecommendedItem {
-                idx,
-                score: self.catalog.popularity(idx),
-                retrieval_score: 0.0,
-            })
-            .collect();
+            .copied()
+            .filter(move |&i| !prefer.is_empty() && preferred(i) && admits(i))
+            .map(|i| (i, 0.0));
+        let trending_all = self.state.trending(wanted, &admits);
+        let popular_all = catalog
+            .by_popularity()
+            .iter()
+            .copied()
+            .filter(move |&i| admits(i))
+            .map(|i| (i, 0.0));
+        trending_in
+            .into_iter()
+            .chain(popular_in)
+            .chain(trending_all)
+            .chain(popular_all)
+            .map(|(i, score)| Placed::new(i, score, 0.0))
+    }
+
+    /// No history: trending and popular items (in the context items' categories first).
+    fn cold_start(
+        &self,
+        plan: &Plan<'_>,
+        prefer: &HashSet<u32>,
+        degraded: Option<String>,
+    ) -> Recommendation {
+        // Everything comes from backfill, so rules apply to it alike (demotion aside: these
+        // items have no model score to keep them apart).
+        let items = self.apply_rules(plan, Vec::new(), prefer);
         Recommendation {
             items,
-            model_version: POPULARITY_VERSION.into(),
+            model_version: TRENDING_VERSION.into(),
             degraded,
         }
     }
+}
+
+/// What the rules need to know about one request.
+struct Plan<'a> {
+    k: usize,
+    cap: usize,
+    filter: &'a ItemFilter,
+    history: &'a UserHistory,
 }
 
 /// Scores that keep retrieval's order when ranking cannot answer.

@@ -45,10 +45,13 @@ impl pb::recommender_service_server::RecommenderService for RecommenderApi {
         let recommender = self.recommender.get()?;
         let request_id = uuid::Uuid::new_v4().to_string();
         let req = request.into_inner();
+        let in_stock_only = req.filter.as_ref().and_then(|f| f.in_stock_only);
         let domain = RecommendRequest {
             user_id: req.user_id,
             k: req.k,
             num_candidates: req.num_candidates,
+            in_stock_only,
+            max_per_category: req.max_per_category,
             filter: filter_from_proto(req.filter),
             context_item_ids: req.context_item_ids,
             context: req.context.into_iter().collect(),

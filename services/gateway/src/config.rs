@@ -43,6 +43,22 @@ pub struct Config {
     /// An event log segment is closed and exported past this many MiB (or at midnight UTC).
     #[arg(long, env = "TANDEM_EVENT_SEGMENT_MIB", default_value_t = 64)]
     pub event_segment_mib: u64,
+    /// Recommend only in-stock items unless a request's filter sets `in_stock_only = false`.
+    #[arg(long, env = "TANDEM_IN_STOCK_ONLY", default_value_t = true, action = clap::ArgAction::Set)]
+    pub in_stock_only: bool,
+    /// At most this many items of one category per answer (diversity); 0 = no cap. A request's
+    /// `max_per_category` overrides it.
+    #[arg(long, env = "TANDEM_MAX_PER_CATEGORY", default_value_t = 0)]
+    pub max_per_category: usize,
+    /// Items recommended this many times without the user acting on them move down; 0 = never.
+    #[arg(long, env = "TANDEM_DEMOTE_AFTER_SHOWN", default_value_t = 3)]
+    pub demote_after_shown: u32,
+    /// Bought items are not recommended again for this many hours; 0 = never again.
+    #[arg(long, env = "TANDEM_PURCHASE_EXCLUSION_HOURS", default_value_t = 720)]
+    pub purchase_exclusion_hours: u64,
+    /// Trending counts halve every this many minutes.
+    #[arg(long, env = "TANDEM_TRENDING_HALF_LIFE_MIN", default_value_t = 360)]
+    pub trending_half_life_min: u64,
     /// Event ids remembered to recognise retries (the most recent ones).
     #[arg(long, env = "TANDEM_DEDUPE_WINDOW", default_value_t = 1_000_000)]
     pub dedupe_window: usize,
@@ -76,6 +92,9 @@ impl Config {
         }
         if self.event_segment_mib == 0 {
             return Err("--event-segment-mib must be positive".into());
+        }
+        if self.trending_half_life_min == 0 {
+            return Err("--trending-half-life-min must be positive".into());
         }
         if self.dedupe_window == 0 {
             return Err("--dedupe-window must be positive".into());
@@ -120,6 +139,23 @@ impl Config {
             dir: self.event_log_dir.clone(),
             segment_bytes: self.event_segment_mib << 20,
             export: true,
+        }
+    }
+
+    pub(crate) fn rules(&self) -> tandem_recommend::RulesConfig {
+        tandem_recommend::RulesConfig {
+            in_stock_only: self.in_stock_only,
+            max_per_category: self.max_per_category,
+            demote_after_shown: self.demote_after_shown,
+            purchase_exclusion_ms: (self.purchase_exclusion_hours > 0)
+                .then(|| (self.purchase_exclusion_hours as i64).saturating_mul(3_600_000)),
+        }
+    }
+
+    pub(crate) fn trending(&self) -> tandem_personalization::TrendingConfig {
+        tandem_personalization::TrendingConfig {
+            half_life_ms: (self.trending_half_life_min as i64).saturating_mul(60_000),
+            ..Default::default()
         }
     }
 

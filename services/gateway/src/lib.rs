@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tandem_catalog::Catalog;
-use tandem_personalization::{HistoryStore, InMemoryHistory, QueryConfig};
+use tandem_personalization::{InMemoryState, QueryConfig, StateStore};
 use tandem_proto::v1::ranking_admin_service_server::RankingAdminServiceServer;
 use tandem_proto::v1::ranking_service_server::RankingServiceServer;
 use tandem_proto::v1::recommender_service_server::RecommenderServiceServer;
@@ -19,6 +19,7 @@ use tandem_proto::v1::retrieval_service_server::RetrievalServiceServer;
 use tandem_ranking_service::{RankingAdminApi, RankingApi, load_ranker};
 use tandem_recommend::{
     CandidateStage, EventIntake, InProcessRanking, InProcessRetrieval, Recommender, ScoringStage,
+    Stages,
 };
 use tandem_retrieval_service::RetrievalApi;
 use tandem_server::{Health, Ready, service_name};
@@ -123,7 +124,10 @@ pub async fn start(
                     );
                 }
             };
-            let history = Arc::new(InMemoryHistory::new(config.history_capacity));
+            let history = Arc::new(InMemoryState::new(
+                config.history_capacity,
+                config.trending(),
+            ));
             let (log_config, shared) = (config.event_log(), catalog.clone());
             let replay_history = history.clone();
             let (events, replayed) = tokio::task::spawn_blocking(move || {
@@ -142,9 +146,9 @@ pub async fn start(
                 catalog,
                 history,
                 events,
-                retrieval,
-                ranking,
+                Stages { retrieval, ranking },
                 QueryConfig::default(),
+                config.rules(),
             )));
             health.set_serving(true).await;
             tracing::info!("serving");

@@ -98,7 +98,7 @@ impl CandidateStage for RemoteRetrieval {
                 categories: filter.categories.clone(),
                 min_price: filter.min_price,
                 max_price: filter.max_price,
-                in_stock_only: filter.in_stock_only,
+                in_stock_only: Some(filter.in_stock_only),
                 exclude_item_ids: filter.exclude_item_ids.clone(),
             }),
             ef_search: None,

@@ -31,16 +31,19 @@ async fn recommend_returns_k_distinct_sorted_catalog_items() {
     let gw = start(config(&[])).await;
     let mut client = recommender(gw.addr).await;
 
-    // No history: popular items.
+    // No history, and no events anywhere yet: popular in-stock items.
     let cold = client
         .recommend(request("nobody", 10))
         .await
         .expect("cold")
         .into_inner();
     assert_well_formed(&catalog, &cold, 10);
-    assert_eq!(cold.model_version, "popularity");
-    let top: Vec<&str> = catalog.by_popularity()[..10]
+    assert_eq!(cold.model_version, "trending");
+    let top: Vec<&str> = catalog
+        .by_popularity()
         .iter()
+        .filter(|&&i| catalog.in_stock(i))
+        .take(10)
         .map(|&i| catalog.item_id(i))
         .collect();
     let got: Vec<&str> = cold.items.iter().map(|i| i.item_id.as_str()).collect();
@@ -50,7 +53,7 @@ async fn recommend_returns_k_distinct_sorted_catalog_items() {
     let items = items_in(&catalog, "toys", 3);
     let events = items
         .iter()
-        .map(|i| event("warm", i, pb::EventType::View, T0))
+        .map(|i| event("warm", i, pb::EventType::View, t0()))
         .collect();
     client
         .record_events(pb::RecordEventsRequest { events })
@@ -88,7 +91,7 @@ async fn events_move_recommendations_to_their_category_and_purchases_disappear()
     let events = toys
         .iter()
         .enumerate()
-        .map(|(n, i)| event("switcher", i, pb::EventType::Click, T0 + n as i64))
+        .map(|(n, i)| event("switcher", i, pb::EventType::Click, t0() + n as i64))
         .collect();
     client
         .record_events(pb::RecordEventsRequest { events })
@@ -101,7 +104,7 @@ async fn events_move_recommendations_to_their_category_and_purchases_disappear()
         .into_inner();
 
     let books = items_in(&catalog, "books", 8);
-    let later = T0 + 3_600_000;
+    let later = t0() + 3_600_000;
     let events = books
         .iter()
         .enumerate()
@@ -184,7 +187,7 @@ async fn every_returned_item_satisfies_the_filter() {
     let mut client = recommender(gw.addr).await;
     let events = items_in(&catalog, "music", 4)
         .iter()
-        .map(|i| event("filtered", i, pb::EventType::Click, T0))
+        .map(|i| event("filtered", i, pb::EventType::Click, t0()))
         .collect();
     client
         .record_events(pb::RecordEventsRequest { events })
@@ -202,7 +205,7 @@ async fn every_returned_item_satisfies_the_filter() {
         pb::ItemFilter {
             min_price: Some(20.0),
             max_price: Some(60.0),
-            in_stock_only: true,
+            in_stock_only: Some(true),
             ..Default::default()
         },
         pb::ItemFilter {
@@ -244,7 +247,7 @@ async fn every_returned_item_satisfies_the_filter() {
                     "{user} {f:?} price {price}"
                 );
                 assert!(
-                    !f.in_stock_only || catalog.in_stock(idx),
+                    !f.in_stock_only.unwrap_or(true) || catalog.in_stock(idx),
                     "{user} {f:?} out of stock"
                 );
                 assert!(
@@ -273,11 +276,11 @@ async fn split_topology_returns_what_embedded_returns() {
         .iter()
         .chain(&items_in(&catalog, "sports", 2))
         .enumerate()
-        .map(|(n, i)| event("both", i, pb::EventType::Click, T0 + n as i64 * 60_000))
+        .map(|(n, i)| event("both", i, pb::EventType::Click, t0() + n as i64 * 60_000))
         .collect();
     let req = pb::RecommendRequest {
         filter: Some(pb::ItemFilter {
-            in_stock_only: true,
+            in_stock_only: Some(true),
             ..Default::default()
         }),
         context_item_ids: items_in(&catalog, "sports", 3)[2..].to_vec(),
@@ -327,7 +330,7 @@ async fn ranking_down_degrades_to_retrieval_order() {
     let mut client = recommender(gw.addr).await;
     let events = items_in(&catalog, "garden", 3)
         .iter()
-        .map(|i| event("d", i, pb::EventType::Click, T0))
+        .map(|i| event("d", i, pb::EventType::Click, t0()))
         .collect();
     client
         .record_events(pb::RecordEventsRequest { events })
@@ -408,15 +411,15 @@ async fn bad_input_names_the_field_and_the_server_keeps_serving() {
     let item = catalog.item_id(0).to_owned();
     for (ev, field) in [
         (
-            event("", &item, pb::EventType::View, T0),
+            event("", &item, pb::EventType::View, t0()),
             "events[1].user_id",
         ),
         (
-            event("u", "no-such-item", pb::EventType::View, T0),
+            event("u", "no-such-item", pb::EventType::View, t0()),
             "events[1].item_id",
         ),
         (
-            event("u", &item, pb::EventType::Unspecified, T0),
+            event("u", &item, pb::EventType::Unspecified, t0()),
             "events[1].type",
         ),
         (
@@ -424,7 +427,7 @@ async fn bad_input_names_the_field_and_the_server_keeps_serving() {
             "events[1].timestamp_ms",
         ),
     ] {
-        let ok = event("u", &item, pb::EventType::Purchase, T0);
+        let ok = event("u", &item, pb::EventType::Purchase, t0());
         let status = client
             .record_events(pb::RecordEventsRequest {
                 events: vec![ok, ev],
@@ -441,7 +444,7 @@ async fn bad_input_names_the_field_and_the_server_keeps_serving() {
         .expect("still serving")
         .into_inner();
     assert_eq!(
-        resp.model_version, "popularity",
+        resp.model_version, "trending",
         "no event of a rejected batch was applied"
     );
 

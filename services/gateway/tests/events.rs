@@ -90,7 +90,7 @@ async fn acknowledged_events_survive_sigkill_and_retries_still_count_once() {
             } else {
                 pb::EventType::Click
             };
-            with_id(event(user, item, kind, T0 + i as i64), &format!("ev-{i}"))
+            with_id(event(user, item, kind, t0() + i as i64), &format!("ev-{i}"))
         })
         .collect();
 
@@ -109,10 +109,7 @@ async fn acknowledged_events_survive_sigkill_and_retries_still_count_once() {
         .await
         .expect("recommend")
         .into_inner();
-    assert_ne!(
-        before.model_version, "popularity",
-        "the events made a query"
-    );
+    assert_ne!(before.model_version, "trending", "the events made a query");
     // SIGKILL straight after the acknowledgement: no shutdown path runs.
     gateway.child.kill().expect("kill -9");
     gateway.child.wait().expect("reap");
@@ -125,7 +122,7 @@ async fn acknowledged_events_survive_sigkill_and_retries_still_count_once() {
         .await
         .expect("recommend")
         .into_inner();
-    assert_ne!(after.model_version, "popularity", "history replayed");
+    assert_ne!(after.model_version, "trending", "history replayed");
     let ids = |r: &pb::RecommendResponse| -> Vec<String> {
         r.items.iter().map(|i| i.item_id.clone()).collect()
     };
@@ -170,10 +167,10 @@ async fn a_retried_event_id_counts_once_and_ids_are_per_user() {
     let mut client = recommender(running.addr).await;
     let item = catalog.item_id(catalog.by_popularity()[0]).to_owned();
     let first = vec![
-        with_id(event("u1", &item, pb::EventType::View, T0), "a"),
-        with_id(event("u1", &item, pb::EventType::Click, T0 + 1), "b"),
+        with_id(event("u1", &item, pb::EventType::View, t0()), "a"),
+        with_id(event("u1", &item, pb::EventType::Click, t0() + 1), "b"),
         // No id: never a duplicate.
-        event("u1", &item, pb::EventType::View, T0 + 2),
+        event("u1", &item, pb::EventType::View, t0() + 2),
     ];
     let ack = client
         .record_events(pb::RecordEventsRequest {
@@ -185,10 +182,10 @@ async fn a_retried_event_id_counts_once_and_ids_are_per_user() {
     assert_eq!((ack.accepted, ack.duplicates), (3, 0));
     let mut again = first.clone();
     // The same id from another user is another event.
-    again.push(with_id(event("u2", &item, pb::EventType::View, T0), "a"));
+    again.push(with_id(event("u2", &item, pb::EventType::View, t0()), "a"));
     // Repeated inside one batch: once.
-    again.push(with_id(event("u2", &item, pb::EventType::View, T0), "c"));
-    again.push(with_id(event("u2", &item, pb::EventType::View, T0), "c"));
+    again.push(with_id(event("u2", &item, pb::EventType::View, t0()), "c"));
+    again.push(with_id(event("u2", &item, pb::EventType::View, t0()), "c"));
     let ack = client
         .record_events(pb::RecordEventsRequest { events: again })
         .await
@@ -209,21 +206,21 @@ async fn bad_events_are_invalid_argument_naming_the_field_and_record_nothing() {
             "events[1].timestamp_ms",
         ),
         (
-            event("u", "no-such-item", pb::EventType::View, T0),
+            event("u", "no-such-item", pb::EventType::View, t0()),
             "events[1].item_id",
         ),
         (
-            event("u", &item, pb::EventType::Unspecified, T0),
+            event("u", &item, pb::EventType::Unspecified, t0()),
             "events[1].type",
         ),
         (
-            event("", &item, pb::EventType::View, T0),
+            event("", &item, pb::EventType::View, t0()),
             "events[1].user_id",
         ),
     ];
     for (bad, field) in cases {
         let good = with_id(
-            event("bad-batch-user", &item, pb::EventType::Purchase, T0),
+            event("bad-batch-user", &item, pb::EventType::Purchase, t0()),
             "x",
         );
         let err = client
@@ -239,7 +236,7 @@ async fn bad_events_are_invalid_argument_naming_the_field_and_record_nothing() {
     let ack = client
         .record_events(pb::RecordEventsRequest {
             events: vec![with_id(
-                event("bad-batch-user", &item, pb::EventType::Purchase, T0),
+                event("bad-batch-user", &item, pb::EventType::Purchase, t0()),
                 "x",
             )],
         })
@@ -260,21 +257,21 @@ async fn the_stream_records_good_events_and_lists_the_bad_ones() {
     let messages = vec![
         pb::RecordEventStreamRequest {
             events: vec![
-                with_id(event(user, &items[0], pb::EventType::Click, T0), "s0"),
-                event(user, "unknown-item", pb::EventType::View, T0),
+                with_id(event(user, &items[0], pb::EventType::Click, t0()), "s0"),
+                event(user, "unknown-item", pb::EventType::View, t0()),
             ],
         },
         pb::RecordEventStreamRequest {
             events: vec![
                 with_id(
-                    event(user, &items[1], pb::EventType::AddToCart, T0 + 1),
+                    event(user, &items[1], pb::EventType::AddToCart, t0() + 1),
                     "s1",
                 ),
                 // A retry of the first message's event.
-                with_id(event(user, &items[0], pb::EventType::Click, T0), "s0"),
+                with_id(event(user, &items[0], pb::EventType::Click, t0()), "s0"),
                 event(user, &items[2], pb::EventType::View, 12),
                 with_id(
-                    event(user, &items[3], pb::EventType::Purchase, T0 + 2),
+                    event(user, &items[3], pb::EventType::Purchase, t0() + 2),
                     "s3",
                 ),
             ],
@@ -301,7 +298,7 @@ async fn the_stream_records_good_events_and_lists_the_bad_ones() {
         .expect("recommend")
         .into_inner();
     assert_ne!(
-        recs.model_version, "popularity",
+        recs.model_version, "trending",
         "streamed events are history"
     );
     assert!(

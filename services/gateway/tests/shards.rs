@@ -76,11 +76,11 @@ async fn shards_merge_into_the_unsharded_answer_and_degrade_when_one_is_down() {
     let events: Vec<pb::Event> = items_in(&full, "electronics", 3)
         .iter()
         .enumerate()
-        .map(|(n, i)| event("u", i, pb::EventType::Click, T0 + n as i64 * 60_000))
+        .map(|(n, i)| event("u", i, pb::EventType::Click, t0() + n as i64 * 60_000))
         .collect();
     let req = pb::RecommendRequest {
         filter: Some(pb::ItemFilter {
-            in_stock_only: true,
+            in_stock_only: Some(true),
             ..Default::default()
         }),
         ..request("u", 40)
@@ -163,7 +163,7 @@ async fn a_shard_that_never_answers_is_cut_off_at_the_stage_deadline() {
                 "h",
                 &items_in(&full, "electronics", 1)[0],
                 pb::EventType::View,
-                T0,
+                t0(),
             )],
         })
         .await

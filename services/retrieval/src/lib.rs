@@ -226,7 +226,7 @@ pub fn filter_from_proto(filter: Option<pb::ItemFilter>) -> FilterSpec {
         categories: f.categories,
         min_price: f.min_price,
         max_price: f.max_price,
-        in_stock_only: f.in_stock_only,
+        in_stock_only: f.in_stock_only.unwrap_or(false),
         exclude_item_ids: f.exclude_item_ids,
     }
 }

@@ -151,4 +151,10 @@ pub fn items_in(catalog: &Catalog, category: &str, n: usize) -> Vec<String> {
         .collect()
 }
 
-pub const T0: i64 = 1_790_000_000_000;
+/// A few hours ago: recent enough for every time window (purchase exclusion, trending).
+pub fn t0() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+        - 6 * 3_600_000
+}
