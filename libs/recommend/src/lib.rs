@@ -12,9 +12,9 @@ mod stages;
 pub use error::{RecommendError, StageError};
 pub use events::{EventIntake, IncomingEvent, Recorded, Rejection};
 pub use pipeline::{
-    DEFAULT_K, DEFAULT_NUM_CANDIDATES, MAX_EVENTS_PER_BATCH, MAX_K, MAX_NUM_CANDIDATES,
+    Budgets, DEFAULT_K, DEFAULT_NUM_CANDIDATES, MAX_EVENTS_PER_BATCH, MAX_K, MAX_NUM_CANDIDATES,
     RETRIEVAL_ORDER_VERSION, RecommendRequest, Recommendation, RecommendedItem, Recommender,
-    Stages, TRENDING_VERSION,
+    Settings, Stages, TRENDING_VERSION,
 };
 pub use rules::{RuleEffect, RulesConfig};
 pub use stages::{

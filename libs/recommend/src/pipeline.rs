@@ -1,5 +1,6 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tandem_catalog::{Catalog, ItemIdx};
 use tandem_personalization::{QueryConfig, StateStore, UserHistory, query_vector};
@@ -34,6 +35,34 @@ pub struct RecommendRequest {
     pub context: BTreeMap<String, String>,
     /// Score with this model version instead of the user's traffic-split share.
     pub model_version: Option<String>,
+    /// When the caller stops waiting; stage budgets are cut from the time left.
+    pub deadline: Option<Instant>,
+}
+
+/// How the time a caller gives is shared between the stages.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Budgets {
+    /// Share of the time left that retrieval may use; ranking gets what retrieval leaves.
+    pub retrieval_share: f64,
+    /// Kept back from the deadline for the rules, encoding and the network back.
+    pub reserve: Duration,
+}
+
+impl Default for Budgets {
+    fn default() -> Self {
+        Self {
+            retrieval_share: 0.4,
+            reserve: Duration::from_millis(5),
+        }
+    }
+}
+
+/// Everything about how answers are made, besides the stages.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Settings {
+    pub query: QueryConfig,
+    pub rules: RulesConfig,
+    pub budgets: Budgets,
 }
 
 /// The UTC hour, as the `hour_of_day` context value.
@@ -78,6 +107,7 @@ pub struct Recommender {
     ranking: Arc<dyn ScoringStage>,
     query: QueryConfig,
     rules: RulesConfig,
+    budgets: Budgets,
 }
 
 impl std::fmt::Debug for Recommender {
@@ -102,8 +132,7 @@ impl Recommender {
         state: Arc<dyn StateStore>,
         events: EventIntake,
         stages: Stages,
-        query: QueryConfig,
-        rules: RulesConfig,
+        settings: Settings,
     ) -> Self {
         Self {
             catalog,
@@ -111,9 +140,18 @@ impl Recommender {
             events,
             retrieval: stages.retrieval,
             ranking: stages.ranking,
-            query,
-            rules,
+            query: settings.query,
+            rules: settings.rules,
+            budgets: settings.budgets,
         }
+    }
+
+    /// Time left for stages: until the deadline less the reserve (`None`: no deadline).
+    fn time_left(&self, deadline: Option<Instant>) -> Option<Duration> {
+        deadline.map(|d| {
+            d.saturating_duration_since(Instant::now())
+                .saturating_sub(self.budgets.reserve)
+        })
     }
 
     pub fn catalog(&self) -> &Arc<Catalog> {
@@ -213,8 +251,15 @@ impl Recommender {
         spec.exclude_item_ids
             .extend(excluded.iter().map(|&i| self.catalog.item_id(i).to_owned()));
 
-        let (candidates, partial) = match self.retrieval.search(&query, num_candidates, &spec).await
-        {
+        let retrieval_budget = self
+            .time_left(req.deadline)
+            .map(|left| left.mul_f64(self.budgets.retrieval_share.clamp(0.0, 1.0)));
+        let search = within(
+            retrieval_budget,
+            "retrieval",
+            self.retrieval.search(&query, num_candidates, &spec),
+        );
+        let (candidates, partial) = match search.await {
             Ok(r) => (r.candidates, r.partial),
             Err(StageError::InvalidArgument { field, reason }) => {
                 return Err(RecommendError::InvalidArgument { field, reason });
@@ -252,8 +297,12 @@ impl Recommender {
             context: &context,
             model_version: req.model_version.as_deref().filter(|v| !v.is_empty()),
         };
-        let (scores, model_version, degraded) = match self.ranking.score(scoring, &candidates).await
-        {
+        let scoring = within(
+            self.time_left(req.deadline),
+            "ranking",
+            self.ranking.score(scoring, &candidates),
+        );
+        let (scores, model_version, degraded) = match scoring.await {
             Ok(s) if s.scores.len() == candidates.len() => (s.scores, s.model_version, None),
             Ok(s) => {
                 let why = format!(
@@ -405,6 +454,31 @@ struct Plan<'a> {
     cap: usize,
     filter: &'a ItemFilter,
     history: &'a UserHistory,
+}
+
+/// Runs a stage call within `budget`; past it the call is dropped (a remote call is
+/// cancelled) and the stage counts as unavailable, so the pipeline degrades in time.
+async fn within<T>(
+    budget: Option<Duration>,
+    stage: &str,
+    call: impl std::future::Future<Output = Result<T, StageError>>,
+) -> Result<T, StageError> {
+    let Some(budget) = budget else {
+        return call.await;
+    };
+    if budget.is_zero() {
+        return Err(StageError::Unavailable(format!(
+            "{stage} skipped: no time left before the deadline"
+        )));
+    }
+    tokio::time::timeout(budget, call)
+        .await
+        .unwrap_or_else(|_| {
+            Err(StageError::Unavailable(format!(
+                "{stage} timed out after its {} ms budget",
+                budget.as_millis()
+            )))
+        })
 }
 
 /// Scores that keep retrieval's order when ranking cannot answer.

@@ -1,22 +1,39 @@
 //! `tandem.v1.RecommenderService` handlers: wire types in, domain calls, wire types out.
 
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tandem_personalization::EventKind;
 use tandem_proto::v1 as pb;
 use tandem_recommend::{IncomingEvent, RecommendRequest, Recommender};
 use tandem_retrieval_service::filter_from_proto;
 use tandem_server::Ready;
+
+use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::status::status;
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct RecommenderApi {
     recommender: Ready<Recommender>,
+    /// One permit per Recommend in flight; none left → shed.
+    in_flight: Arc<Semaphore>,
+    max_in_flight: usize,
+    default_deadline: Duration,
 }
 
 impl RecommenderApi {
-    pub fn new(recommender: Ready<Recommender>) -> Self {
-        Self { recommender }
+    pub fn new(
+        recommender: Ready<Recommender>,
+        max_in_flight: usize,
+        default_deadline: Duration,
+    ) -> Self {
+        Self {
+            recommender,
+            in_flight: Arc::new(Semaphore::new(max_in_flight)),
+            max_in_flight,
+            default_deadline,
+        }
     }
 
     pub fn into_service(self) -> pb::recommender_service_server::RecommenderServiceServer<Self> {
@@ -42,8 +59,17 @@ impl pb::recommender_service_server::RecommenderService for RecommenderApi {
         &self,
         request: Request<pb::RecommendRequest>,
     ) -> Result<Response<pb::RecommendResponse>, Status> {
+        let received = Instant::now();
+        let Ok(_permit) = self.in_flight.try_acquire() else {
+            return Err(Status::resource_exhausted(format!(
+                "{} Recommend calls in flight, the most this gateway takes (--max-in-flight); \
+                 retry with backoff",
+                self.max_in_flight
+            )));
+        };
         let recommender = self.recommender.get()?;
         let request_id = uuid::Uuid::new_v4().to_string();
+        let timeout = grpc_timeout(request.metadata()).unwrap_or(self.default_deadline);
         let req = request.into_inner();
         let in_stock_only = req.filter.as_ref().and_then(|f| f.in_stock_only);
         let domain = RecommendRequest {
@@ -56,6 +82,7 @@ impl pb::recommender_service_server::RecommenderService for RecommenderApi {
             context_item_ids: req.context_item_ids,
             context: req.context.into_iter().collect(),
             model_version: (!req.model_version.is_empty()).then_some(req.model_version),
+            deadline: Some(received + timeout),
         };
         let result = recommender.recommend(&domain).await.map_err(|e| {
             tracing::debug!(%request_id, error = %e, "recommend rejected");
@@ -140,6 +167,26 @@ impl pb::recommender_service_server::RecommenderService for RecommenderApi {
     }
 }
 
+/// The caller's deadline from the `grpc-timeout` header: 1 to 8 digits and a unit (H, M, S,
+/// m, u, n). `None` when absent or malformed.
+fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
+    let raw = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = raw.split_at(raw.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
 /// Rejections listed in a stream's summary; the count covers all of them.
 const MAX_REPORTED_REJECTIONS: usize = 100;
 
@@ -154,4 +201,27 @@ fn incoming(events: Vec<pb::Event>) -> Vec<IncomingEvent> {
             event_id: e.event_id,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_units() {
+        let parse = |v: &str| {
+            let mut m = tonic::metadata::MetadataMap::new();
+            m.insert("grpc-timeout", v.parse().expect("ascii"));
+            grpc_timeout(&m)
+        };
+        assert_eq!(parse("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(parse("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse("99999u"), Some(Duration::from_micros(99_999)));
+        assert_eq!(parse("5n"), Some(Duration::from_nanos(5)));
+        assert_eq!(parse("123456789m"), None, "more than 8 digits");
+        assert_eq!(parse("m"), None);
+        assert_eq!(parse("10x"), None);
+        assert_eq!(grpc_timeout(&tonic::metadata::MetadataMap::new()), None);
+    }
 }

@@ -59,6 +59,19 @@ pub struct Config {
     /// Trending counts halve every this many minutes.
     #[arg(long, env = "TANDEM_TRENDING_HALF_LIFE_MIN", default_value_t = 360)]
     pub trending_half_life_min: u64,
+    /// Deadline of a Recommend whose caller set none (`grpc-timeout`), in milliseconds.
+    #[arg(long, env = "TANDEM_DEFAULT_DEADLINE_MS", default_value_t = 1000)]
+    pub default_deadline_ms: u64,
+    /// Share of a request's time left that retrieval may use; ranking gets the rest.
+    #[arg(long, env = "TANDEM_RETRIEVAL_BUDGET_SHARE", default_value_t = 0.4)]
+    pub retrieval_budget_share: f64,
+    /// Milliseconds kept back from the deadline for business rules and the reply.
+    #[arg(long, env = "TANDEM_DEADLINE_RESERVE_MS", default_value_t = 5)]
+    pub deadline_reserve_ms: u64,
+    /// Recommend calls served at once; past this new ones get RESOURCE_EXHAUSTED at once (load
+    /// shedding) so accepted ones keep their latency. Default: 32 per core.
+    #[arg(long, env = "TANDEM_MAX_IN_FLIGHT")]
+    pub max_in_flight: Option<usize>,
     /// Event ids remembered to recognise retries (the most recent ones).
     #[arg(long, env = "TANDEM_DEDUPE_WINDOW", default_value_t = 1_000_000)]
     pub dedupe_window: usize,
@@ -92,6 +105,18 @@ impl Config {
         }
         if self.event_segment_mib == 0 {
             return Err("--event-segment-mib must be positive".into());
+        }
+        if self.default_deadline_ms == 0 {
+            return Err("--default-deadline-ms must be positive".into());
+        }
+        if !(self.retrieval_budget_share > 0.0 && self.retrieval_budget_share < 1.0) {
+            return Err(format!(
+                "--retrieval-budget-share must be between 0 and 1 (exclusive), got {}",
+                self.retrieval_budget_share
+            ));
+        }
+        if self.max_in_flight == Some(0) {
+            return Err("--max-in-flight must be positive".into());
         }
         if self.trending_half_life_min == 0 {
             return Err("--trending-half-life-min must be positive".into());
@@ -150,6 +175,22 @@ impl Config {
             purchase_exclusion_ms: (self.purchase_exclusion_hours > 0)
                 .then(|| (self.purchase_exclusion_hours as i64).saturating_mul(3_600_000)),
         }
+    }
+
+    pub(crate) fn budgets(&self) -> tandem_recommend::Budgets {
+        tandem_recommend::Budgets {
+            retrieval_share: self.retrieval_budget_share,
+            reserve: Duration::from_millis(self.deadline_reserve_ms),
+        }
+    }
+
+    pub(crate) fn max_in_flight(&self) -> usize {
+        self.max_in_flight
+            .unwrap_or_else(|| 32 * std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
+
+    pub(crate) fn default_deadline(&self) -> Duration {
+        Duration::from_millis(self.default_deadline_ms)
     }
 
     pub(crate) fn trending(&self) -> tandem_personalization::TrendingConfig {

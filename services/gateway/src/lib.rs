@@ -19,7 +19,7 @@ use tandem_proto::v1::retrieval_service_server::RetrievalServiceServer;
 use tandem_ranking_service::{RankingAdminApi, RankingApi, load_ranker};
 use tandem_recommend::{
     CandidateStage, EventIntake, InProcessRanking, InProcessRetrieval, Recommender, ScoringStage,
-    Stages,
+    Settings, Stages,
 };
 use tandem_retrieval_service::RetrievalApi;
 use tandem_server::{Health, Ready, service_name};
@@ -58,7 +58,14 @@ pub async fn start(
     let recommender = Ready::default();
     let index = Ready::default();
     let ranker = Ready::default();
-    routes = routes.add_service(RecommenderApi::new(recommender.clone()).into_service());
+    routes = routes.add_service(
+        RecommenderApi::new(
+            recommender.clone(),
+            config.max_in_flight(),
+            config.default_deadline(),
+        )
+        .into_service(),
+    );
     if config.retrieval_addr.is_none() {
         routes = routes.add_service(RetrievalApi::new(index.clone()).into_service());
     }
@@ -147,8 +154,11 @@ pub async fn start(
                 history,
                 events,
                 Stages { retrieval, ranking },
-                QueryConfig::default(),
-                config.rules(),
+                Settings {
+                    query: QueryConfig::default(),
+                    rules: config.rules(),
+                    budgets: config.budgets(),
+                },
             )));
             health.set_serving(true).await;
             tracing::info!("serving");

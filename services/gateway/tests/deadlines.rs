@@ -1,0 +1,186 @@
+//! Deadlines and load shedding: a slow ranking tier (a real gRPC server on loopback that takes
+//! its time) degrades the answer inside the caller's deadline; past --max-in-flight, new calls
+//! are shed with RESOURCE_EXHAUSTED at once while the accepted ones are answered.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::*;
+use tandem_proto::v1 as pb;
+use tonic::{Code, Request, Response, Status};
+
+/// Answers Rank after `delay` with a score per candidate.
+#[derive(Clone)]
+struct SlowRanking {
+    delay: Duration,
+}
+
+#[tonic::async_trait]
+impl pb::ranking_service_server::RankingService for SlowRanking {
+    async fn rank(
+        &self,
+        request: Request<pb::RankRequest>,
+    ) -> Result<Response<pb::RankResponse>, Status> {
+        tokio::time::sleep(self.delay).await;
+        let n = request.into_inner().candidates.len();
+        Ok(Response::new(pb::RankResponse {
+            scores: (0..n).map(|i| i as f32).collect(),
+            model_version: "slow/1".into(),
+        }))
+    }
+}
+
+async fn slow_ranking(delay: Duration) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(pb::ranking_service_server::RankingServiceServer::new(
+                SlowRanking { delay },
+            ))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    addr
+}
+
+async fn with_history(
+    client: &mut pb::recommender_service_client::RecommenderServiceClient<
+        tonic::transport::Channel,
+    >,
+    user: &str,
+) {
+    let catalog = catalog();
+    let events = items_in(&catalog, "kitchen", 3)
+        .iter()
+        .map(|i| event(user, i, pb::EventType::Click, t0()))
+        .collect();
+    client
+        .record_events(pb::RecordEventsRequest { events })
+        .await
+        .expect("events");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_ranking_degrades_inside_the_callers_deadline() {
+    let ranking = slow_ranking(Duration::from_secs(3)).await;
+    let gw = start(config(&[
+        &format!("--ranking-addr={ranking}"),
+        "--stage-timeout-ms=10000",
+    ]))
+    .await;
+    let mut client = recommender(gw.addr).await;
+    with_history(&mut client, "hurried").await;
+    for deadline_ms in [150u64, 400] {
+        let mut request = Request::new(request("hurried", 10));
+        request.set_timeout(Duration::from_millis(deadline_ms));
+        let started = Instant::now();
+        let resp = client
+            .recommend(request)
+            .await
+            .expect("degraded, not failed")
+            .into_inner();
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_millis(deadline_ms),
+            "answered in {took:?}, deadline {deadline_ms} ms"
+        );
+        assert!(resp.degraded);
+        assert_eq!(resp.model_version, "retrieval");
+        assert!(
+            resp.degraded_reason.contains("ranking timed out"),
+            "{}",
+            resp.degraded_reason
+        );
+        assert_eq!(resp.items.len(), 10);
+    }
+    // Without a caller deadline the gateway's default (1000 ms) bounds it.
+    let started = Instant::now();
+    let resp = client
+        .recommend(request("hurried", 10))
+        .await
+        .expect("degraded")
+        .into_inner();
+    assert!(resp.degraded && started.elapsed() < Duration::from_millis(1000));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retrieval_down_answers_trending_degraded() {
+    let gw = start(config(&[
+        "--retrieval-addr=127.0.0.1:1",
+        "--stage-timeout-ms=300",
+    ]))
+    .await;
+    let mut client = recommender(gw.addr).await;
+    with_history(&mut client, "stranded").await;
+    let resp = client
+        .recommend(request("stranded", 10))
+        .await
+        .expect("degraded, not failed")
+        .into_inner();
+    assert!(resp.degraded);
+    assert_eq!(resp.model_version, "trending");
+    assert!(
+        resp.degraded_reason.contains("retrieval"),
+        "{}",
+        resp.degraded_reason
+    );
+    assert_eq!(resp.items.len(), 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_capacity_new_calls_are_shed_at_once() {
+    let ranking = slow_ranking(Duration::from_millis(400)).await;
+    let gw = start(config(&[
+        &format!("--ranking-addr={ranking}"),
+        "--max-in-flight=2",
+        "--default-deadline-ms=5000",
+    ]))
+    .await;
+    let mut client = recommender(gw.addr).await;
+    with_history(&mut client, "crowd").await;
+    let calls: Vec<_> = (0..6)
+        .map(|n| {
+            let mut client = client.clone();
+            tokio::spawn(async move {
+                // Stagger slightly so the first two are surely in flight.
+                tokio::time::sleep(Duration::from_millis(if n < 2 { 0 } else { 100 })).await;
+                let started = Instant::now();
+                let result = client.recommend(request("crowd", 10)).await;
+                (result.map(|r| r.into_inner()), started.elapsed())
+            })
+        })
+        .collect();
+    let (mut served, mut shed) = (0, 0);
+    for call in calls {
+        let (result, took) = call.await.expect("task");
+        match result {
+            Ok(resp) => {
+                served += 1;
+                assert!(
+                    !resp.degraded,
+                    "accepted calls are served in full: {resp:?}"
+                );
+                assert_eq!(resp.model_version, "slow/1");
+            }
+            Err(status) => {
+                shed += 1;
+                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                assert!(
+                    took < Duration::from_millis(100),
+                    "shed at once, took {took:?}"
+                );
+            }
+        }
+    }
+    assert_eq!((served, shed), (2, 4));
+    // Capacity comes back when they finish.
+    let resp = client
+        .recommend(request("crowd", 10))
+        .await
+        .expect("served");
+    assert_eq!(resp.into_inner().model_version, "slow/1");
+}
