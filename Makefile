@@ -19,7 +19,7 @@ MODEL ?= ranker
 ORT_DYLIB_PATH = $$(ls $(CURDIR)/$(VENV)/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* 2>/dev/null | head -n1)
 PIPELINE_SRC := $(wildcard models/tandem_pipeline/*.py)
 
-.PHONY: help run run-split run-gpu gpu-venv build data test-data test lint buf-lint bench bench-ann bench-ann-large bench-ranking clean
+.PHONY: help run run-split run-gpu gpu-venv build data test-data test lint buf-lint bench bench-ann bench-ann-large bench-ranking train-from-served clean
 
 help:
 	@echo "make run        start tandem (embedded) on $(LISTEN) with the demo catalog and model"
@@ -86,6 +86,11 @@ $(VENV)/.bench-installed: $(VENV)/.installed load-tests/ann/requirements.txt
 
 data/large/eval.json: $(VENV)/.installed $(PIPELINE_SRC)
 	cd models && ../$(PY) -W ignore -m tandem_pipeline --out ../data/large --large
+
+# Retrain on what `make run` served: its exported events (closed log segments) and catalog.
+SERVED_EVENTS ?= data/demo/state/events/parquet
+train-from-served: $(VENV)/.installed
+	cd models && ../$(PY) -W ignore -m tandem_pipeline --out ../data/served --events-from ../$(SERVED_EVENTS) --catalog ../data/demo/items.parquet
 
 bench-ann: $(VENV)/.bench-installed data/demo/eval.json
 	$(PY) load-tests/ann/compare.py --data data/demo --out load-tests/ann/results

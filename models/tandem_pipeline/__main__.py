@@ -17,7 +17,7 @@ import onnxruntime as ort
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import seqranker, world
+from . import seqranker, served, world
 from .embeddings import learn_item_embeddings
 from .evaluate import evaluate, print_report
 from .features import TYPE_WEIGHTS, assemble, make_spec
@@ -40,6 +40,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--eval-users", type=int, default=3_000, help="users sampled for evaluation")
     p.add_argument("--model-version", default="1")
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--events-from", default=None,
+                   help="train on events tandem served: its event log's Parquet export "
+                        "(<event-log-dir>/parquet), with the items of --catalog, instead of a synthetic world")
+    p.add_argument("--catalog", default=None, help="items.parquet whose items the served events name")
     return p.parse_args()
 
 
@@ -151,8 +155,14 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     t0 = time.time()
 
-    items = world.make_items(rng, n_items)
-    events = world.make_events(rng, items, n_users, args.days)
+    if args.events_from:
+        if not args.catalog:
+            raise SystemExit("--events-from needs --catalog (the items.parquet the events name)")
+        items, events, n_users = served.world_from_logs(Path(args.catalog), Path(args.events_from))
+        n_items = len(items.item_id)
+    else:
+        items = world.make_items(rng, n_items)
+        events = world.make_events(rng, items, n_users, args.days)
     train, test, cutoff = world.split_by_time(events, 0.85)
     n_types = np.bincount(events.type, minlength=5)[1:]
     print(f"world: {n_items} items, {n_users} users, {len(events.ts)} events "

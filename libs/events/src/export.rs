@@ -33,7 +33,7 @@ pub(crate) fn day_of(timestamp_ms: i64) -> i64 {
 }
 
 /// `YYYY-MM-DD` of a day number (proleptic Gregorian; H. Hinnant's `civil_from_days`).
-fn civil(day: i64) -> String {
+pub(crate) fn civil(day: i64) -> String {
     let z = day + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);

@@ -3,16 +3,19 @@
 //! previous one) before the caller is answered, replayed at start-up to rebuild user state,
 //! and rolled into Parquet files partitioned by day for the models pipeline to train from.
 //!
-//! Retried deliveries are recognised by their event id ([`SeenIds`]).
+//! Retried deliveries are recognised by their event id ([`SeenIds`]). A sample of what was
+//! served, with the model's features, goes to Parquet too ([`ServedLog`]).
 
 mod dedupe;
 mod error;
 mod export;
 mod log;
 mod record;
+mod served;
 
 pub use dedupe::SeenIds;
 pub use error::EventLogError;
 pub use export::{EXPORT_DIR, export_segment, read_exported};
 pub use log::{EventLog, EventLogConfig, Replayed};
 pub use record::{LoggedEvent, kind_code, kind_from_code};
+pub use served::{ServedCandidate, ServedFeature, ServedLog, ServedLogConfig, ServedRecord};

@@ -84,7 +84,7 @@ pub(crate) struct Batcher {
     queue: Mutex<Queue>,
     ready: Condvar,
     config: BatchConfig,
-    assembler: Assembler,
+    pub(crate) assembler: Assembler,
     catalog: Arc<Catalog>,
     spec: FeatureSpec,
     /// Runs in progress, led or queued.

@@ -41,6 +41,27 @@ pub struct AssembledInput {
     pub values: InputValues,
 }
 
+/// One feature's values for every row of a request, as the model saw them: `values` holds
+/// `rows × width` numbers (int64 ids are exact as f64 below 2^53).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeatureValues {
+    /// The model input it is part of.
+    pub input: String,
+    /// The source, with its column or key where it has one (`item_numeric:price`).
+    pub feature: String,
+    pub width: usize,
+    pub values: Vec<f64>,
+}
+
+impl FeatureValues {
+    /// Row `row`'s values.
+    pub fn row(&self, row: usize) -> &[f64] {
+        self.values
+            .get(row * self.width..(row + 1) * self.width)
+            .unwrap_or(&[])
+    }
+}
+
 /// Checks what the spec will read from a request, so that assembly cannot fail later.
 pub(crate) fn validate(
     spec: &FeatureSpec,
@@ -118,6 +139,8 @@ struct CompiledInput {
     dtype: InputDtype,
     /// Each feature with its offset in the row.
     features: Vec<(usize, Compiled)>,
+    /// Name and width of each feature, in the same order.
+    names: Vec<(String, usize)>,
 }
 
 #[derive(Debug, Clone)]
@@ -169,6 +192,11 @@ impl Assembler {
                 name: input.name.clone(),
                 width: input.width(),
                 dtype: input.dtype,
+                names: input
+                    .features
+                    .iter()
+                    .map(|f| (feature_name(f), f.width()))
+                    .collect(),
                 features: input
                     .features
                     .iter()
@@ -293,9 +321,53 @@ impl Assembler {
         }
     }
 
+    /// The request's features by name, split out of the assembled inputs.
+    pub fn named_features(&self, catalog: &Catalog, request: &ScoreRequest) -> Vec<FeatureValues> {
+        let rows = request.items.len();
+        let mut values = Vec::new();
+        self.assemble_into(catalog, &[request], &mut values);
+        let mut out = Vec::new();
+        for (input, values) in self.inputs.iter().zip(&values) {
+            let as_f64: Vec<f64> = match values {
+                InputValues::F32(v) => v.iter().map(|&x| f64::from(x)).collect(),
+                InputValues::I64(v) => v.iter().map(|&x| x as f64).collect(),
+            };
+            let mut offset = 0;
+            for (name, width) in &input.names {
+                let mut column = Vec::with_capacity(rows * width);
+                for row in as_f64.chunks_exact(input.width.max(1)).take(rows) {
+                    column.extend_from_slice(&row[offset..offset + width]);
+                }
+                out.push(FeatureValues {
+                    input: input.name.clone(),
+                    feature: name.clone(),
+                    width: *width,
+                    values: column,
+                });
+                offset += width;
+            }
+        }
+        out
+    }
+
     /// `(name, width)` of each input, in spec order.
     pub fn input_shapes(&self) -> impl Iterator<Item = (&str, usize)> {
         self.inputs.iter().map(|i| (i.name.as_str(), i.width))
+    }
+}
+
+/// `item_numeric:price`, `context_numeric:hour_of_day`, or the bare source name.
+fn feature_name(f: &FeatureSource) -> String {
+    match f {
+        FeatureSource::ItemNumeric { column, .. }
+        | FeatureSource::ItemCategorical { column, .. } => {
+            format!("{}:{column}", f.name())
+        }
+        FeatureSource::ContextNumeric { key, .. }
+        | FeatureSource::ContextCategorical { key, .. } => {
+            format!("{}:{key}", f.name())
+        }
+        _ => f.name().to_owned(),
     }
 }
 

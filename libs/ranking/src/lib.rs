@@ -18,7 +18,7 @@ mod stats;
 
 pub use batcher::BatchConfig;
 pub use error::RankingError;
-pub use features::{AssembledInput, Assembler, InputValues, ScoreRequest, assemble};
+pub use features::{AssembledInput, Assembler, FeatureValues, InputValues, ScoreRequest, assemble};
 pub use model::{ModelVersion, RankerConfig};
 pub use registry::{Ranker, RankerInfo, Rejection, Scores, SplitEntry, parse_split};
 pub use session::{ActiveProvider, ExecutionProvider, init_runtime};

@@ -8,7 +8,7 @@ use tandem_catalog::Catalog;
 
 use crate::RankingError;
 use crate::batcher::{Admission, BatchConfig, Batcher, Runner, run_batch};
-use crate::features::{Assembler, ScoreRequest, validate};
+use crate::features::{Assembler, FeatureValues, ScoreRequest, validate};
 use crate::session::{
     ActiveProvider, ExecutionProvider, SessionOptions, check_model, init_runtime, open_session,
 };
@@ -146,6 +146,16 @@ impl ModelVersion {
         &self.version
     }
 
+    /// The features this version computes for `request`, by name (explain, served logs).
+    /// Assembly is deterministic, so these are the values its scores came from.
+    pub fn features(&self, request: &ScoreRequest) -> Result<Vec<FeatureValues>, RankingError> {
+        validate(&self.spec, &self.catalog, request)?;
+        Ok(self
+            .batcher
+            .assembler
+            .named_features(&self.catalog, request))
+    }
+
     pub fn label(&self) -> &str {
         &self.label
     }
@@ -204,6 +214,8 @@ impl ModelVersion {
 
     /// One score per candidate. A caller that leads runs the model in place on a multi-thread
     /// runtime (`block_in_place`), else on the blocking pool.
+    ///
+    /// See also [`ModelVersion::features`] for what the model saw.
     pub(crate) async fn score(&self, request: ScoreRequest) -> Result<Vec<f32>, RankingError> {
         match self.admit(request)? {
             None => Ok(Vec::new()),

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use tandem_catalog::Catalog;
 
 use crate::RankingError;
-use crate::features::ScoreRequest;
+use crate::features::{FeatureValues, ScoreRequest};
 use crate::model::{ModelVersion, RankerConfig};
 
 /// Scores for one request and the version that produced them.
@@ -271,6 +271,23 @@ impl Ranker {
             scores,
             model_version: version.label().to_owned(),
         })
+    }
+
+    /// [`Ranker::rank`], plus the model's input values per feature for every candidate.
+    pub async fn rank_with_features(
+        &self,
+        request: ScoreRequest,
+    ) -> Result<(Scores, Vec<FeatureValues>), RankingError> {
+        let version = self.version_for(&request)?;
+        let features = version.features(&request)?;
+        let scores = version.score(request).await?;
+        Ok((
+            Scores {
+                scores,
+                model_version: version.label().to_owned(),
+            },
+            features,
+        ))
     }
 
     /// [`Ranker::rank`] for callers outside an async runtime.

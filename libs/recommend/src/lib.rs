@@ -18,5 +18,6 @@ pub use pipeline::{
 };
 pub use rules::{RuleEffect, RulesConfig};
 pub use stages::{
-    CandidateStage, InProcessRanking, InProcessRetrieval, Retrieved, ScoringContext, ScoringStage,
+    CandidateStage, InProcessRanking, InProcessRetrieval, Retrieved, Scored, ScoringContext,
+    ScoringStage,
 };

@@ -6,6 +6,9 @@ use tandem_catalog::{Catalog, ItemIdx};
 use tandem_personalization::{QueryConfig, StateStore, UserHistory, query_vector};
 use tandem_retrieval::{Candidate, FilterSpec, ItemFilter};
 
+use tandem_events::{ServedCandidate, ServedFeature, ServedLog, ServedRecord};
+use tandem_ranking::FeatureValues;
+
 use crate::events::{EventIntake, IncomingEvent, Recorded, Rejection};
 use crate::rules::{self, Placed, RuleEffect, RulesConfig};
 use crate::{CandidateStage, RecommendError, ScoringContext, ScoringStage, StageError};
@@ -37,6 +40,10 @@ pub struct RecommendRequest {
     pub model_version: Option<String>,
     /// When the caller stops waiting; stage budgets are cut from the time left.
     pub deadline: Option<Instant>,
+    /// Return the model's features and the rules that moved each item.
+    pub explain: bool,
+    /// Names the request in logs and the served-feature log.
+    pub request_id: String,
 }
 
 /// How the time a caller gives is shared between the stages.
@@ -88,6 +95,10 @@ pub struct RecommendedItem {
     pub retrieval_score: f32,
     /// Business rules that moved or added the item.
     pub effects: Vec<RuleEffect>,
+    /// With `explain`: the model's input values for this item (one row each).
+    pub features: Vec<FeatureValues>,
+    /// Its place among the ranked candidates; `None` when it did not come from ranking.
+    pub candidate: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -108,6 +119,8 @@ pub struct Recommender {
     query: QueryConfig,
     rules: RulesConfig,
     budgets: Budgets,
+    /// Where a sample of answers is logged, and the sampled share.
+    served: Option<(Arc<ServedLog>, f64)>,
 }
 
 impl std::fmt::Debug for Recommender {
@@ -143,7 +156,24 @@ impl Recommender {
             query: settings.query,
             rules: settings.rules,
             budgets: settings.budgets,
+            served: None,
         }
+    }
+
+    /// Logs `sample` (0 to 1) of the answers that ranking scored to `log`.
+    pub fn with_served_log(mut self, log: Arc<ServedLog>, sample: f64) -> Self {
+        self.served = Some((log, sample.clamp(0.0, 1.0)));
+        self
+    }
+
+    fn sampled(&self, request_id: &str) -> bool {
+        self.served.as_ref().is_some_and(|(_, share)| {
+            // FNV-1a: the same request id is always in or out of the sample.
+            let h = request_id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+            });
+            ((h % 1_000_000) as f64) < share * 1_000_000.0
+        })
     }
 
     /// Time left for stages: until the deadline less the reserve (`None`: no deadline).
@@ -285,6 +315,7 @@ impl Recommender {
             .filter(|c| seen.insert(c.idx))
             .collect();
 
+        let log_this = self.sampled(&req.request_id);
         let recent: Vec<ItemIdx> = history.recent.iter().rev().map(|e| e.item).collect();
         let mut context = req.context.clone();
         context
@@ -296,14 +327,19 @@ impl Recommender {
             recent_items: &recent,
             context: &context,
             model_version: req.model_version.as_deref().filter(|v| !v.is_empty()),
+            with_features: req.explain || log_this,
         };
         let scoring = within(
             self.time_left(req.deadline),
             "ranking",
             self.ranking.score(scoring, &candidates),
         );
+        let mut features = Vec::new();
         let (scores, model_version, degraded) = match scoring.await {
-            Ok(s) if s.scores.len() == candidates.len() => (s.scores, s.model_version, None),
+            Ok(s) if s.scores.len() == candidates.len() => {
+                features = s.features;
+                (s.scores, s.model_version, None)
+            }
             Ok(s) => {
                 let why = format!(
                     "{} scores for {} candidates",
@@ -331,10 +367,32 @@ impl Recommender {
         };
         let ranked: Vec<Placed> = candidates
             .iter()
-            .zip(scores)
-            .map(|(c, score)| Placed::new(c.idx, score, c.score))
+            .zip(&scores)
+            .enumerate()
+            .map(|(row, (c, &score))| Placed {
+                candidate: Some(row),
+                ..Placed::new(c.idx, score, c.score)
+            })
             .collect();
-        let items = self.apply_rules(&plan, ranked, &HashSet::new());
+        let mut items = self.apply_rules(&plan, ranked, &HashSet::new());
+        if log_this {
+            self.log_served(req, &model_version, &candidates, &scores, &items, &features);
+        }
+        if req.explain {
+            for item in &mut items {
+                if let Some(row) = item.candidate {
+                    item.features = features
+                        .iter()
+                        .map(|f| FeatureValues {
+                            input: f.input.clone(),
+                            feature: f.feature.clone(),
+                            width: f.width,
+                            values: f.row(row).to_vec(),
+                        })
+                        .collect();
+                }
+            }
+        }
         let degraded = match (partial, degraded) {
             (None, d) => d,
             (Some(p), None) => Some(format!("partial retrieval: {p}")),
@@ -349,6 +407,59 @@ impl Recommender {
                 degraded,
             },
         ))
+    }
+
+    /// Offers the answer to the served-feature log (never waits).
+    fn log_served(
+        &self,
+        req: &RecommendRequest,
+        model_version: &str,
+        candidates: &[Candidate],
+        scores: &[f32],
+        items: &[RecommendedItem],
+        features: &[FeatureValues],
+    ) {
+        let Some((log, _)) = &self.served else {
+            return;
+        };
+        let mut position = vec![None; candidates.len()];
+        for (at, item) in items.iter().enumerate() {
+            if let Some(slot) = item.candidate.and_then(|row| position.get_mut(row)) {
+                *slot = Some(at as u32);
+            }
+        }
+        let record = ServedRecord {
+            request_id: req.request_id.clone(),
+            user_id: req.user_id.clone(),
+            timestamp_ms: now_ms(),
+            model_version: model_version.to_owned(),
+            candidates: candidates
+                .iter()
+                .zip(scores)
+                .zip(position)
+                .map(|((c, &score), position)| ServedCandidate {
+                    item_id: self.catalog.item_id(c.idx).to_owned(),
+                    retrieval_score: c.score,
+                    score,
+                    position,
+                })
+                .collect(),
+            features: features
+                .iter()
+                .map(|f| ServedFeature {
+                    input: f.input.clone(),
+                    feature: f.feature.clone(),
+                    width: f.width,
+                    values: f.values.clone(),
+                })
+                .collect(),
+        };
+        if !log.offer(record) {
+            tracing::debug!(
+                request_id = req.request_id,
+                "served-feature log queue full; record dropped"
+            );
+        }
     }
 
     /// Notes the impressions (for demotion) and hands the answer back.
@@ -390,6 +501,8 @@ impl Recommender {
                 score: p.score,
                 retrieval_score: p.retrieval_score,
                 effects: p.effects,
+                features: Vec::new(),
+                candidate: p.candidate,
             })
             .collect()
     }

@@ -68,6 +68,8 @@ pub(crate) struct Placed {
     pub score: f32,
     pub retrieval_score: f32,
     pub effects: Vec<RuleEffect>,
+    /// Its place among the ranked candidates; `None` for backfill.
+    pub candidate: Option<usize>,
 }
 
 impl Placed {
@@ -77,6 +79,7 @@ impl Placed {
             score,
             retrieval_score,
             effects: Vec::new(),
+            candidate: None,
         }
     }
 }

@@ -3,7 +3,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use tandem_catalog::{Catalog, ItemIdx};
-use tandem_ranking::{Ranker, ScoreRequest, Scores};
+use tandem_ranking::{FeatureValues, Ranker, ScoreRequest};
 use tandem_retrieval::{Candidate, FilterSpec, Index, SearchParams};
 
 use crate::StageError;
@@ -46,6 +46,18 @@ pub struct ScoringContext<'a> {
     pub context: &'a BTreeMap<String, String>,
     /// A pinned model version, if the request named one.
     pub model_version: Option<&'a str>,
+    /// Return the model's input values too (explain, served-feature logging).
+    pub with_features: bool,
+}
+
+/// What ranking answered.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Scored {
+    /// One per candidate, in request order.
+    pub scores: Vec<f32>,
+    pub model_version: String,
+    /// With `with_features`: each feature's values for every candidate (rows in order).
+    pub features: Vec<FeatureValues>,
 }
 
 /// One score per candidate, in order, and the model version that produced them.
@@ -55,7 +67,7 @@ pub trait ScoringStage: Send + Sync {
         &self,
         request: ScoringContext<'_>,
         candidates: &[Candidate],
-    ) -> Result<Scores, StageError>;
+    ) -> Result<Scored, StageError>;
 }
 
 /// Retrieval in this process. The search runs on the blocking pool: it is CPU work.
@@ -115,18 +127,25 @@ impl ScoringStage for InProcessRanking {
         &self,
         request: ScoringContext<'_>,
         candidates: &[Candidate],
-    ) -> Result<Scores, StageError> {
-        self.0
-            .rank(ScoreRequest {
-                user_id: request.user_id.to_owned(),
-                user_vector: request.query.to_vec(),
-                items: candidates.iter().map(|c| c.idx).collect(),
-                retrieval_scores: candidates.iter().map(|c| c.score).collect(),
-                recent_items: request.recent_items.to_vec(),
-                context: request.context.clone(),
-                version: request.model_version.map(str::to_owned),
-            })
-            .await
-            .map_err(StageError::from)
+    ) -> Result<Scored, StageError> {
+        let score_request = ScoreRequest {
+            user_id: request.user_id.to_owned(),
+            user_vector: request.query.to_vec(),
+            items: candidates.iter().map(|c| c.idx).collect(),
+            retrieval_scores: candidates.iter().map(|c| c.score).collect(),
+            recent_items: request.recent_items.to_vec(),
+            context: request.context.clone(),
+            version: request.model_version.map(str::to_owned),
+        };
+        let (scores, features) = if request.with_features {
+            self.0.rank_with_features(score_request).await?
+        } else {
+            (self.0.rank(score_request).await?, Vec::new())
+        };
+        Ok(Scored {
+            scores: scores.scores,
+            model_version: scores.model_version,
+            features,
+        })
     }
 }

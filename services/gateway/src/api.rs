@@ -83,6 +83,8 @@ impl pb::recommender_service_server::RecommenderService for RecommenderApi {
             context: req.context.into_iter().collect(),
             model_version: (!req.model_version.is_empty()).then_some(req.model_version),
             deadline: Some(received + timeout),
+            explain: req.explain,
+            request_id: request_id.clone(),
         };
         let result = recommender.recommend(&domain).await.map_err(|e| {
             tracing::debug!(%request_id, error = %e, "recommend rejected");
@@ -107,6 +109,18 @@ impl pb::recommender_service_server::RecommenderService for RecommenderApi {
                     retrieval_score: it.retrieval_score,
                     category: catalog.category(it.idx).to_owned(),
                     price: catalog.price(it.idx),
+                    explanation: domain.explain.then(|| pb::ItemExplanation {
+                        features: it
+                            .features
+                            .iter()
+                            .map(|f| pb::FeatureValue {
+                                input: f.input.clone(),
+                                feature: f.feature.clone(),
+                                values: f.values.clone(),
+                            })
+                            .collect(),
+                        rules: it.effects.iter().map(|e| e.as_str().to_owned()).collect(),
+                    }),
                 })
                 .collect(),
             model_version: result.model_version,

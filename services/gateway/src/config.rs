@@ -72,6 +72,28 @@ pub struct Config {
     /// shedding) so accepted ones keep their latency. Default: 32 per core.
     #[arg(long, env = "TANDEM_MAX_IN_FLIGHT")]
     pub max_in_flight: Option<usize>,
+    /// Directory of the served-feature log (Parquet by day).
+    #[arg(
+        long,
+        env = "TANDEM_SERVED_LOG_DIR",
+        default_value = "data/demo/state/served"
+    )]
+    pub served_log_dir: PathBuf,
+    /// Share of ranked answers written to the served-feature log, 0 to 1; 0 = off.
+    #[arg(long, env = "TANDEM_SERVED_LOG_SAMPLE", default_value_t = 0.01)]
+    pub served_log_sample: f64,
+    /// Answers waiting to be written; past this new ones are dropped, never waited for.
+    #[arg(long, env = "TANDEM_SERVED_LOG_QUEUE", default_value_t = 1024)]
+    pub served_log_queue: usize,
+    /// A served-feature file is written at this many rows, or this long after its first row.
+    #[arg(
+        long,
+        env = "TANDEM_SERVED_LOG_ROWS_PER_FILE",
+        default_value_t = 100_000
+    )]
+    pub served_log_rows_per_file: usize,
+    #[arg(long, env = "TANDEM_SERVED_LOG_FLUSH_MS", default_value_t = 60_000)]
+    pub served_log_flush_ms: u64,
     /// Event ids remembered to recognise retries (the most recent ones).
     #[arg(long, env = "TANDEM_DEDUPE_WINDOW", default_value_t = 1_000_000)]
     pub dedupe_window: usize,
@@ -117,6 +139,21 @@ impl Config {
         }
         if self.max_in_flight == Some(0) {
             return Err("--max-in-flight must be positive".into());
+        }
+        if !(0.0..=1.0).contains(&self.served_log_sample) {
+            return Err(format!(
+                "--served-log-sample must be between 0 and 1, got {}",
+                self.served_log_sample
+            ));
+        }
+        if self.served_log_queue == 0
+            || self.served_log_rows_per_file == 0
+            || self.served_log_flush_ms == 0
+        {
+            return Err(
+                "--served-log-queue, --served-log-rows-per-file and --served-log-flush-ms must be positive"
+                    .into(),
+            );
         }
         if self.trending_half_life_min == 0 {
             return Err("--trending-half-life-min must be positive".into());
@@ -191,6 +228,16 @@ impl Config {
 
     pub(crate) fn default_deadline(&self) -> Duration {
         Duration::from_millis(self.default_deadline_ms)
+    }
+
+    /// `None` when the served-feature log is off.
+    pub(crate) fn served_log(&self) -> Option<tandem_events::ServedLogConfig> {
+        (self.served_log_sample > 0.0).then(|| tandem_events::ServedLogConfig {
+            dir: self.served_log_dir.clone(),
+            queue: self.served_log_queue,
+            rows_per_file: self.served_log_rows_per_file,
+            flush_interval: Duration::from_millis(self.served_log_flush_ms),
+        })
     }
 
     pub(crate) fn trending(&self) -> tandem_personalization::TrendingConfig {

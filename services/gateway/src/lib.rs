@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tandem_catalog::Catalog;
+use tandem_events::ServedLog;
 use tandem_personalization::{InMemoryState, QueryConfig, StateStore};
 use tandem_proto::v1::ranking_admin_service_server::RankingAdminServiceServer;
 use tandem_proto::v1::ranking_service_server::RankingServiceServer;
@@ -149,7 +150,7 @@ pub async fn start(
                 users = history.users(),
                 "replayed event log"
             );
-            recommender.set(Arc::new(Recommender::new(
+            let mut built = Recommender::new(
                 catalog,
                 history,
                 events,
@@ -159,7 +160,14 @@ pub async fn start(
                     rules: config.rules(),
                     budgets: config.budgets(),
                 },
-            )));
+            );
+            if let Some(served) = config.served_log() {
+                let dir = served.dir.clone();
+                let log = ServedLog::start(served)?;
+                tracing::info!(dir = %dir.display(), sample = config.served_log_sample, "served-feature log on");
+                built = built.with_served_log(Arc::new(log), config.served_log_sample);
+            }
+            recommender.set(Arc::new(built));
             health.set_serving(true).await;
             tracing::info!("serving");
             Ok(())

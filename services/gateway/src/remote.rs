@@ -5,8 +5,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tandem_catalog::Catalog;
 use tandem_proto::v1 as pb;
-use tandem_ranking::Scores;
-use tandem_recommend::{CandidateStage, Retrieved, ScoringContext, ScoringStage, StageError};
+use tandem_ranking::FeatureValues;
+use tandem_recommend::{
+    CandidateStage, Retrieved, Scored, ScoringContext, ScoringStage, StageError,
+};
 use tandem_retrieval::{Candidate, FilterSpec};
 use tonic::transport::{Channel, Endpoint};
 
@@ -193,7 +195,7 @@ impl ScoringStage for RemoteRanking {
         &self,
         request: ScoringContext<'_>,
         candidates: &[Candidate],
-    ) -> Result<Scores, StageError> {
+    ) -> Result<Scored, StageError> {
         let catalog = &self.catalog;
         let request = pb::RankRequest {
             user: Some(pb::UserContext {
@@ -211,6 +213,7 @@ impl ScoringStage for RemoteRanking {
                     .collect(),
             }),
             model_version: request.model_version.unwrap_or_default().to_owned(),
+            explain: request.with_features,
             candidates: candidates
                 .iter()
                 .map(|c| pb::RankCandidate {
@@ -226,9 +229,32 @@ impl ScoringStage for RemoteRanking {
             .await
             .map_err(|s| stage_error("ranking", s))?
             .into_inner();
-        Ok(Scores {
+        Ok(Scored {
+            features: features_by_name(&response.features),
             scores: response.scores,
             model_version: response.model_version,
         })
     }
+}
+
+/// Per-candidate feature lists from the wire, back to one column per feature.
+fn features_by_name(per_candidate: &[pb::CandidateFeatures]) -> Vec<FeatureValues> {
+    let Some(first) = per_candidate.first() else {
+        return Vec::new();
+    };
+    first
+        .features
+        .iter()
+        .enumerate()
+        .map(|(f, head)| FeatureValues {
+            input: head.input.clone(),
+            feature: head.feature.clone(),
+            width: head.values.len(),
+            values: per_candidate
+                .iter()
+                .flat_map(|c| c.features.get(f).map_or(&[][..], |v| &v.values[..]))
+                .copied()
+                .collect(),
+        })
+        .collect()
 }

@@ -28,6 +28,7 @@ impl pb::ranking_service_server::RankingService for SlowRanking {
         Ok(Response::new(pb::RankResponse {
             scores: (0..n).map(|i| i as f32).collect(),
             model_version: "slow/1".into(),
+            features: Vec::new(),
         }))
     }
 }

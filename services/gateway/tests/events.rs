@@ -41,6 +41,7 @@ async fn spawn_gateway(events: &Path) -> Process {
         ))
         .arg("--ranking-sessions=1")
         .arg(format!("--event-log-dir={}", events.display()))
+        .arg("--served-log-sample=0")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -305,4 +306,116 @@ async fn the_stream_records_good_events_and_lists_the_bad_ones() {
         recs.items.iter().all(|i| i.item_id != items[3]),
         "the streamed purchase is excluded"
     );
+}
+
+/// The synthetic world's training events, as a producer would send them.
+fn world_events() -> Vec<pb::Event> {
+    use arrow::array::AsArray;
+    use arrow::datatypes::{Int8Type, Int64Type};
+    let file = std::fs::File::open(test_data().join("events/train.parquet")).expect("events");
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .expect("parquet")
+        .build()
+        .expect("reader");
+    let mut out = Vec::new();
+    for batch in reader {
+        let batch = batch.expect("batch");
+        let col = |name: &str| batch.column_by_name(name).expect("column").clone();
+        let (users, items) = (col("user_id"), col("item_id"));
+        let (users, items) = (users.as_string::<i32>(), items.as_string::<i32>());
+        let kinds = col("event_type");
+        let kinds = kinds.as_primitive::<Int8Type>();
+        let times = col("timestamp_ms");
+        let times = times.as_primitive::<Int64Type>();
+        for i in 0..batch.num_rows() {
+            out.push(pb::Event {
+                user_id: users.value(i).to_owned(),
+                item_id: items.value(i).to_owned(),
+                r#type: i32::from(kinds.value(i)),
+                timestamp_ms: times.value(i),
+                event_id: format!("world-{i}-{}", out.len()),
+            });
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn served_events_roll_into_parquet_the_models_pipeline_trains_from() {
+    let dir = state_dir();
+    let events_dir = dir.path().join("events");
+    let running = start(config(&[
+        &format!("--event-log-dir={}", events_dir.display()),
+        "--event-segment-mib=1",
+    ]))
+    .await;
+    let mut client = recommender(running.addr).await;
+    let events = world_events();
+    let sent = events.len() as u64;
+    let messages: Vec<pb::RecordEventStreamRequest> = events
+        .chunks(5000)
+        .map(|c| pb::RecordEventStreamRequest { events: c.to_vec() })
+        .collect();
+    let summary = client
+        .record_event_stream(tokio_stream::iter(messages))
+        .await
+        .expect("stream")
+        .into_inner();
+    assert_eq!((summary.accepted, summary.rejected), (sent, 0));
+
+    // Closed 1 MiB segments are exported in the background.
+    let export = events_dir.join("parquet");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let exported = loop {
+        let n = tandem_events::read_exported(&events_dir).map_or(0, |e| e.len());
+        if n as u64 >= sent / 2 || Instant::now() > deadline {
+            break n;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(exported as u64 >= sent / 2, "{exported} of {sent} exported");
+
+    let out = dir.path().join("trained");
+    let python = std::env::var_os("TANDEM_PYTHON").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python"),
+        std::path::PathBuf::from,
+    );
+    let run = Command::new(python)
+        .args([
+            "-W",
+            "ignore",
+            "-m",
+            "tandem_pipeline",
+            "--eval-users",
+            "200",
+            "--out",
+        ])
+        .arg(&out)
+        .arg("--events-from")
+        .arg(&export)
+        .arg("--catalog")
+        .arg(test_data().join("items.parquet"))
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models"))
+        .output()
+        .expect("run the models pipeline");
+    assert!(
+        run.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let report = String::from_utf8_lossy(&run.stdout);
+    // "world: 3000 items, 1197 users, 41000 events (...)": the events it trained on.
+    let trained: usize = report
+        .split(" events (")
+        .next()
+        .and_then(|head| head.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        trained >= exported && trained as u64 <= sent,
+        "trained on the exported events ({trained}, {exported} exported): {report}"
+    );
+    assert!(out.join("models/ranker/1/model.onnx").is_file());
+    assert!(out.join("items.parquet").is_file());
 }

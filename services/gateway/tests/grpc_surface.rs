@@ -240,6 +240,7 @@ async fn ranking_admin_reports_loads_and_splits_versions() {
             })
             .collect(),
         model_version: version.to_owned(),
+        explain: false,
     };
     let mut ranking = pb::ranking_service_client::RankingServiceClient::new(channel(gw.addr).await);
     ranking.rank(request("")).await.expect("rank");

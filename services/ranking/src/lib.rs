@@ -232,11 +232,34 @@ impl pb::ranking_service_server::RankingService for RankingApi {
         request: Request<pb::RankRequest>,
     ) -> Result<Response<pb::RankResponse>, Status> {
         let ranker = self.ranker.get()?.clone();
-        let req = score_request(ranker.catalog(), request.into_inner())?;
-        let scores = ranker.rank(req).await.map_err(status)?;
+        let request = request.into_inner();
+        let explain = request.explain;
+        let req = score_request(ranker.catalog(), request)?;
+        let rows = req.items.len();
+        if !explain {
+            let scores = ranker.rank(req).await.map_err(status)?;
+            return Ok(Response::new(pb::RankResponse {
+                scores: scores.scores,
+                model_version: scores.model_version,
+                features: Vec::new(),
+            }));
+        }
+        let (scores, features) = ranker.rank_with_features(req).await.map_err(status)?;
         Ok(Response::new(pb::RankResponse {
             scores: scores.scores,
             model_version: scores.model_version,
+            features: (0..rows)
+                .map(|row| pb::CandidateFeatures {
+                    features: features
+                        .iter()
+                        .map(|f| pb::FeatureValue {
+                            input: f.input.clone(),
+                            feature: f.feature.clone(),
+                            values: f.row(row).to_vec(),
+                        })
+                        .collect(),
+                })
+                .collect(),
         }))
     }
 }
