@@ -284,6 +284,7 @@ async fn split_topology_returns_what_embedded_returns() {
             ..Default::default()
         }),
         context_item_ids: items_in(&catalog, "sports", 3)[2..].to_vec(),
+        explain: true,
         ..request("both", 30)
     };
     let mut answers = Vec::new();
@@ -315,6 +316,11 @@ async fn split_topology_returns_what_embedded_returns() {
             (a.score - b.score).abs() <= 1e-6
                 && (a.retrieval_score - b.retrieval_score).abs() <= 1e-6
         );
+        // Explain crosses the wire: the same model inputs, item by item.
+        let (ea, eb) = (a.explanation.as_ref(), b.explanation.as_ref());
+        let features = |x: Option<&pb::ItemExplanation>| x.map(|x| x.features.clone());
+        assert!(features(ea).is_some_and(|f| !f.is_empty()));
+        assert_eq!(features(ea), features(eb));
     }
 }
 
