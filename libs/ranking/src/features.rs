@@ -631,6 +631,48 @@ mod tests {
         };
         // Item 0 is cat-00 (id 2 in this vocabulary), item 4 is cat-01 (unknown: 0).
         assert_eq!(ids, &vec![2, 2, 4, 2, 3, 0, 0, 2, 4, 2, 3, 0]);
+
+        // Named features are the same values, split by source, row by row.
+        let named = Assembler::new(&spec, &catalog).named_features(&catalog, &req);
+        let names: Vec<&str> = named.iter().map(|f| f.feature.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "user_item_dot",
+                "item_embedding",
+                "retrieval_score",
+                "item_numeric:price",
+                "item_numeric:in_stock",
+                "item_category_one_hot",
+                "context_numeric:hour_of_day",
+                "context_numeric:absent",
+                "user_vector",
+                "item_categorical:category",
+                "context_categorical:device",
+                "recent_items",
+                "context_categorical:absent",
+            ]
+        );
+        for row in 0..2 {
+            let dense_row: Vec<f64> = named[..9]
+                .iter()
+                .flat_map(|f| f.row(row).to_vec())
+                .collect();
+            let want: Vec<f64> = dense[row * 17..(row + 1) * 17]
+                .iter()
+                .map(|&v| f64::from(v))
+                .collect();
+            assert_eq!(dense_row, want);
+            let id_row: Vec<f64> = named[9..]
+                .iter()
+                .flat_map(|f| f.row(row).to_vec())
+                .collect();
+            let want: Vec<f64> = ids[row * 6..(row + 1) * 6]
+                .iter()
+                .map(|&v| v as f64)
+                .collect();
+            assert_eq!(id_row, want);
+        }
     }
 
     #[test]
