@@ -517,29 +517,20 @@ impl Recommender {
         let admits = move |i: ItemIdx| plan.filter.admits(catalog, i);
         let preferred = move |i: ItemIdx| prefer.contains(&catalog.category_code(i));
         let wanted = plan.k.saturating_mul(4).max(64);
-        let trending_in = if prefer.is_empty() {
-            Vec::new()
-        } else {
-            self.state.trending(wanted, &|i| admits(i) && preferred(i))
-        };
-        let popular_in = catalog
-            .by_popularity()
-            .iter()
-            .copied()
-            .filter(move |&i| !prefer.is_empty() && preferred(i) && admits(i))
-            .map(|i| (i, 0.0));
-        let trending_all = self.state.trending(wanted, &admits);
-        let popular_all = catalog
-            .by_popularity()
-            .iter()
-            .copied()
-            .filter(move |&i| admits(i))
-            .map(|i| (i, 0.0));
-        trending_in
+        let by_popularity = move || catalog.by_popularity().iter().copied().map(|i| (i, 0.0));
+        // Lazy: a ranked answer that fills k never reads trending or scans popularity.
+        let preferred_first = (!prefer.is_empty()).then(move || {
+            let trending = std::iter::once(())
+                .flat_map(move |()| self.state.trending(wanted, &|i| admits(i) && preferred(i)));
+            trending.chain(by_popularity().filter(move |&(i, _)| preferred(i) && admits(i)))
+        });
+        let everything = std::iter::once(())
+            .flat_map(move |()| self.state.trending(wanted, &admits))
+            .chain(by_popularity().filter(move |&(i, _)| admits(i)));
+        preferred_first
             .into_iter()
-            .chain(popular_in)
-            .chain(trending_all)
-            .chain(popular_all)
+            .flatten()
+            .chain(everything)
             .map(|(i, score)| Placed::new(i, score, 0.0))
     }
 
