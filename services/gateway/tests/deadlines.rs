@@ -48,23 +48,6 @@ async fn slow_ranking(delay: Duration) -> SocketAddr {
     addr
 }
 
-async fn with_history(
-    client: &mut pb::recommender_service_client::RecommenderServiceClient<
-        tonic::transport::Channel,
-    >,
-    user: &str,
-) {
-    let catalog = catalog();
-    let events = items_in(&catalog, "kitchen", 3)
-        .iter()
-        .map(|i| event(user, i, pb::EventType::Click, t0()))
-        .collect();
-    client
-        .record_events(pb::RecordEventsRequest { events })
-        .await
-        .expect("events");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_ranking_degrades_inside_the_callers_deadline() {
     let ranking = slow_ranking(Duration::from_secs(3)).await;
@@ -74,7 +57,7 @@ async fn slow_ranking_degrades_inside_the_callers_deadline() {
     ]))
     .await;
     let mut client = recommender(gw.addr).await;
-    with_history(&mut client, "hurried").await;
+    clicks_in(&mut client, "hurried", "kitchen", 3).await;
     for deadline_ms in [150u64, 400] {
         let mut request = Request::new(request("hurried", 10));
         request.set_timeout(Duration::from_millis(deadline_ms));
@@ -116,7 +99,7 @@ async fn retrieval_down_answers_trending_degraded() {
     ]))
     .await;
     let mut client = recommender(gw.addr).await;
-    with_history(&mut client, "stranded").await;
+    clicks_in(&mut client, "stranded", "kitchen", 3).await;
     let resp = client
         .recommend(request("stranded", 10))
         .await
@@ -142,7 +125,7 @@ async fn past_capacity_new_calls_are_shed_at_once() {
     ]))
     .await;
     let mut client = recommender(gw.addr).await;
-    with_history(&mut client, "crowd").await;
+    clicks_in(&mut client, "crowd", "kitchen", 3).await;
     let calls: Vec<_> = (0..6)
         .map(|n| {
             let mut client = client.clone();

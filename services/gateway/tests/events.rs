@@ -376,11 +376,7 @@ async fn served_events_roll_into_parquet_the_models_pipeline_trains_from() {
     assert!(exported as u64 >= sent / 2, "{exported} of {sent} exported");
 
     let out = dir.path().join("trained");
-    let python = std::env::var_os("TANDEM_PYTHON").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python"),
-        std::path::PathBuf::from,
-    );
-    let run = Command::new(python)
+    let run = Command::new(python())
         .args([
             "-W",
             "ignore",
@@ -395,7 +391,7 @@ async fn served_events_roll_into_parquet_the_models_pipeline_trains_from() {
         .arg(&export)
         .arg("--catalog")
         .arg(test_data().join("items.parquet"))
-        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models"))
+        .current_dir(models_dir())
         .output()
         .expect("run the models pipeline");
     assert!(

@@ -17,31 +17,12 @@ fn feature<'a>(item: &'a pb::RecommendedItem, name: &str) -> &'a [f64] {
         .map_or(&[][..], |f| &f.values[..])
 }
 
-async fn warm_user(
-    client: &mut pb::recommender_service_client::RecommenderServiceClient<
-        tonic::transport::Channel,
-    >,
-    user: &str,
-    category: &str,
-) {
-    let catalog = catalog();
-    let events = items_in(&catalog, category, 4)
-        .iter()
-        .enumerate()
-        .map(|(n, i)| event(user, i, pb::EventType::Click, t0() + n as i64))
-        .collect();
-    client
-        .record_events(pb::RecordEventsRequest { events })
-        .await
-        .expect("events");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn explain_returns_the_models_inputs_and_the_rules_that_moved_items() {
     let catalog = catalog();
     let gw = start(config(&[])).await;
     let mut client = recommender(gw.addr).await;
-    warm_user(&mut client, "curious", "music").await;
+    clicks_in(&mut client, "curious", "music", 4).await;
     let resp = client
         .recommend(pb::RecommendRequest {
             explain: true,
@@ -106,13 +87,6 @@ fn parquet_files(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-fn python() -> PathBuf {
-    std::env::var_os("TANDEM_PYTHON").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python"),
-        PathBuf::from,
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn served_features_are_logged_as_parquet_the_pipeline_reads() {
     let state = state_dir();
@@ -124,7 +98,7 @@ async fn served_features_are_logged_as_parquet_the_pipeline_reads() {
     ]))
     .await;
     let mut client = recommender(gw.addr).await;
-    warm_user(&mut client, "logged", "games").await;
+    clicks_in(&mut client, "logged", "games", 4).await;
     let mut request_ids = Vec::new();
     for _ in 0..3 {
         let resp = client
@@ -181,7 +155,7 @@ async fn served_features_are_logged_as_parquet_the_pipeline_reads() {
     let out = std::process::Command::new(python())
         .args(["-m", "tandem_pipeline.served", "--served"])
         .arg(&served)
-        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models"))
+        .current_dir(models_dir())
         .output()
         .expect("run the pipeline's reader");
     assert!(

@@ -103,13 +103,7 @@ async fn the_category_cap_and_in_stock_hold_and_backfill_keeps_k() {
     let catalog = catalog();
     let gw = start(config(&[])).await;
     let mut client = recommender(gw.addr).await;
-    let toys = items_in(&catalog, "toys", 8);
-    let events = toys
-        .iter()
-        .enumerate()
-        .map(|(n, i)| event("toy-fan", i, pb::EventType::Click, t0() + n as i64))
-        .collect();
-    record(&mut client, events).await;
+    clicks_in(&mut client, "toy-fan", "toys", 8).await;
 
     // Uncapped, categories repeat.
     let plain = client
@@ -193,14 +187,9 @@ async fn the_category_cap_and_in_stock_hold_and_backfill_keeps_k() {
 
 #[tokio::test]
 async fn items_shown_and_ignored_move_down() {
-    let catalog = catalog();
     let gw = start(config(&["--demote-after-shown=2"])).await;
     let mut client = recommender(gw.addr).await;
-    let events = items_in(&catalog, "books", 5)
-        .iter()
-        .map(|i| event("reader", i, pb::EventType::Click, t0()))
-        .collect();
-    record(&mut client, events).await;
+    clicks_in(&mut client, "reader", "books", 5).await;
     let first = ids(&client
         .recommend(request("reader", 5))
         .await

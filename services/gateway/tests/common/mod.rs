@@ -158,3 +158,31 @@ pub fn t0() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
         - 6 * 3_600_000
 }
+
+/// The venv's Python (`make test` sets `TANDEM_PYTHON`), run from `models/` for the pipeline.
+pub fn python() -> PathBuf {
+    std::env::var_os("TANDEM_PYTHON").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python"),
+        PathBuf::from,
+    )
+}
+
+pub fn models_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models")
+}
+
+pub type RecommenderClient = pb::recommender_service_client::RecommenderServiceClient<Channel>;
+
+/// Gives `user` a history: clicks on the `n` most popular items of `category`, just now.
+pub async fn clicks_in(client: &mut RecommenderClient, user: &str, category: &str, n: usize) {
+    let catalog = catalog();
+    let events = items_in(&catalog, category, n)
+        .iter()
+        .enumerate()
+        .map(|(i, item)| event(user, item, pb::EventType::Click, t0() + i as i64))
+        .collect();
+    client
+        .record_events(pb::RecordEventsRequest { events })
+        .await
+        .expect("record events");
+}
