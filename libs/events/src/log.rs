@@ -81,34 +81,22 @@ impl EventLog {
         for (i, segment) in segments.iter().enumerate() {
             let is_last = i + 1 == segments.len();
             let bytes = read_either(&segment.path)?;
-            if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
-                if is_last && bytes.len() < MAGIC.len() {
-                    // Created, then the process died before the header was on disk.
-                    replayed.dropped_bytes += bytes.len() as u64;
-                    std::fs::remove_file(&segment.path)
-                        .map_err(EventLogError::io(&segment.path))?;
-                    continue;
-                }
-                return Err(EventLogError::Corrupt {
-                    path: segment.path.clone(),
-                    reason: "not a tandem event log segment (bad magic)".into(),
-                });
+            if is_last && bytes.len() < MAGIC.len() {
+                // Created, then the process died before the header was on disk.
+                replayed.dropped_bytes += bytes.len() as u64;
+                std::fs::remove_file(&segment.path).map_err(EventLogError::io(&segment.path))?;
+                continue;
             }
-            let mut pos = MAGIC.len();
-            while let Some((payload, end)) = next_record(&bytes, pos, MAX_RECORD) {
-                let Some((seq, events)) = decode(payload) else {
-                    break;
-                };
+            let (batches, pos) = parse_segment(&segment.path, &bytes)?;
+            for (seq, events) in batches {
+                // Never written twice; a repeat means damage. Skip rather than re-apply.
                 if seq <= last_seq {
-                    // Never written twice; a repeat means damage. Skip rather than re-apply.
-                    pos = end;
                     continue;
                 }
                 last_seq = seq;
                 replayed.batches += 1;
                 replayed.events += events.len() as u64;
                 apply(seq, &events);
-                pos = end;
             }
             if pos < bytes.len() {
                 let dropped = (bytes.len() - pos) as u64;
@@ -373,8 +361,16 @@ fn read_either(path: &Path) -> Result<Vec<u8>, EventLogError> {
 }
 
 /// Reads a segment's batches (used by export).
-pub(crate) fn read_segment(path: &Path) -> Result<Vec<(u64, Vec<LoggedEvent>)>, EventLogError> {
+/// One logged batch: its sequence number and events.
+pub(crate) type Batch = (u64, Vec<LoggedEvent>);
+
+pub(crate) fn read_segment(path: &Path) -> Result<Vec<Batch>, EventLogError> {
     let bytes = std::fs::read(path).map_err(EventLogError::io(path))?;
+    Ok(parse_segment(path, &bytes)?.0)
+}
+
+/// A segment's batches up to the first torn or damaged record, and where that record starts.
+fn parse_segment(path: &Path, bytes: &[u8]) -> Result<(Vec<Batch>, usize), EventLogError> {
     if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
         return Err(EventLogError::Corrupt {
             path: path.to_owned(),
@@ -383,10 +379,10 @@ pub(crate) fn read_segment(path: &Path) -> Result<Vec<(u64, Vec<LoggedEvent>)>, 
     }
     let mut pos = MAGIC.len();
     let mut out = Vec::new();
-    while let Some((payload, end)) = next_record(&bytes, pos, MAX_RECORD) {
+    while let Some((payload, end)) = next_record(bytes, pos, MAX_RECORD) {
         let Some(batch) = decode(payload) else { break };
         out.push(batch);
         pos = end;
     }
-    Ok(out)
+    Ok((out, pos))
 }
