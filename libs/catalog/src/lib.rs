@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use arrow::array::{Array, BooleanArray, Float32Array, StringArray};
+use tandem_memory::HugeArray;
 
 pub use error::CatalogError;
 
@@ -33,7 +34,8 @@ pub mod columns {
 pub struct Catalog {
     item_ids: StringArray,
     /// Row-major `len * dim` values, one contiguous buffer.
-    embeddings: Float32Array,
+    /// Row-major, `dim` per item; on huge pages, since ranking and scans read random rows.
+    embeddings: HugeArray<f32>,
     dim: usize,
     category_codes: Vec<u32>,
     /// Sorted vocabulary; a code indexes into it.
@@ -62,6 +64,7 @@ impl Catalog {
         load::read_parquet(path)
     }
 
+    #[inline]
     pub fn len(&self) -> usize {
         self.item_ids.len()
     }
@@ -71,6 +74,7 @@ impl Catalog {
     }
 
     /// Embedding dimension.
+    #[inline]
     pub fn dim(&self) -> usize {
         self.dim
     }
@@ -83,25 +87,29 @@ impl Catalog {
         self.item_ids.value(idx as usize)
     }
 
+    #[inline]
     pub fn embedding(&self, idx: ItemIdx) -> &[f32] {
         let start = idx as usize * self.dim;
-        &self.embeddings.values()[start..start + self.dim]
+        &self.embeddings[start..start + self.dim]
     }
 
     /// All embeddings, row-major.
+    #[inline]
     pub fn embeddings(&self) -> &[f32] {
-        self.embeddings.values()
+        &self.embeddings
     }
 
     pub fn category(&self, idx: ItemIdx) -> &str {
         &self.categories[self.category_codes[idx as usize] as usize]
     }
 
+    #[inline]
     pub fn category_code(&self, idx: ItemIdx) -> u32 {
         self.category_codes[idx as usize]
     }
 
     /// Every row's category code, by row.
+    #[inline]
     pub fn category_codes(&self) -> &[u32] {
         &self.category_codes
     }
@@ -118,14 +126,17 @@ impl Catalog {
         &self.categories
     }
 
+    #[inline]
     pub fn price(&self, idx: ItemIdx) -> f32 {
         self.price.value(idx as usize)
     }
 
+    #[inline]
     pub fn in_stock(&self, idx: ItemIdx) -> bool {
         self.in_stock.value(idx as usize)
     }
 
+    #[inline]
     pub fn popularity(&self, idx: ItemIdx) -> f32 {
         self.popularity.value(idx as usize)
     }
@@ -174,7 +185,7 @@ impl Catalog {
         let by_popularity = popularity_order(&popularity);
         Catalog {
             item_ids,
-            embeddings: Float32Array::from(values),
+            embeddings: HugeArray::from(values),
             dim: self.dim,
             category_codes: rows.iter().map(|&r| self.category_code(r)).collect(),
             categories: self.categories.clone(),
@@ -248,7 +259,7 @@ impl Catalog {
         let by_popularity = popularity_order(&popularity);
         Ok(Catalog {
             item_ids: StringArray::from_iter_values(parts.item_ids.iter()),
-            embeddings: Float32Array::from(parts.embeddings),
+            embeddings: HugeArray::from(parts.embeddings),
             dim: parts.dim,
             category_codes: parts.category_codes,
             categories: parts.categories,

@@ -8,6 +8,7 @@ use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Float32Array, RecordB
 use arrow::compute::{cast, concat_batches};
 use arrow::datatypes::{DataType, Float32Type};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use tandem_memory::HugeArray;
 
 use crate::{Catalog, CatalogError, ItemIdx, columns};
 
@@ -168,7 +169,7 @@ pub(crate) fn from_batch(batch: &RecordBatch) -> Result<Catalog, CatalogError> {
 
     Ok(Catalog {
         item_ids,
-        embeddings,
+        embeddings: HugeArray::from_slice(embeddings.values()),
         dim,
         category_codes,
         categories,
