@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use ort::session::Session;
 use ort::session::SessionInputValue;
+use ort::session::{HasSelectedOutputs, OutputSelector, RunOptions, Session};
 use ort::value::TensorRef;
 use tandem_catalog::Catalog;
 use tokio::sync::oneshot;
@@ -352,14 +352,21 @@ impl Batcher {
 pub(crate) struct Runner {
     session: Session,
     inputs: Vec<InputValues>,
+    /// Asks for the score output only: ORT then skips what feeds only the others (an
+    /// exported classifier's label branch, for one).
+    score_only: RunOptions<HasSelectedOutputs>,
 }
 
 impl Runner {
-    pub(crate) fn new(session: Session) -> Self {
-        Self {
+    pub(crate) fn new(session: Session, score_output: &str) -> Result<Self, RankingError> {
+        let score_only = RunOptions::new()
+            .map_err(|e| RankingError::inference("session", e))?
+            .with_outputs(OutputSelector::no_default().with(score_output));
+        Ok(Self {
             session,
             inputs: Vec::new(),
-        }
+            score_only,
+        })
     }
 
     pub(crate) fn session(&self) -> &Session {
@@ -376,7 +383,11 @@ pub(crate) fn run_batch(
     requests: &[&ScoreRequest],
 ) -> Result<Vec<f32>, RankingError> {
     let rows: usize = requests.iter().map(|r| r.items.len()).sum();
-    let Runner { session, inputs } = runner;
+    let Runner {
+        session,
+        inputs,
+        score_only,
+    } = runner;
     assembler.assemble_into(catalog, requests, inputs);
     let values = assembler
         .input_shapes()
@@ -392,7 +403,7 @@ pub(crate) fn run_batch(
         .collect::<Result<Vec<_>, ort::Error>>()
         .map_err(|e| RankingError::inference("input", e))?;
     let outputs = session
-        .run(values)
+        .run_with_options(values, score_only)
         .map_err(|e| RankingError::inference("run", e))?;
     let out = outputs
         .get(&spec.output.name)

@@ -89,7 +89,7 @@ impl ModelVersion {
         for _ in 0..config.sessions.max(1) {
             let (session, active) = open_session(&env, &model, &model_path, options)?;
             provider = active;
-            sessions.push(Runner::new(session));
+            sessions.push(Runner::new(session, &spec.output.name)?);
         }
         check_model(sessions[0].session(), &spec)?;
         let label = spec.version_label();
