@@ -7,14 +7,24 @@ on and off; the floor is `session.run` on the same assembled tensors in a loop, 
 with the same session options as one of tandem's sessions (intra-op threads, full graph
 optimization, sequential execution).
 
+The machines this runs on are shared VMs whose speed drifts by 10-30 % over seconds, so each
+size is measured in rounds of floor, tandem, floor: a cell's "vs floor" is the median over
+rounds of its rows/s divided by the mean of the two floor runs around it.
+
     python load-tests/ranking/compare.py --data data/demo --model ranker --out load-tests/ranking/results
 """
 
 from __future__ import annotations
 
+import os
+
+# No BLAS helper threads: they spin after numpy's feature assembly and would take CPU from
+# the floor's session.run.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import argparse
 import json
-import os
 import platform
 import subprocess
 import sys
@@ -89,11 +99,46 @@ def floor(model: Path, spec: dict, catalog: dict, requests: list[dict], seconds:
             "requests": len(lat)}
 
 
+def binding_overhead_us(model: Path, spec: dict, catalog: dict, requests: list[dict], intra: int,
+                        calls: int = 2000) -> dict:
+    """What Python's `session.run` adds to ONNX Runtime's own run: wall time per call minus the
+    `model_run` time ORT's profiler records for it."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = intra
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.enable_profiling = True
+    with tempfile.TemporaryDirectory() as tmp:
+        opts.profile_file_prefix = str(Path(tmp) / "ort")
+        session = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
+        feeds = [assemble(spec, catalog, np.repeat(np.array(r["user_vector"], np.float32)[None], len(r["items"]), 0),
+                          np.array(r["items"]), np.array(r["retrieval_scores"], np.float32),
+                          recent=[r["recent_items"]] * len(r["items"]),
+                          context=[{"hour_of_day": str(r["hour"])}] * len(r["items"])) for r in requests]
+        out = [spec["output"]["name"]]
+        for i in range(200):
+            session.run(out, feeds[i % len(feeds)])
+        start = time.perf_counter()
+        for i in range(calls):
+            session.run(out, feeds[i % len(feeds)])
+        wall_us = (time.perf_counter() - start) / calls * 1e6
+        events = json.loads(Path(session.end_profiling()).read_text())
+    runs = [e["dur"] for e in events if e.get("name") == "model_run"][-calls:]
+    ort_us = sum(runs) / max(1, len(runs))
+    return {"wall_us": wall_us, "ort_run_us": ort_us, "binding_us": wall_us - ort_us}
+
+
 def median_row(rounds: list[dict]) -> dict:
-    """The round with the median rows/s (its latencies with it), plus every round's rows/s."""
+    """The round with the median rows/s (its latencies with it), plus every round's rows/s and,
+    where paired with floors, the median of the per-round ratios."""
     ranked = sorted(rounds, key=lambda r: r["rows_per_s"])
     row = dict(ranked[len(ranked) // 2])
     row["rounds_rows_per_s"] = [r["rows_per_s"] for r in rounds]
+    if all("vs_floor" in r for r in rounds):
+        ratios = sorted(r["vs_floor"] for r in rounds)
+        row["rounds_vs_floor"] = [r["vs_floor"] for r in rounds]
+        row["vs_floor"] = ratios[len(ratios) // 2]
     return row
 
 
@@ -103,9 +148,9 @@ def main() -> None:
     p.add_argument("--model", default="ranker", help="model directory name under DATA/models")
     p.add_argument("--sizes", default="100,500,1000")
     p.add_argument("--concurrency", default="1,8,32")
-    p.add_argument("--seconds", type=float, default=3.0)
-    p.add_argument("--rounds", type=int, default=3,
-                   help="tandem and floor run alternately this many times; each cell reports its median round")
+    p.add_argument("--seconds", type=float, default=2.0)
+    p.add_argument("--rounds", type=int, default=5,
+                   help="rounds of floor, tandem, floor per size; each cell reports its median round")
     p.add_argument("--requests", type=int, default=16, help="distinct requests per size")
     p.add_argument("--intra-threads", type=int, default=1)
     p.add_argument("--sessions", type=int, default=os.cpu_count())
@@ -125,25 +170,41 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
     requests = {str(s): make_requests(rng, catalog, s, args.requests) for s in sizes}
 
-    tandem_rounds, floor_rounds = [], []
+    tandem_rounds: dict[int, list[list[dict]]] = {s: [] for s in sizes}
+    floor_rounds: dict[int, list[dict]] = {s: [] for s in sizes}
+    overheads: dict[int, list[dict]] = {s: [] for s in sizes}
+    model_file = version / spec["model"]["file"]
     with tempfile.TemporaryDirectory() as tmp:
-        req_path = Path(tmp) / "requests.json"
-        req_path.write_text(json.dumps(requests))
-        cmd = [args.bench_bin, "--model", str(model_root), "--items", str(data / "items.parquet"),
-               "--requests", str(req_path), "--concurrency", args.concurrency, "--seconds", str(args.seconds),
-               "--sessions", str(args.sessions), "--intra-threads", str(args.intra_threads),
-               "--batch-max-rows", str(args.batch_max_rows), "--batch-max-wait-us", str(args.batch_max_wait_us),
-               "--execution-provider", args.execution_provider]
-        print("running", " ".join(cmd), file=sys.stderr)
-        # Alternating rounds spread a noisy neighbour's slow spell over both sides.
-        for _ in range(max(1, args.rounds)):
-            tandem_rounds.append([json.loads(line) for line in
-                                  subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()
-                                  if line.startswith("{")])
-            floor_rounds.append({s: floor(version / spec["model"]["file"], spec, catalog, requests[str(s)],
-                                          args.seconds, args.intra_threads) for s in sizes})
-    tandem = [median_row([r[i] for r in tandem_rounds]) for i in range(len(tandem_rounds[0]))]
-    floors = {s: median_row([r[s] for r in floor_rounds]) for s in sizes}
+        for size in sizes:
+            req_path = Path(tmp) / f"requests-{size}.json"
+            req_path.write_text(json.dumps({str(size): requests[str(size)]}))
+            cmd = [args.bench_bin, "--model", str(model_root), "--items", str(data / "items.parquet"),
+                   "--requests", str(req_path), "--concurrency", args.concurrency, "--seconds", str(args.seconds),
+                   "--sessions", str(args.sessions), "--intra-threads", str(args.intra_threads),
+                   "--batch-max-rows", str(args.batch_max_rows), "--batch-max-wait-us", str(args.batch_max_wait_us),
+                   "--execution-provider", args.execution_provider]
+            print("running", " ".join(cmd), file=sys.stderr)
+            for _ in range(max(1, args.rounds)):
+                # Floors on both sides of the tandem run: a drift in the machine's speed
+                # during the round affects both sides of the ratio alike.
+                before = floor(model_file, spec, catalog, requests[str(size)], args.seconds, args.intra_threads)
+                lines = [json.loads(line) for line in
+                         subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()
+                         if line.startswith("{")]
+                cells = [c for c in lines if c["mode"] != "overhead"]
+                overheads[size].extend(c for c in lines if c["mode"] == "overhead")
+                after = floor(model_file, spec, catalog, requests[str(size)], args.seconds, args.intra_threads)
+                paired = (before["rows_per_s"] + after["rows_per_s"]) / 2
+                for cell in cells:
+                    cell["vs_floor"] = cell["rows_per_s"] / paired
+                tandem_rounds[size].append(cells)
+                floor_rounds[size].extend([before, after])
+    tandem = [median_row([r[i] for r in tandem_rounds[s]]) for s in sizes for i in range(len(tandem_rounds[s][0]))]
+    floors = {s: median_row(floor_rounds[s]) for s in sizes}
+    bindings = {}
+    if args.execution_provider == "cpu":
+        bindings = {s: binding_overhead_us(model_file, spec, catalog, requests[str(s)], args.intra_threads)
+                    for s in sizes}
 
     cpu = platform.processor() or platform.machine()
     try:
@@ -157,8 +218,9 @@ def main() -> None:
         f"Machine: {cpu}, {os.cpu_count()} cores; onnxruntime {ort.__version__}; execution provider {provider}.",
         f"tandem: {args.sessions} sessions x {args.intra_threads} intra-op thread(s), batching max {args.batch_max_rows} rows"
         f" / {args.batch_max_wait_us} us wait; floor: Python `session.run` loop, one thread, {args.intra_threads} intra-op thread(s),"
-        f" same tensors. {args.seconds:.0f} s per cell after warm-up; tandem and floor alternate for {args.rounds} round(s),"
-        f" each cell shows its median round. Latency is per request (feature assembly + queue + run + split).",
+        f" same tensors. {args.seconds:g} s per cell after warm-up; {args.rounds} round(s) of floor, tandem, floor per size;"
+        f" rows/s and latency are each cell's median round, 'vs floor' the median over rounds of tandem's rows/s over the"
+        f" mean of the two floor runs around it. Latency is per request (feature assembly + queue + run + split).",
         "",
         "| candidates | concurrency | mode | rows/s | p50 ms | p99 ms | vs floor |",
         "|---:|---:|---|---:|---:|---:|---:|",
@@ -169,14 +231,32 @@ def main() -> None:
         for mode in ("unbatched", "batched"):
             for r in (r for r in tandem if r["candidates"] == s and r["mode"] == mode):
                 lines.append(f"| {s} | {r['concurrency']} | tandem {mode} | {r['rows_per_s']:,.0f} | "
-                             f"{r['p50_us'] / 1e3:.3f} | {r['p99_us'] / 1e3:.3f} | {r['rows_per_s'] / f['rows_per_s']:.2f} |")
+                             f"{r['p50_us'] / 1e3:.3f} | {r['p99_us'] / 1e3:.3f} | {r['vs_floor']:.2f} |")
+    if any(overheads.values()):
+        lines += [
+            "",
+            "What tandem adds to the ORT call itself, at concurrency 1: each request alternated with a bare ORT run",
+            "(Rust, same session options) on that request's already assembled tensors, so drift hits both alike",
+            "(median over rounds). Beside it, what Python's `session.run` adds to ORT's own `model_run` (ORT profiler).",
+            "",
+            "| candidates | tandem request µs | bare ORT run µs | bare ÷ tandem | tandem adds µs | Python binding adds µs |",
+            "|---:|---:|---:|---:|---:|---:|",
+        ]
+        for s in sizes:
+            if not overheads[s]:
+                continue
+            o = sorted(overheads[s], key=lambda r: r["bare_over_tandem"])[len(overheads[s]) // 2]
+            b = bindings.get(s, {}).get("binding_us", float("nan"))
+            lines.append(f"| {s} | {o['tandem_us']:.1f} | {o['bare_ort_us']:.1f} | {o['bare_over_tandem']:.3f} | "
+                         f"{o['tandem_us'] - o['bare_ort_us']:.1f} | {b:.1f} |")
     table = "\n".join(lines)
     print(table)
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / f"{args.model}-{provider}.md").write_text(table + "\n")
-        (out / f"{args.model}-{provider}.json").write_text(json.dumps({"tandem": tandem, "floor": floors}, indent=1))
+        (out / f"{args.model}-{provider}.json").write_text(json.dumps({"tandem": tandem, "floor": floors, "overhead": overheads,
+                                                                       "python_binding": bindings}, indent=1))
 
 
 if __name__ == "__main__":

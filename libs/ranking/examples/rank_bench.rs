@@ -2,14 +2,26 @@
 //! candidate count and client concurrency, with dynamic batching on and off. Requests come
 //! from a JSON file (written by `load-tests/ranking/compare.py`, which runs the Python
 //! onnxruntime floor on the same batches); prints one JSON object per line.
+//!
+//! Then, per candidate count, one thread alternates a `Ranker` request with a bare ORT run of
+//! the same model on that request's already assembled tensors (a session opened here with the
+//! same options): request by request, so the machine's drift hits both alike, which separate
+//! timed runs on a shared VM cannot promise. That line (`"mode": "overhead"`) gives what
+//! tandem adds to the ORT call itself: feature assembly and request handling.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ort::session::builder::GraphOptimizationLevel;
+use ort::session::{OutputSelector, RunOptions, Session, SessionInputValue};
+use ort::value::TensorRef;
 use tandem_catalog::Catalog;
-use tandem_ranking::{BatchConfig, ExecutionProvider, Ranker, RankerConfig, ScoreRequest};
+use tandem_ranking::{
+    BatchConfig, ExecutionProvider, InputValues, Ranker, RankerConfig, ScoreRequest, assemble,
+    init_runtime,
+};
 
 struct Args {
     model: PathBuf,
@@ -132,6 +144,72 @@ fn measure(
     })
 }
 
+/// Mean microseconds of a `Ranker` request and of a bare ORT run on the same request's
+/// assembled tensors, alternated request by request on one thread.
+fn overhead(
+    ranker: &Ranker,
+    catalog: &Catalog,
+    model_dir: &std::path::Path,
+    dylib: &std::path::Path,
+    requests: &[ScoreRequest],
+    iterations: usize,
+) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
+    let version = &ranker.info().versions[0];
+    let spec = version.spec();
+    let env = init_runtime(dylib)?;
+    let model = std::fs::read(model_dir.join(version.version()).join(&spec.model.file))?;
+    let mut session = Session::builder(&env)?
+        .with_optimization_level(GraphOptimizationLevel::Level3)?
+        .with_intra_threads(1)?
+        .with_inter_threads(1)?
+        .commit_from_memory(&model)?;
+    let score_only =
+        RunOptions::new()?.with_outputs(OutputSelector::no_default().with(&spec.output.name));
+    let assembled: Vec<_> = requests
+        .iter()
+        .map(|r| assemble(spec, catalog, &[r]))
+        .collect();
+    let (mut tandem, mut bare) = (Duration::ZERO, Duration::ZERO);
+    for i in 0..2 * iterations {
+        let k = i % requests.len();
+        let request = requests[k].clone();
+        let t0 = Instant::now();
+        ranker.rank_blocking(request)?;
+        let t1 = Instant::now();
+        let rows = requests[k].items.len();
+        let inputs = assembled[k]
+            .iter()
+            .map(|input| {
+                let shape = [rows, input.width];
+                let value: SessionInputValue<'_> = match &input.values {
+                    InputValues::F32(v) => {
+                        TensorRef::from_array_view((shape, v.as_slice()))?.into()
+                    }
+                    InputValues::I64(v) => {
+                        TensorRef::from_array_view((shape, v.as_slice()))?.into()
+                    }
+                };
+                Ok((input.name.clone(), value))
+            })
+            .collect::<Result<Vec<_>, ort::Error>>()?;
+        let outputs = session.run_with_options(inputs, &score_only)?;
+        outputs[spec.output.name.as_str()].try_extract_tensor::<f32>()?;
+        drop(outputs);
+        let t2 = Instant::now();
+        // The first half warms up.
+        if i >= iterations {
+            tandem += t1 - t0;
+            bare += t2 - t1;
+        }
+    }
+    let per = |d: Duration| d.as_secs_f64() * 1e6 / iterations as f64;
+    Ok(serde_json::json!({
+        "tandem_us": per(tandem),
+        "bare_ort_us": per(bare),
+        "bare_over_tandem": bare.as_secs_f64() / tandem.as_secs_f64(),
+    }))
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = parse()?;
     let catalog = Arc::new(Catalog::open(&args.items)?);
@@ -175,6 +253,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 row["sessions"] = args.sessions.into();
                 row["intra_threads"] = args.intra_threads.into();
                 row["provider"] = provider.into();
+                println!("{row}");
+            }
+            // The bare session here runs on the CPU provider.
+            if mode == "unbatched" && provider == "cpu" {
+                let rows = requests.first().map_or(1, |r| r.items.len().max(1));
+                let iterations = (1_500_000 / rows).clamp(500, 10_000);
+                let mut row = overhead(
+                    &ranker,
+                    &catalog,
+                    &args.model,
+                    std::path::Path::new(&dylib),
+                    &requests,
+                    iterations,
+                )?;
+                row["mode"] = "overhead".into();
+                row["candidates"] = size.parse::<usize>()?.into();
+                row["iterations"] = iterations.into();
                 println!("{row}");
             }
         }
