@@ -99,6 +99,53 @@ def floor(model: Path, spec: dict, catalog: dict, requests: list[dict], seconds:
             "requests": len(lat)}
 
 
+def lockstep(cmd: list[str], model: Path, spec: dict, catalog: dict, requests: list[dict], intra: int,
+             slices: int = 60, slice_s: float = 0.03) -> dict:
+    """Concurrency 1 without drift: the floor's `session.run` loop and tandem (a rank_bench process
+    answering on stdin) take turns in slices of ~30 ms, each running the same requests in the same
+    order; the ratio is tandem's rows/s over the floor's over all slices."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = intra
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
+    feeds = [assemble(spec, catalog, np.repeat(np.array(r["user_vector"], np.float32)[None], len(r["items"]), 0),
+                      np.array(r["items"]), np.array(r["retrieval_scores"], np.float32),
+                      recent=[r["recent_items"]] * len(r["items"]),
+                      context=[{"hour_of_day": str(r["hour"])}] * len(r["items"])) for r in requests]
+    out = [spec["output"]["name"]]
+    t0 = time.perf_counter()
+    for feed in feeds:
+        session.run(out, feed)
+    per_call = (time.perf_counter() - t0) / len(feeds)
+    count = max(len(feeds), int(slice_s / per_call) // len(feeds) * len(feeds))
+    proc = subprocess.Popen(cmd + ["--lockstep", "true"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    floor_s, tandem_s, ratios = 0.0, 0.0, []
+    try:
+        for i in range(slices + 5):
+            t0 = time.perf_counter()
+            for j in range(count):
+                session.run(out, feeds[j % len(feeds)])
+            f = time.perf_counter() - t0
+            assert proc.stdin is not None and proc.stdout is not None
+            proc.stdin.write(f"{count}\n")
+            proc.stdin.flush()
+            t = json.loads(proc.stdout.readline())["seconds"]
+            if i >= 5:  # the first slices warm up
+                floor_s, tandem_s = floor_s + f, tandem_s + t
+                ratios.append(f / t)
+    finally:
+        if proc.stdin is not None:
+            proc.stdin.close()
+        proc.wait()
+    ratios.sort()
+    rows = sum(len(requests[j % len(requests)]["items"]) for j in range(count)) * slices
+    return {"vs_floor": floor_s / tandem_s, "floor_rows_per_s": rows / floor_s, "tandem_rows_per_s": rows / tandem_s,
+            "slice_p25": ratios[len(ratios) // 4], "slice_p75": ratios[3 * len(ratios) // 4],
+            "slices": slices, "requests_per_slice": count}
+
+
 def binding_overhead_us(model: Path, spec: dict, catalog: dict, requests: list[dict], intra: int,
                         calls: int = 2000) -> dict:
     """What Python's `session.run` adds to ONNX Runtime's own run: wall time per call minus the
@@ -173,6 +220,7 @@ def main() -> None:
     tandem_rounds: dict[int, list[list[dict]]] = {s: [] for s in sizes}
     floor_rounds: dict[int, list[dict]] = {s: [] for s in sizes}
     overheads: dict[int, list[dict]] = {s: [] for s in sizes}
+    lockstep_results: dict[int, dict] = {}
     model_file = version / spec["model"]["file"]
     with tempfile.TemporaryDirectory() as tmp:
         for size in sizes:
@@ -184,6 +232,9 @@ def main() -> None:
                    "--batch-max-rows", str(args.batch_max_rows), "--batch-max-wait-us", str(args.batch_max_wait_us),
                    "--execution-provider", args.execution_provider]
             print("running", " ".join(cmd), file=sys.stderr)
+            if args.execution_provider == "cpu":
+                lockstep_results[size] = lockstep(cmd, model_file, spec, catalog, requests[str(size)],
+                                                  args.intra_threads)
             for _ in range(max(1, args.rounds)):
                 # Floors on both sides of the tandem run: a drift in the machine's speed
                 # during the round affects both sides of the ratio alike.
@@ -237,10 +288,12 @@ def main() -> None:
             "",
             "What tandem adds to the ORT call itself, at concurrency 1: each request alternated with a bare ORT run",
             "(Rust, same session options) on that request's already assembled tensors, so drift hits both alike",
-            "(median over rounds). Beside it, what Python's `session.run` adds to ORT's own `model_run` (ORT profiler).",
+            "(median over rounds), and of that, feature assembly alone timed right after a run. Beside it, what",
+            "Python's `session.run` adds to ORT's own `model_run` (ORT profiler).",
             "",
-            "| candidates | tandem request µs | bare ORT run µs | bare ÷ tandem | tandem adds µs | Python binding adds µs |",
-            "|---:|---:|---:|---:|---:|---:|",
+            "| candidates | tandem request µs | bare ORT run µs | bare ÷ tandem | tandem adds µs | of which assembly µs "
+            "| Python binding adds µs |",
+            "|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for s in sizes:
             if not overheads[s]:
@@ -248,7 +301,22 @@ def main() -> None:
             o = sorted(overheads[s], key=lambda r: r["bare_over_tandem"])[len(overheads[s]) // 2]
             b = bindings.get(s, {}).get("binding_us", float("nan"))
             lines.append(f"| {s} | {o['tandem_us']:.1f} | {o['bare_ort_us']:.1f} | {o['bare_over_tandem']:.3f} | "
-                         f"{o['tandem_us'] - o['bare_ort_us']:.1f} | {b:.1f} |")
+                         f"{o['tandem_us'] - o['bare_ort_us']:.1f} | {o.get('assembly_us', float('nan')):.1f} | {b:.1f} |")
+    if lockstep_results:
+        lines += [
+            "",
+            "Concurrency 1 in lockstep: the floor's loop and tandem take turns in ~30 ms slices of the same",
+            "requests, so the machine's drift hits both alike. 'vs floor' is tandem's rows/s over the floor's",
+            "over all slices; p25-p75 is the spread of the per-slice ratios.",
+            "",
+            "| candidates | floor rows/s | tandem rows/s | vs floor | per-slice p25-p75 | slices |",
+            "|---:|---:|---:|---:|---:|---:|",
+        ]
+        for s in sizes:
+            if s in lockstep_results:
+                r = lockstep_results[s]
+                lines.append(f"| {s} | {r['floor_rows_per_s']:,.0f} | {r['tandem_rows_per_s']:,.0f} | {r['vs_floor']:.3f} | "
+                             f"{r['slice_p25']:.2f}-{r['slice_p75']:.2f} | {r['slices']} |")
     table = "\n".join(lines)
     print(table)
     if args.out:
@@ -256,7 +324,8 @@ def main() -> None:
         out.mkdir(parents=True, exist_ok=True)
         (out / f"{args.model}-{provider}.md").write_text(table + "\n")
         (out / f"{args.model}-{provider}.json").write_text(json.dumps({"tandem": tandem, "floor": floors, "overhead": overheads,
-                                                                       "python_binding": bindings}, indent=1))
+                                                                       "python_binding": bindings,
+                                                                       "lockstep": lockstep_results}, indent=1))
 
 
 if __name__ == "__main__":

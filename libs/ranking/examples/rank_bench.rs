@@ -19,8 +19,8 @@ use ort::session::{OutputSelector, RunOptions, Session, SessionInputValue};
 use ort::value::TensorRef;
 use tandem_catalog::Catalog;
 use tandem_ranking::{
-    BatchConfig, ExecutionProvider, InputValues, Ranker, RankerConfig, ScoreRequest, assemble,
-    init_runtime,
+    Assembler, BatchConfig, ExecutionProvider, InputValues, Ranker, RankerConfig, ScoreRequest,
+    assemble, init_runtime,
 };
 
 struct Args {
@@ -34,6 +34,8 @@ struct Args {
     max_rows: usize,
     max_wait_us: u64,
     provider: ExecutionProvider,
+    /// Read `N` lines on stdin and answer each with the seconds N requests took (one thread).
+    lockstep: bool,
 }
 
 fn parse() -> Result<Args, String> {
@@ -49,6 +51,7 @@ fn parse() -> Result<Args, String> {
         max_rows: 1024,
         max_wait_us: 200,
         provider: ExecutionProvider::Cpu,
+        lockstep: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -67,6 +70,7 @@ fn parse() -> Result<Args, String> {
             "--batch-max-rows" => args.max_rows = num(&value)?,
             "--batch-max-wait-us" => args.max_wait_us = num(&value)? as u64,
             "--execution-provider" => args.provider = value.parse()?,
+            "--lockstep" => args.lockstep = value == "true",
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -159,7 +163,7 @@ fn overhead(
     let env = init_runtime(dylib)?;
     let model = std::fs::read(model_dir.join(version.version()).join(&spec.model.file))?;
     let mut session = Session::builder(&env)?
-        .with_optimization_level(GraphOptimizationLevel::Level3)?
+        .with_optimization_level(GraphOptimizationLevel::All)?
         .with_intra_threads(1)?
         .with_inter_threads(1)?
         .commit_from_memory(&model)?;
@@ -169,9 +173,29 @@ fn overhead(
         .iter()
         .map(|r| assemble(spec, catalog, &[r]))
         .collect();
-    let (mut tandem, mut bare) = (Duration::ZERO, Duration::ZERO);
+    let assembler = Assembler::new(spec, catalog);
+    let half = u32::try_from(catalog.len() / 2)?;
+    let shifted: Vec<ScoreRequest> = requests
+        .iter()
+        .map(|r| ScoreRequest {
+            items: r
+                .items
+                .iter()
+                .map(|&i| (i + half) % (2 * half).max(1))
+                .collect(),
+            ..r.clone()
+        })
+        .collect();
+    let mut buffers = Vec::new();
+    let (mut tandem, mut bare, mut assembly) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
     for i in 0..2 * iterations {
         let k = i % requests.len();
+        // Assembly alone, as tandem meets it right after a run, on other catalog rows than the
+        // requests' (the same rows shifted by half the catalog), so it warms nothing for them.
+        let other = &shifted[k];
+        let t_asm = Instant::now();
+        assembler.assemble_into(catalog, &[other], &mut buffers);
+        let asm_time = t_asm.elapsed();
         let request = requests[k].clone();
         let t0 = Instant::now();
         ranker.rank_blocking(request)?;
@@ -200,6 +224,7 @@ fn overhead(
         if i >= iterations {
             tandem += t1 - t0;
             bare += t2 - t1;
+            assembly += asm_time;
         }
     }
     let per = |d: Duration| d.as_secs_f64() * 1e6 / iterations as f64;
@@ -207,7 +232,35 @@ fn overhead(
         "tandem_us": per(tandem),
         "bare_ort_us": per(bare),
         "bare_over_tandem": bare.as_secs_f64() / tandem.as_secs_f64(),
+        "assembly_us": per(assembly),
     }))
+}
+
+/// Concurrency 1 in slices the caller alternates with its own (the Python floor's), so that
+/// the machine's drift hits both alike: each stdin line `N` runs the next N requests and
+/// prints how long they took.
+fn lockstep(ranker: &Ranker, requests: &[ScoreRequest]) -> Result<(), Box<dyn std::error::Error>> {
+    use std::io::{BufRead, Write};
+    let mut next = 0;
+    let stdout = std::io::stdout();
+    for line in std::io::stdin().lock().lines() {
+        let count: usize = line?.trim().parse()?;
+        let started = Instant::now();
+        let mut rows = 0;
+        for _ in 0..count {
+            let request = requests[next % requests.len()].clone();
+            rows += request.items.len();
+            ranker.rank_blocking(request)?;
+            next += 1;
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        writeln!(
+            stdout.lock(),
+            "{}",
+            serde_json::json!({"seconds": seconds, "rows": rows})
+        )?;
+    }
+    Ok(())
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -245,6 +298,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     version: None,
                 })
                 .collect();
+            if args.lockstep {
+                // The served configuration (batching on); at concurrency 1 both modes lead.
+                return lockstep(&ranker, &requests);
+            }
             for &clients in &args.concurrency {
                 let mut row = measure(&ranker, &requests, clients, args.seconds);
                 row["mode"] = mode.into();

@@ -85,9 +85,10 @@ fn builder(
     intra_threads: usize,
 ) -> Result<ort::session::builder::SessionBuilder, RankingError> {
     let stage = "session";
+    // `All` is ORT_ENABLE_ALL, Python's default; ort's `Level3` is only ORT_ENABLE_LAYOUT.
     Session::builder(env)
         .map_err(|e| RankingError::inference(stage, e))?
-        .with_optimization_level(GraphOptimizationLevel::Level3)
+        .with_optimization_level(GraphOptimizationLevel::All)
         .map_err(|e| RankingError::inference(stage, e))?
         .with_intra_threads(intra_threads.max(1))
         .map_err(|e| RankingError::inference(stage, e))?
