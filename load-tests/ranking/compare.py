@@ -67,19 +67,25 @@ def make_requests(rng, catalog: dict, size: int, n: int) -> list[dict]:
     return out
 
 
-def floor(model: Path, spec: dict, catalog: dict, requests: list[dict], seconds: float, intra: int) -> dict:
-    opts = ort.SessionOptions()
+def floor_session(model: Path, spec: dict, catalog: dict, requests: list[dict], intra: int,
+                  opts: ort.SessionOptions | None = None) -> tuple:
+    """The floor's session (tandem's options: intra-op threads, full graph optimization,
+    sequential) and each request's assembled feeds."""
+    opts = opts or ort.SessionOptions()
     opts.intra_op_num_threads = intra
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     session = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
-    feeds = []
-    for r in requests:
-        n = len(r["items"])
-        feeds.append(assemble(spec, catalog, np.repeat(np.array(r["user_vector"], np.float32)[None], n, 0),
-                              np.array(r["items"]), np.array(r["retrieval_scores"], np.float32),
-                              recent=[r["recent_items"]] * n, context=[{"hour_of_day": str(r["hour"])}] * n))
+    feeds = [assemble(spec, catalog, np.repeat(np.array(r["user_vector"], np.float32)[None], len(r["items"]), 0),
+                      np.array(r["items"]), np.array(r["retrieval_scores"], np.float32),
+                      recent=[r["recent_items"]] * len(r["items"]),
+                      context=[{"hour_of_day": str(r["hour"])}] * len(r["items"])) for r in requests]
+    return session, feeds
+
+
+def floor(model: Path, spec: dict, catalog: dict, requests: list[dict], seconds: float, intra: int) -> dict:
+    session, feeds = floor_session(model, spec, catalog, requests, intra)
     out = [spec["output"]["name"]]
     start, rows, lat, i = time.perf_counter(), 0, [], 0
     warm = start + seconds * 0.2
@@ -104,16 +110,7 @@ def lockstep(cmd: list[str], model: Path, spec: dict, catalog: dict, requests: l
     """Concurrency 1 without drift: the floor's `session.run` loop and tandem (a rank_bench process
     answering on stdin) take turns in slices of ~30 ms, each running the same requests in the same
     order; the ratio is tandem's rows/s over the floor's over all slices."""
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = intra
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
-    feeds = [assemble(spec, catalog, np.repeat(np.array(r["user_vector"], np.float32)[None], len(r["items"]), 0),
-                      np.array(r["items"]), np.array(r["retrieval_scores"], np.float32),
-                      recent=[r["recent_items"]] * len(r["items"]),
-                      context=[{"hour_of_day": str(r["hour"])}] * len(r["items"])) for r in requests]
+    session, feeds = floor_session(model, spec, catalog, requests, intra)
     out = [spec["output"]["name"]]
     t0 = time.perf_counter()
     for feed in feeds:
@@ -151,18 +148,10 @@ def binding_overhead_us(model: Path, spec: dict, catalog: dict, requests: list[d
     """What Python's `session.run` adds to ONNX Runtime's own run: wall time per call minus the
     `model_run` time ORT's profiler records for it."""
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = intra
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.enable_profiling = True
     with tempfile.TemporaryDirectory() as tmp:
         opts.profile_file_prefix = str(Path(tmp) / "ort")
-        session = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
-        feeds = [assemble(spec, catalog, np.repeat(np.array(r["user_vector"], np.float32)[None], len(r["items"]), 0),
-                          np.array(r["items"]), np.array(r["retrieval_scores"], np.float32),
-                          recent=[r["recent_items"]] * len(r["items"]),
-                          context=[{"hour_of_day": str(r["hour"])}] * len(r["items"])) for r in requests]
+        session, feeds = floor_session(model, spec, catalog, requests, intra, opts)
         out = [spec["output"]["name"]]
         for i in range(200):
             session.run(out, feeds[i % len(feeds)])
