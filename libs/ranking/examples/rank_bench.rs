@@ -241,6 +241,9 @@ fn overhead(
 /// prints how long they took.
 fn lockstep(ranker: &Ranker, requests: &[ScoreRequest]) -> Result<(), Box<dyn std::error::Error>> {
     use std::io::{BufRead, Write};
+    if requests.is_empty() {
+        return Err("the requests file holds no requests".into());
+    }
     let mut next = 0;
     let stdout = std::io::stdout();
     for line in std::io::stdin().lock().lines() {
