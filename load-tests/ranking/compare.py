@@ -105,11 +105,17 @@ def floor(model: Path, spec: dict, catalog: dict, requests: list[dict], seconds:
             "requests": len(lat)}
 
 
+LOCKSTEP_MODES = ("tandem", "bare", "assemble")
+
+
 def lockstep(cmd: list[str], model: Path, spec: dict, catalog: dict, requests: list[dict], intra: int,
              slices: int = 60, slice_s: float = 0.03) -> dict:
-    """Concurrency 1 without drift: the floor's `session.run` loop and tandem (a rank_bench process
-    answering on stdin) take turns in slices of ~30 ms, each running the same requests in the same
-    order; the ratio is tandem's rows/s over the floor's over all slices."""
+    """Concurrency 1 without drift: the floor's `session.run` loop and a rank_bench process
+    (answering on stdin) take turns in slices of ~30 ms, each running the same requests in the
+    same order, both pinned to one core (a shared VM's two vCPUs need not run at the same
+    speed). rank_bench runs each slice three ways, in rotating order: through tandem's ranker,
+    as a bare Rust ORT run of the already assembled tensors, and as assembly plus that bare
+    run. Each mode's ratio is the floor's time over its own, summed over all slices."""
     session, feeds = floor_session(model, spec, catalog, requests, intra)
     out = [spec["output"]["name"]]
     t0 = time.perf_counter()
@@ -117,30 +123,43 @@ def lockstep(cmd: list[str], model: Path, spec: dict, catalog: dict, requests: l
         session.run(out, feed)
     per_call = (time.perf_counter() - t0) / len(feeds)
     count = max(len(feeds), int(slice_s / per_call) // len(feeds) * len(feeds))
+    allowed = os.sched_getaffinity(0)
+    core = max(allowed)
+    os.sched_setaffinity(0, {core})  # the child inherits it
     proc = subprocess.Popen(cmd + ["--lockstep", "true"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    floor_s, tandem_s, ratios = 0.0, 0.0, []
+    floor_s, mode_s = 0.0, {m: 0.0 for m in LOCKSTEP_MODES}
+    ratios: list[float] = []
     try:
+        assert proc.stdin is not None and proc.stdout is not None
         for i in range(slices + 5):
             t0 = time.perf_counter()
             for j in range(count):
                 session.run(out, feeds[j % len(feeds)])
             f = time.perf_counter() - t0
-            assert proc.stdin is not None and proc.stdout is not None
-            proc.stdin.write(f"{count}\n")
-            proc.stdin.flush()
-            t = json.loads(proc.stdout.readline())["seconds"]
+            took = {}
+            for m in LOCKSTEP_MODES[i % 3:] + LOCKSTEP_MODES[:i % 3]:
+                proc.stdin.write(f"{m} {count}\n")
+                proc.stdin.flush()
+                took[m] = json.loads(proc.stdout.readline())["seconds"]
             if i >= 5:  # the first slices warm up
-                floor_s, tandem_s = floor_s + f, tandem_s + t
-                ratios.append(f / t)
+                floor_s += f
+                for m in LOCKSTEP_MODES:
+                    mode_s[m] += took[m]
+                ratios.append(f / took["tandem"])
     finally:
         if proc.stdin is not None:
             proc.stdin.close()
         proc.wait()
+        os.sched_setaffinity(0, allowed)
     ratios.sort()
     rows = sum(len(requests[j % len(requests)]["items"]) for j in range(count)) * slices
-    return {"vs_floor": floor_s / tandem_s, "floor_rows_per_s": rows / floor_s, "tandem_rows_per_s": rows / tandem_s,
+    return {"vs_floor": floor_s / mode_s["tandem"], "bare_vs_floor": floor_s / mode_s["bare"],
+            "assemble_vs_floor": floor_s / mode_s["assemble"],
+            "floor_us": floor_s / (count * slices) * 1e6,
+            **{f"{m}_us": mode_s[m] / (count * slices) * 1e6 for m in LOCKSTEP_MODES},
+            "floor_rows_per_s": rows / floor_s, "tandem_rows_per_s": rows / mode_s["tandem"],
             "slice_p25": ratios[len(ratios) // 4], "slice_p75": ratios[3 * len(ratios) // 4],
-            "slices": slices, "requests_per_slice": count}
+            "slices": slices, "requests_per_slice": count, "core": core}
 
 
 def binding_overhead_us(model: Path, spec: dict, catalog: dict, requests: list[dict], intra: int,
@@ -178,6 +197,30 @@ def median_row(rounds: list[dict]) -> dict:
     return row
 
 
+def lockstep_table(sizes: list[int], results: dict[int, dict]) -> list[str]:
+    if not results:
+        return []
+    lines = [
+        "",
+        "Concurrency 1 in lockstep: the floor's loop and rank_bench take turns in ~30 ms slices of the same",
+        "requests, both pinned to one core, so the machine's drift hits all alike. rank_bench runs each slice",
+        "through tandem's ranker, as a bare Rust ORT run of the already assembled tensors, and as assembly",
+        "plus that bare run (tandem minus request handling). '× floor' is the floor's time over each one's,",
+        "over all slices; p25-p75 is the spread of tandem's per-slice ratios.",
+        "",
+        "| candidates | floor µs | bare ORT µs | assembly + bare µs | tandem µs | tandem × floor | bare × floor "
+        "| tandem per-slice p25-p75 | slices |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for s in sizes:
+        if s in results:
+            r = results[s]
+            lines.append(f"| {s} | {r['floor_us']:.1f} | {r['bare_us']:.1f} | {r['assemble_us']:.1f} | "
+                         f"{r['tandem_us']:.1f} | {r['vs_floor']:.3f} | {r['bare_vs_floor']:.3f} | "
+                         f"{r['slice_p25']:.2f}-{r['slice_p75']:.2f} | {r['slices']} |")
+    return lines
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="data/demo")
@@ -195,6 +238,8 @@ def main() -> None:
     p.add_argument("--execution-provider", default="cpu")
     p.add_argument("--bench-bin", default=str(ROOT / "target/release/examples/rank_bench"))
     p.add_argument("--out", default=None, help="directory for the markdown table and raw JSON")
+    p.add_argument("--lockstep-only", action="store_true",
+                   help="only the pinned concurrency-1 lockstep (a minute), printed, nothing written")
     args = p.parse_args()
 
     data = Path(args.data)
@@ -224,6 +269,8 @@ def main() -> None:
             if args.execution_provider == "cpu":
                 lockstep_results[size] = lockstep(cmd, model_file, spec, catalog, requests[str(size)],
                                                   args.intra_threads)
+            if args.lockstep_only:
+                continue
             for _ in range(max(1, args.rounds)):
                 # Floors on both sides of the tandem run: a drift in the machine's speed
                 # during the round affects both sides of the ratio alike.
@@ -239,6 +286,10 @@ def main() -> None:
                     cell["vs_floor"] = cell["rows_per_s"] / paired
                 tandem_rounds[size].append(cells)
                 floor_rounds[size].extend([before, after])
+    if args.lockstep_only:
+        print(f"# Ranking: `{spec['model']['name']}/{spec['model']['version']}`, lockstep only")
+        print("\n".join(lockstep_table(sizes, lockstep_results)))
+        return
     tandem = [median_row([r[i] for r in tandem_rounds[s]]) for s in sizes for i in range(len(tandem_rounds[s][0]))]
     floors = {s: median_row(floor_rounds[s]) for s in sizes}
     bindings = {}
@@ -291,21 +342,7 @@ def main() -> None:
             b = bindings.get(s, {}).get("binding_us", float("nan"))
             lines.append(f"| {s} | {o['tandem_us']:.1f} | {o['bare_ort_us']:.1f} | {o['bare_over_tandem']:.3f} | "
                          f"{o['tandem_us'] - o['bare_ort_us']:.1f} | {o.get('assembly_us', float('nan')):.1f} | {b:.1f} |")
-    if lockstep_results:
-        lines += [
-            "",
-            "Concurrency 1 in lockstep: the floor's loop and tandem take turns in ~30 ms slices of the same",
-            "requests, so the machine's drift hits both alike. 'vs floor' is tandem's rows/s over the floor's",
-            "over all slices; p25-p75 is the spread of the per-slice ratios.",
-            "",
-            "| candidates | floor rows/s | tandem rows/s | vs floor | per-slice p25-p75 | slices |",
-            "|---:|---:|---:|---:|---:|---:|",
-        ]
-        for s in sizes:
-            if s in lockstep_results:
-                r = lockstep_results[s]
-                lines.append(f"| {s} | {r['floor_rows_per_s']:,.0f} | {r['tandem_rows_per_s']:,.0f} | {r['vs_floor']:.3f} | "
-                             f"{r['slice_p25']:.2f}-{r['slice_p75']:.2f} | {r['slices']} |")
+    lines += lockstep_table(sizes, lockstep_results)
     table = "\n".join(lines)
     print(table)
     if args.out:

@@ -15,12 +15,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ort::session::builder::GraphOptimizationLevel;
-use ort::session::{OutputSelector, RunOptions, Session, SessionInputValue};
+use ort::session::{HasSelectedOutputs, OutputSelector, RunOptions, Session, SessionInputValue};
 use ort::value::TensorRef;
 use tandem_catalog::Catalog;
 use tandem_ranking::{
     Assembler, BatchConfig, ExecutionProvider, InputValues, Ranker, RankerConfig, ScoreRequest,
-    assemble, init_runtime,
+    init_runtime,
 };
 
 struct Args {
@@ -148,32 +148,131 @@ fn measure(
     })
 }
 
+/// A session opened here with the served options and no tandem around it: ONNX Runtime
+/// alone on each request's already assembled tensors, or after assembling them here.
+struct BareOrt {
+    session: Session,
+    score_only: RunOptions<HasSelectedOutputs>,
+    output: String,
+    assembler: Assembler,
+    /// `(name, width)` per model input, in spec order.
+    inputs: Vec<(String, usize)>,
+    assembled: Vec<Vec<InputValues>>,
+    buffers: Vec<InputValues>,
+}
+
+impl BareOrt {
+    fn open(
+        ranker: &Ranker,
+        catalog: &Catalog,
+        model_dir: &std::path::Path,
+        dylib: &std::path::Path,
+        requests: &[ScoreRequest],
+    ) -> Result<Self, Box<dyn std::error::Error>> {
+        let version = &ranker.info().versions[0];
+        let spec = version.spec();
+        let env = init_runtime(dylib)?;
+        let model = std::fs::read(model_dir.join(version.version()).join(&spec.model.file))?;
+        let session = Session::builder(&env)?
+            .with_optimization_level(GraphOptimizationLevel::All)?
+            .with_intra_threads(1)?
+            .with_inter_threads(1)?
+            .commit_from_memory(&model)?;
+        let score_only =
+            RunOptions::new()?.with_outputs(OutputSelector::no_default().with(&spec.output.name));
+        let assembler = Assembler::new(spec, catalog);
+        let assembled = requests
+            .iter()
+            .map(|r| {
+                let mut values = Vec::new();
+                assembler.assemble_into(catalog, &[r], &mut values);
+                values
+            })
+            .collect();
+        Ok(Self {
+            session,
+            score_only,
+            output: spec.output.name.clone(),
+            inputs: assembler
+                .input_shapes()
+                .map(|(name, width)| (name.to_owned(), width))
+                .collect(),
+            assembler,
+            assembled,
+            buffers: Vec::new(),
+        })
+    }
+
+    /// Runs request `k`'s tensors, assembled beforehand, and reads the scores.
+    fn run(&mut self, k: usize, rows: usize) -> Result<(), Box<dyn std::error::Error>> {
+        let values = &self.assembled[k % self.assembled.len()];
+        run_inputs(
+            &mut self.session,
+            &self.score_only,
+            &self.output,
+            &self.inputs,
+            rows,
+            values,
+        )
+    }
+
+    /// Assembles `request` into buffers kept from the previous call, as a ranker session
+    /// does, then runs them: tandem's work without its request handling.
+    fn assemble_and_run(
+        &mut self,
+        catalog: &Catalog,
+        request: &ScoreRequest,
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        self.assembler
+            .assemble_into(catalog, &[request], &mut self.buffers);
+        run_inputs(
+            &mut self.session,
+            &self.score_only,
+            &self.output,
+            &self.inputs,
+            request.items.len(),
+            &self.buffers,
+        )
+    }
+}
+
+fn run_inputs(
+    session: &mut Session,
+    score_only: &RunOptions<HasSelectedOutputs>,
+    output: &str,
+    inputs: &[(String, usize)],
+    rows: usize,
+    values: &[InputValues],
+) -> Result<(), Box<dyn std::error::Error>> {
+    let inputs = inputs
+        .iter()
+        .zip(values)
+        .map(|((name, width), values)| {
+            let shape = [rows, *width];
+            let value: SessionInputValue<'_> = match values {
+                InputValues::F32(v) => TensorRef::from_array_view((shape, v.as_slice()))?.into(),
+                InputValues::I64(v) => TensorRef::from_array_view((shape, v.as_slice()))?.into(),
+            };
+            Ok((name.as_str(), value))
+        })
+        .collect::<Result<Vec<_>, ort::Error>>()?;
+    let outputs = session.run_with_options(inputs, score_only)?;
+    let (_, scores) = outputs[output].try_extract_tensor::<f32>()?;
+    std::hint::black_box(scores.to_vec());
+    Ok(())
+}
+
 /// Mean microseconds of a `Ranker` request and of a bare ORT run on the same request's
 /// assembled tensors, alternated request by request on one thread.
 fn overhead(
     ranker: &Ranker,
     catalog: &Catalog,
-    model_dir: &std::path::Path,
-    dylib: &std::path::Path,
+    bare: &mut BareOrt,
     requests: &[ScoreRequest],
     iterations: usize,
 ) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
-    let version = &ranker.info().versions[0];
-    let spec = version.spec();
-    let env = init_runtime(dylib)?;
-    let model = std::fs::read(model_dir.join(version.version()).join(&spec.model.file))?;
-    let mut session = Session::builder(&env)?
-        .with_optimization_level(GraphOptimizationLevel::All)?
-        .with_intra_threads(1)?
-        .with_inter_threads(1)?
-        .commit_from_memory(&model)?;
-    let score_only =
-        RunOptions::new()?.with_outputs(OutputSelector::no_default().with(&spec.output.name));
-    let assembled: Vec<_> = requests
-        .iter()
-        .map(|r| assemble(spec, catalog, &[r]))
-        .collect();
-    let assembler = Assembler::new(spec, catalog);
+    let spec = ranker.info().versions[0].spec().clone();
+    let assembler = Assembler::new(&spec, catalog);
     let half = u32::try_from(catalog.len() / 2)?;
     let shifted: Vec<ScoreRequest> = requests
         .iter()
@@ -187,7 +286,8 @@ fn overhead(
         })
         .collect();
     let mut buffers = Vec::new();
-    let (mut tandem, mut bare, mut assembly) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+    let (mut tandem, mut bare_time, mut assembly) =
+        (Duration::ZERO, Duration::ZERO, Duration::ZERO);
     for i in 0..2 * iterations {
         let k = i % requests.len();
         // Assembly alone, as tandem meets it right after a run, on other catalog rows than the
@@ -200,61 +300,60 @@ fn overhead(
         let t0 = Instant::now();
         ranker.rank_blocking(request)?;
         let t1 = Instant::now();
-        let rows = requests[k].items.len();
-        let inputs = assembled[k]
-            .iter()
-            .map(|input| {
-                let shape = [rows, input.width];
-                let value: SessionInputValue<'_> = match &input.values {
-                    InputValues::F32(v) => {
-                        TensorRef::from_array_view((shape, v.as_slice()))?.into()
-                    }
-                    InputValues::I64(v) => {
-                        TensorRef::from_array_view((shape, v.as_slice()))?.into()
-                    }
-                };
-                Ok((input.name.clone(), value))
-            })
-            .collect::<Result<Vec<_>, ort::Error>>()?;
-        let outputs = session.run_with_options(inputs, &score_only)?;
-        outputs[spec.output.name.as_str()].try_extract_tensor::<f32>()?;
-        drop(outputs);
+        bare.run(k, requests[k].items.len())?;
         let t2 = Instant::now();
         // The first half warms up.
         if i >= iterations {
             tandem += t1 - t0;
-            bare += t2 - t1;
+            bare_time += t2 - t1;
             assembly += asm_time;
         }
     }
     let per = |d: Duration| d.as_secs_f64() * 1e6 / iterations as f64;
     Ok(serde_json::json!({
         "tandem_us": per(tandem),
-        "bare_ort_us": per(bare),
-        "bare_over_tandem": bare.as_secs_f64() / tandem.as_secs_f64(),
+        "bare_ort_us": per(bare_time),
+        "bare_over_tandem": bare_time.as_secs_f64() / tandem.as_secs_f64(),
         "assembly_us": per(assembly),
     }))
 }
 
 /// Concurrency 1 in slices the caller alternates with its own (the Python floor's), so that
-/// the machine's drift hits both alike: each stdin line `N` runs the next N requests and
-/// prints how long they took.
-fn lockstep(ranker: &Ranker, requests: &[ScoreRequest]) -> Result<(), Box<dyn std::error::Error>> {
+/// the machine's drift hits all alike. Each stdin line `MODE N` runs the first N requests
+/// (round-robin, as the floor does) and prints how long they took: `tandem` through the
+/// ranker, `bare` their already assembled tensors through ONNX Runtime alone, `assemble`
+/// assembly into reused buffers plus that bare run (tandem without its request handling).
+fn lockstep(
+    ranker: &Ranker,
+    catalog: &Catalog,
+    bare: &mut BareOrt,
+    requests: &[ScoreRequest],
+) -> Result<(), Box<dyn std::error::Error>> {
     use std::io::{BufRead, Write};
     if requests.is_empty() {
         return Err("the requests file holds no requests".into());
     }
-    let mut next = 0;
     let stdout = std::io::stdout();
     for line in std::io::stdin().lock().lines() {
-        let count: usize = line?.trim().parse()?;
+        let line = line?;
+        let (mode, count) = line
+            .trim()
+            .split_once(' ')
+            .ok_or_else(|| format!("`{line}` is not `MODE N`"))?;
+        let count: usize = count.trim().parse()?;
         let started = Instant::now();
         let mut rows = 0;
-        for _ in 0..count {
-            let request = requests[next % requests.len()].clone();
+        for k in 0..count {
+            let request = &requests[k % requests.len()];
             rows += request.items.len();
-            ranker.rank_blocking(request)?;
-            next += 1;
+            match mode {
+                "tandem" => {
+                    ranker.rank_blocking(request.clone())?;
+                }
+                "bare" => bare.run(k, request.items.len())?,
+                "assemble" => bare.assemble_and_run(catalog, request)?,
+                other => return Err(format!("unknown lockstep mode `{other}`").into()),
+            }
         }
         let seconds = started.elapsed().as_secs_f64();
         writeln!(
@@ -301,9 +400,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     version: None,
                 })
                 .collect();
+            let dylib_path = std::path::Path::new(&dylib);
             if args.lockstep {
                 // The served configuration (batching on); at concurrency 1 both modes lead.
-                return lockstep(&ranker, &requests);
+                let mut bare =
+                    BareOrt::open(&ranker, &catalog, &args.model, dylib_path, &requests)?;
+                return lockstep(&ranker, &catalog, &mut bare, &requests);
             }
             for &clients in &args.concurrency {
                 let mut row = measure(&ranker, &requests, clients, args.seconds);
@@ -319,14 +421,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             if mode == "unbatched" && provider == "cpu" {
                 let rows = requests.first().map_or(1, |r| r.items.len().max(1));
                 let iterations = (1_500_000 / rows).clamp(500, 10_000);
-                let mut row = overhead(
-                    &ranker,
-                    &catalog,
-                    &args.model,
-                    std::path::Path::new(&dylib),
-                    &requests,
-                    iterations,
-                )?;
+                let mut bare =
+                    BareOrt::open(&ranker, &catalog, &args.model, dylib_path, &requests)?;
+                let mut row = overhead(&ranker, &catalog, &mut bare, &requests, iterations)?;
                 row["mode"] = "overhead".into();
                 row["candidates"] = size.parse::<usize>()?.into();
                 row["iterations"] = iterations.into();
