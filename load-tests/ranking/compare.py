@@ -137,7 +137,7 @@ def lockstep(cmd: list[str], model: Path, spec: dict, catalog: dict, requests: l
                 session.run(out, feeds[j % len(feeds)])
             f = time.perf_counter() - t0
             took = {}
-            for m in LOCKSTEP_MODES[i % 3:] + LOCKSTEP_MODES[:i % 3]:
+            for m in LOCKSTEP_MODES[i % len(LOCKSTEP_MODES):] + LOCKSTEP_MODES[:i % len(LOCKSTEP_MODES)]:
                 proc.stdin.write(f"{m} {count}\n")
                 proc.stdin.flush()
                 took[m] = json.loads(proc.stdout.readline())["seconds"]
@@ -239,7 +239,7 @@ def main() -> None:
     p.add_argument("--bench-bin", default=str(ROOT / "target/release/examples/rank_bench"))
     p.add_argument("--out", default=None, help="directory for the markdown table and raw JSON")
     p.add_argument("--lockstep-only", action="store_true",
-                   help="only the pinned concurrency-1 lockstep (a minute), printed, nothing written")
+                   help="only the pinned concurrency-1 lockstep (about 20 s), printed, nothing written")
     args = p.parse_args()
 
     data = Path(args.data)

@@ -216,15 +216,20 @@ impl BareOrt {
         )
     }
 
-    /// Assembles `request` into buffers kept from the previous call, as a ranker session
-    /// does, then runs them: tandem's work without its request handling.
+    /// Assembles `request` into buffers kept from the previous call, as a ranker session does.
+    fn assemble(&mut self, catalog: &Catalog, request: &ScoreRequest) {
+        self.assembler
+            .assemble_into(catalog, &[request], &mut self.buffers);
+    }
+
+    /// [`BareOrt::assemble`], then a run of what it built: tandem's work without its request
+    /// handling.
     fn assemble_and_run(
         &mut self,
         catalog: &Catalog,
         request: &ScoreRequest,
     ) -> Result<(), Box<dyn std::error::Error>> {
-        self.assembler
-            .assemble_into(catalog, &[request], &mut self.buffers);
+        self.assemble(catalog, request);
         run_inputs(
             &mut self.session,
             &self.score_only,
@@ -271,8 +276,6 @@ fn overhead(
     requests: &[ScoreRequest],
     iterations: usize,
 ) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
-    let spec = ranker.info().versions[0].spec().clone();
-    let assembler = Assembler::new(&spec, catalog);
     let half = u32::try_from(catalog.len() / 2)?;
     let shifted: Vec<ScoreRequest> = requests
         .iter()
@@ -285,7 +288,6 @@ fn overhead(
             ..r.clone()
         })
         .collect();
-    let mut buffers = Vec::new();
     let (mut tandem, mut bare_time, mut assembly) =
         (Duration::ZERO, Duration::ZERO, Duration::ZERO);
     for i in 0..2 * iterations {
@@ -294,7 +296,7 @@ fn overhead(
         // requests' (the same rows shifted by half the catalog), so it warms nothing for them.
         let other = &shifted[k];
         let t_asm = Instant::now();
-        assembler.assemble_into(catalog, &[other], &mut buffers);
+        bare.assemble(catalog, other);
         let asm_time = t_asm.elapsed();
         let request = requests[k].clone();
         let t0 = Instant::now();
