@@ -47,7 +47,8 @@ pub fn config(extra: &[&str]) -> Config {
         format!("--items={}", items.display()),
         format!("--model-dir={}", models.display()),
         "--ranking-sessions=2".into(),
-        // Each gateway its own event log (leaked: the gateway outlives the config).
+        // Each gateway its own event log, kept (the gateway outlives the config) under
+        // target/tmp, which `cargo clean` removes, rather than in the system's temp dir.
         format!(
             "--event-log-dir={}",
             state_dir().keep().join("events").display()
@@ -123,12 +124,12 @@ pub fn event(user: &str, item: &str, kind: pb::EventType, t: i64) -> pb::Event {
     }
 }
 
-/// A fresh directory for one gateway's event log, removed when the test process ends
-/// (left behind on a crash for inspection).
+/// A fresh directory for one gateway's event log under cargo's target/tmp, removed when
+/// dropped (left behind on a crash for inspection).
 pub fn state_dir() -> tempfile::TempDir {
     tempfile::Builder::new()
         .prefix("tandem-gateway-test-")
-        .tempdir()
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
         .expect("tempdir")
 }
 
