@@ -196,6 +196,9 @@ impl Batcher {
         match result {
             Ok(scores) => {
                 self.stats.latency.record(started.elapsed());
+                if followers.is_empty() {
+                    return Ok(scores);
+                }
                 let (mine, rest) = scores.split_at(own);
                 self.reply_all(followers, rest);
                 Ok(mine.to_vec())

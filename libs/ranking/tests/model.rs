@@ -228,6 +228,24 @@ fn bad_requests_are_rejected_not_run() {
         }),
         "candidates.retrieval_score"
     );
+    assert_eq!(
+        field(ScoreRequest {
+            retrieval_scores: vec![0.5, f32::INFINITY, 0.5],
+            ..ok.clone()
+        }),
+        "candidates.retrieval_score"
+    );
+    let outside = catalog.len() as u32;
+    match ranker.rank_blocking(ScoreRequest {
+        items: vec![0, outside, 1],
+        ..ok.clone()
+    }) {
+        Err(RankingError::InvalidArgument { field, reason }) => {
+            assert_eq!(field, "candidates");
+            assert!(reason.contains(&outside.to_string()), "{reason}");
+        }
+        other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
+    }
     let err = ranker
         .rank_blocking(ScoreRequest {
             version: Some("7".into()),
