@@ -204,3 +204,134 @@ pub async fn shutdown_signal() {
         () = term => {}
     }
 }
+
+/// The shared secret that RPCs changing what a server serves (model loads, traffic splits,
+/// catalog upserts and deletes) require when set; reads stay open. Never printed.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct AdminToken(Option<Arc<str>>);
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "AdminToken(set)"
+        } else {
+            "AdminToken(none)"
+        })
+    }
+}
+
+/// The metadata key admin calls carry the token in, as `Bearer <token>`.
+pub const ADMIN_AUTH_HEADER: &str = "authorization";
+
+impl AdminToken {
+    /// `None` leaves admin RPCs open. A token must be non-empty printable ASCII without
+    /// spaces, so that it fits in a gRPC header.
+    pub fn new(token: Option<String>) -> Result<Self, String> {
+        match token {
+            None => Ok(Self(None)),
+            Some(t) if t.is_empty() || !t.bytes().all(|b| b.is_ascii_graphic()) => {
+                Err("--admin-token must be non-empty printable ASCII without spaces".into())
+            }
+            Some(t) => Ok(Self(Some(t.into()))),
+        }
+    }
+
+    /// For clap's `value_parser`.
+    pub fn parse(token: &str) -> Result<Self, String> {
+        Self::new(Some(token.to_owned()))
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// UNAUTHENTICATED without `authorization: Bearer <token>`, PERMISSION_DENIED with another
+    /// token; always OK when no token is configured.
+    pub fn check<T>(&self, request: &tonic::Request<T>) -> Result<(), Status> {
+        let Some(expected) = &self.0 else {
+            return Ok(());
+        };
+        let given = request
+            .metadata()
+            .get(ADMIN_AUTH_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| {
+                Status::unauthenticated(
+                    "this admin RPC needs `authorization: Bearer <token>` (the server's --admin-token)",
+                )
+            })?;
+        if constant_time_eq(given.as_bytes(), expected.as_bytes()) {
+            Ok(())
+        } else {
+            Err(Status::permission_denied(
+                "the admin token does not match the server's --admin-token",
+            ))
+        }
+    }
+
+    /// Warns at start-up when admin RPCs are open to more than this host.
+    pub fn warn_if_open(&self, listen: SocketAddr) {
+        if !self.is_set() && !listen.ip().is_loopback() {
+            tracing::warn!(
+                %listen,
+                "admin RPCs (model loads, traffic split, catalog upserts and deletes) accept any caller: set --admin-token / TANDEM_ADMIN_TOKEN"
+            );
+        }
+    }
+}
+
+/// Compares without stopping at the first differing byte, so response time does not reveal
+/// how much of a guess was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod admin_token_tests {
+    use super::*;
+
+    fn call(auth: Option<&str>) -> tonic::Request<()> {
+        let mut request = tonic::Request::new(());
+        if let Some(auth) = auth {
+            request
+                .metadata_mut()
+                .insert(ADMIN_AUTH_HEADER, auth.parse().expect("ascii"));
+        }
+        request
+    }
+
+    #[test]
+    fn a_set_token_is_required_and_must_match() {
+        let token = AdminToken::new(Some("s3cret".into())).expect("valid");
+        assert_eq!(
+            token.check(&call(None)).map_err(|s| s.code()),
+            Err(tonic::Code::Unauthenticated)
+        );
+        assert_eq!(
+            token.check(&call(Some("s3cret"))).map_err(|s| s.code()),
+            Err(tonic::Code::Unauthenticated)
+        );
+        assert_eq!(
+            token
+                .check(&call(Some("Bearer s3cre")))
+                .map_err(|s| s.code()),
+            Err(tonic::Code::PermissionDenied)
+        );
+        assert!(token.check(&call(Some("Bearer s3cret"))).is_ok());
+        assert!(!format!("{token:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn no_token_leaves_admin_open_and_bad_tokens_are_refused_at_start() {
+        assert!(
+            AdminToken::new(None)
+                .expect("none")
+                .check(&call(None))
+                .is_ok()
+        );
+        for bad in ["", "two words", "tab\t"] {
+            assert!(AdminToken::new(Some(bad.into())).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -67,13 +67,25 @@ pub async fn start(
         )
         .into_service(),
     );
+    let admin = config.admin_token.clone().unwrap_or_default();
+    if config.retrieval_addr.is_none() || config.ranking_addr.is_none() {
+        admin.warn_if_open(config.listen);
+    }
     if config.retrieval_addr.is_none() {
-        routes = routes.add_service(RetrievalApi::new(index.clone()).into_service());
+        routes = routes.add_service(
+            RetrievalApi::new(index.clone())
+                .with_admin_token(admin.clone())
+                .into_service(),
+        );
     }
     if config.ranking_addr.is_none() {
         routes = routes
             .add_service(RankingApi::new(ranker.clone()).into_service())
-            .add_service(RankingAdminApi::new(ranker.clone()).into_service());
+            .add_service(
+                RankingAdminApi::new(ranker.clone())
+                    .with_admin_token(admin)
+                    .into_service(),
+            );
     }
     let (listener, addr) = tandem_server::bind(config.listen).await?;
     tracing::info!(

@@ -373,3 +373,131 @@ async fn ranking_admin_reports_loads_and_splits_versions() {
     let status = ranking.rank(big).await.expect_err("oversized");
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
 }
+
+/// `value` as the `authorization` metadata of a request.
+fn with_auth<T>(message: T, value: Option<&str>) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Some(value) = value {
+        request
+            .metadata_mut()
+            .insert("authorization", value.parse().expect("ascii"));
+    }
+    request
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_rpcs_require_the_admin_token_when_one_is_set() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path().join("ranker");
+    for (version, from) in [("1", "models/ranker/1"), ("2", "models/seqranker/1")] {
+        let to = root.join(version);
+        std::fs::create_dir_all(&to).expect("mkdir");
+        for file in ["model.onnx", "feature_spec.json"] {
+            std::fs::copy(test_data().join(from).join(file), to.join(file)).expect("copy");
+        }
+    }
+    let state = state_dir();
+    let gw = start(config(&[
+        &format!("--model-dir={}", root.display()),
+        "--model-poll-interval-s=0",
+        "--traffic-split=1=100",
+        &format!("--state-dir={}", state.path().display()),
+        "--admin-token=s3cret",
+    ]))
+    .await;
+    let mut admin =
+        pb::ranking_admin_service_client::RankingAdminServiceClient::new(channel(gw.addr).await);
+    let mut retrieval =
+        pb::retrieval_service_client::RetrievalServiceClient::new(channel(gw.addr).await);
+    let load = || pb::LoadModelRequest {
+        version: "2".into(),
+        serve: false,
+    };
+    let split = || pb::SetTrafficSplitRequest {
+        split: vec![pb::TrafficShare {
+            version: "1".into(),
+            weight: 1,
+        }],
+    };
+    let dim = catalog().dim();
+    let upsert = || pb::UpsertItemsRequest {
+        items: vec![pb::Item {
+            item_id: "admin-test-item".into(),
+            embedding: vec![0.1; dim],
+            category: "cat-00".into(),
+            price: 10.0,
+            in_stock: true,
+            popularity: 1.0,
+        }],
+    };
+    let delete = || pb::DeleteItemsRequest {
+        item_ids: vec!["admin-test-item".into()],
+    };
+
+    // Without the token, or with another one, nothing changes.
+    for (auth, code) in [
+        (None, tonic::Code::Unauthenticated),
+        (Some("s3cret"), tonic::Code::Unauthenticated),
+        (Some("Bearer guess"), tonic::Code::PermissionDenied),
+    ] {
+        let got = [
+            admin.load_model(with_auth(load(), auth)).await.map(|_| ()),
+            admin
+                .set_traffic_split(with_auth(split(), auth))
+                .await
+                .map(|_| ()),
+            retrieval
+                .upsert_items(with_auth(upsert(), auth))
+                .await
+                .map(|_| ()),
+            retrieval
+                .delete_items(with_auth(delete(), auth))
+                .await
+                .map(|_| ()),
+        ];
+        for result in got {
+            let status = result.expect_err("refused");
+            assert_eq!(status.code(), code, "{auth:?}: {status:?}");
+        }
+    }
+    let info = admin
+        .get_model_info(pb::GetModelInfoRequest {})
+        .await
+        .expect("reads need no token")
+        .into_inner();
+    assert_eq!(info.versions.len(), 1, "no version was loaded");
+
+    // With it, the same calls go through.
+    let token = Some("Bearer s3cret");
+    let loaded = admin
+        .load_model(with_auth(load(), token))
+        .await
+        .expect("load")
+        .into_inner();
+    assert_eq!(loaded.version.expect("info").label, "seqranker/1");
+    admin
+        .set_traffic_split(with_auth(split(), token))
+        .await
+        .expect("split");
+    let upserted = retrieval
+        .upsert_items(with_auth(upsert(), token))
+        .await
+        .expect("upsert")
+        .into_inner();
+    assert_eq!(upserted.upserted, 1);
+    let deleted = retrieval
+        .delete_items(with_auth(delete(), token))
+        .await
+        .expect("delete")
+        .into_inner();
+    assert_eq!(deleted.deleted, 1);
+
+    // Public RPCs stay open.
+    let mut rec = recommender(gw.addr).await;
+    let resp = rec
+        .recommend(request("admin-test-user", 5))
+        .await
+        .expect("recommend")
+        .into_inner();
+    assert_eq!(resp.items.len(), 5);
+}

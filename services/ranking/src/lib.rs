@@ -11,7 +11,7 @@ use tandem_ranking::{
     BatchConfig, ExecutionProvider, ModelVersion, Ranker, RankerConfig, RankingError, ScoreRequest,
     SplitEntry, parse_split,
 };
-use tandem_server::Ready;
+use tandem_server::{AdminToken, Ready};
 use tonic::{Request, Response, Status};
 
 /// Model options (`--help` shows the defaults).
@@ -267,11 +267,21 @@ impl pb::ranking_service_server::RankingService for RankingApi {
 #[derive(Debug, Clone, Default)]
 pub struct RankingAdminApi {
     ranker: Ready<Ranker>,
+    admin: AdminToken,
 }
 
 impl RankingAdminApi {
     pub fn new(ranker: Ready<Ranker>) -> Self {
-        Self { ranker }
+        Self {
+            ranker,
+            admin: AdminToken::default(),
+        }
+    }
+
+    /// LoadModel and SetTrafficSplit then require the token; GetModelInfo stays open.
+    pub fn with_admin_token(mut self, admin: AdminToken) -> Self {
+        self.admin = admin;
+        self
     }
 
     pub fn into_service(self) -> pb::ranking_admin_service_server::RankingAdminServiceServer<Self> {
@@ -370,6 +380,7 @@ impl pb::ranking_admin_service_server::RankingAdminService for RankingAdminApi {
         &self,
         request: Request<pb::LoadModelRequest>,
     ) -> Result<Response<pb::LoadModelResponse>, Status> {
+        self.admin.check(&request)?;
         let ranker = self.ranker.get()?.clone();
         let req = request.into_inner();
         let intra = ranker.config().intra_threads;
@@ -387,6 +398,7 @@ impl pb::ranking_admin_service_server::RankingAdminService for RankingAdminApi {
         &self,
         request: Request<pb::SetTrafficSplitRequest>,
     ) -> Result<Response<pb::SetTrafficSplitResponse>, Status> {
+        self.admin.check(&request)?;
         let ranker = self.ranker.get()?.clone();
         let split: Vec<SplitEntry> = request
             .into_inner()

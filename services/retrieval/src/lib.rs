@@ -9,7 +9,7 @@ use tandem_proto::v1 as pb;
 use tandem_retrieval::{
     FilterSpec, Index, IndexParams, ItemUpdate, Metric, RetrievalError, SearchParams,
 };
-use tandem_server::Ready;
+use tandem_server::{AdminToken, Ready};
 use tonic::{Request, Response, Status};
 
 /// Index parameters (`--help` shows the defaults).
@@ -247,11 +247,21 @@ pub fn status(err: RetrievalError) -> Status {
 #[derive(Debug, Clone, Default)]
 pub struct RetrievalApi {
     index: Ready<Index>,
+    admin: AdminToken,
 }
 
 impl RetrievalApi {
     pub fn new(index: Ready<Index>) -> Self {
-        Self { index }
+        Self {
+            index,
+            admin: AdminToken::default(),
+        }
+    }
+
+    /// UpsertItems and DeleteItems then require the token; Search stays open.
+    pub fn with_admin_token(mut self, admin: AdminToken) -> Self {
+        self.admin = admin;
+        self
     }
 
     pub fn into_service(self) -> pb::retrieval_service_server::RetrievalServiceServer<Self> {
@@ -301,6 +311,7 @@ impl pb::retrieval_service_server::RetrievalService for RetrievalApi {
         &self,
         request: Request<pb::UpsertItemsRequest>,
     ) -> Result<Response<pb::UpsertItemsResponse>, Status> {
+        self.admin.check(&request)?;
         let index = self.index.get()?.clone();
         let items = request
             .into_inner()
@@ -329,6 +340,7 @@ impl pb::retrieval_service_server::RetrievalService for RetrievalApi {
         &self,
         request: Request<pb::DeleteItemsRequest>,
     ) -> Result<Response<pb::DeleteItemsResponse>, Status> {
+        self.admin.check(&request)?;
         let index = self.index.get()?.clone();
         let ids = request.into_inner().item_ids;
         let outcome = tokio::task::spawn_blocking(move || index.delete(ids))

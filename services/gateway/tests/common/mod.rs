@@ -40,6 +40,7 @@ pub fn catalog() -> Arc<Catalog> {
 pub fn config(extra: &[&str]) -> Config {
     let data = test_data();
     let items = data.join("items.parquet");
+    let state = state_dir().keep();
     let models = data.join("models/ranker");
     let mut args = vec![
         "tandem-gateway".to_owned(),
@@ -47,12 +48,11 @@ pub fn config(extra: &[&str]) -> Config {
         format!("--items={}", items.display()),
         format!("--model-dir={}", models.display()),
         "--ranking-sessions=2".into(),
-        // Each gateway its own event log, kept (the gateway outlives the config) under
-        // target/tmp, which `cargo clean` removes, rather than in the system's temp dir.
-        format!(
-            "--event-log-dir={}",
-            state_dir().keep().join("events").display()
-        ),
+        // Each gateway its own event log and served-feature log, kept (the gateway outlives
+        // the config) under target/tmp, which `cargo clean` removes, rather than in the
+        // system's temp dir or the source tree.
+        format!("--event-log-dir={}", state.join("events").display()),
+        format!("--served-log-dir={}", state.join("served").display()),
     ];
     let flag = |a: &str| a.split('=').next().unwrap_or(a).to_owned();
     args.retain(|a| !extra.iter().any(|e| flag(e) == flag(a)));
