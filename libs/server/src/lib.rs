@@ -220,6 +220,23 @@ impl std::fmt::Debug for AdminToken {
     }
 }
 
+/// The admin flag every server takes (flattened into its config).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct AdminArgs {
+    /// Shared secret that model loads, traffic splits and catalog upserts and deletes require
+    /// as `authorization: Bearer <token>`; unset = anyone may call them (warned about when not
+    /// listening on loopback). Reads never need it.
+    #[arg(long, env = "TANDEM_ADMIN_TOKEN", value_parser = AdminToken::parse, hide_env_values = true)]
+    admin_token: Option<AdminToken>,
+}
+
+impl AdminArgs {
+    /// The configured token, or none (admin RPCs open).
+    pub fn token(&self) -> AdminToken {
+        self.admin_token.clone().unwrap_or_default()
+    }
+}
+
 /// The metadata key admin calls carry the token in, as `Bearer <token>`.
 pub const ADMIN_AUTH_HEADER: &str = "authorization";
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 use tandem_ranking_service::{ModelArgs, ModelSettings};
 use tandem_retrieval::IndexParams;
 use tandem_retrieval_service::IndexArgs;
-use tandem_server::AdminToken;
+use tandem_server::AdminArgs;
 
 /// tandem gateway: personalized recommendations over gRPC. With no stage addresses it runs
 /// every stage in this process (embedded); `--retrieval-addr` / `--ranking-addr` split them out.
@@ -98,11 +98,8 @@ pub struct Config {
     /// Event ids remembered to recognise retries (the most recent ones).
     #[arg(long, env = "TANDEM_DEDUPE_WINDOW", default_value_t = 1_000_000)]
     pub dedupe_window: usize,
-    /// Shared secret that model loads, traffic splits and catalog upserts and deletes require
-    /// as `authorization: Bearer <token>`; unset = anyone may call them (warned about when not
-    /// listening on loopback). Reads never need it.
-    #[arg(long, env = "TANDEM_ADMIN_TOKEN", value_parser = AdminToken::parse, hide_env_values = true)]
-    pub admin_token: Option<AdminToken>,
+    #[command(flatten)]
+    pub admin: AdminArgs,
     #[command(flatten)]
     pub index: IndexArgs,
     #[command(flatten)]

@@ -67,7 +67,7 @@ pub async fn start(
         )
         .into_service(),
     );
-    let admin = config.admin_token.clone().unwrap_or_default();
+    let admin = config.admin.token();
     if config.retrieval_addr.is_none() || config.ranking_addr.is_none() {
         admin.warn_if_open(config.listen);
     }

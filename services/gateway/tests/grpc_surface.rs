@@ -378,9 +378,10 @@ async fn ranking_admin_reports_loads_and_splits_versions() {
 fn with_auth<T>(message: T, value: Option<&str>) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     if let Some(value) = value {
-        request
-            .metadata_mut()
-            .insert("authorization", value.parse().expect("ascii"));
+        request.metadata_mut().insert(
+            tandem_server::ADMIN_AUTH_HEADER,
+            value.parse().expect("ascii"),
+        );
     }
     request
 }

@@ -10,7 +10,7 @@ use tandem_catalog::Catalog;
 use tandem_proto::v1::ranking_admin_service_server::RankingAdminServiceServer;
 use tandem_proto::v1::ranking_service_server::RankingServiceServer;
 use tandem_ranking_service::{ModelArgs, RankingAdminApi, RankingApi, load_ranker};
-use tandem_server::{AdminToken, Ready};
+use tandem_server::{AdminArgs, Ready};
 
 /// Ranking server: scores candidates with the ONNX ranking model.
 #[derive(Debug, Parser)]
@@ -22,11 +22,8 @@ struct Config {
     /// Item catalog, for the item features.
     #[arg(long, env = "TANDEM_ITEMS", default_value = "data/demo/items.parquet")]
     items: PathBuf,
-    /// Shared secret that model loads, traffic splits and catalog upserts and deletes require
-    /// as `authorization: Bearer <token>`; unset = anyone may call them (warned about when not
-    /// listening on loopback). Reads never need it.
-    #[arg(long, env = "TANDEM_ADMIN_TOKEN", value_parser = AdminToken::parse, hide_env_values = true)]
-    admin_token: Option<AdminToken>,
+    #[command(flatten)]
+    admin: AdminArgs,
     #[command(flatten)]
     model: ModelArgs,
 }
@@ -36,7 +33,7 @@ async fn main() -> anyhow::Result<()> {
     tandem_server::init_tracing();
     let config = Config::parse();
     let settings = config.model.validate().map_err(anyhow::Error::msg)?;
-    let admin = config.admin_token.clone().unwrap_or_default();
+    let admin = config.admin.token();
     admin.warn_if_open(config.listen);
     anyhow::ensure!(
         config.items.is_file(),

@@ -8,7 +8,7 @@ use clap::Parser;
 use tandem_proto::v1::retrieval_service_server::RetrievalServiceServer;
 use tandem_retrieval::Shard;
 use tandem_retrieval_service::{IndexArgs, RetrievalApi, load_index};
-use tandem_server::{AdminToken, Ready};
+use tandem_server::{AdminArgs, Ready};
 
 /// Retrieval server: nearest catalog items to a query vector under a filter.
 #[derive(Debug, Parser)]
@@ -24,11 +24,8 @@ struct Config {
     /// every shard's address in `--retrieval-addr`, comma-separated.
     #[arg(long, env = "TANDEM_SHARD")]
     shard: Option<Shard>,
-    /// Shared secret that model loads, traffic splits and catalog upserts and deletes require
-    /// as `authorization: Bearer <token>`; unset = anyone may call them (warned about when not
-    /// listening on loopback). Reads never need it.
-    #[arg(long, env = "TANDEM_ADMIN_TOKEN", value_parser = AdminToken::parse, hide_env_values = true)]
-    admin_token: Option<AdminToken>,
+    #[command(flatten)]
+    admin: AdminArgs,
     #[command(flatten)]
     index: IndexArgs,
 }
@@ -51,7 +48,7 @@ async fn main() -> anyhow::Result<()> {
     .await
     .map_err(|e| anyhow::anyhow!(e))?;
     let index = Ready::default();
-    let admin = config.admin_token.clone().unwrap_or_default();
+    let admin = config.admin.token();
     admin.warn_if_open(config.listen);
     let routes = routes.add_service(
         RetrievalApi::new(index.clone())
