@@ -12,6 +12,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use ort::session::SessionInputValue;
@@ -90,6 +91,7 @@ pub(crate) struct Batcher {
     /// Runs in progress, led or queued.
     running: AtomicUsize,
     pub(crate) stats: Stats,
+    workers: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Batcher {
@@ -113,13 +115,24 @@ impl Batcher {
             spec,
             running: AtomicUsize::new(0),
             stats: Stats::default(),
+            workers: Mutex::new(Vec::with_capacity(workers)),
         });
         for i in 0..workers {
             let worker = batcher.clone();
-            std::thread::Builder::new()
+            let handle = std::thread::Builder::new()
                 .name(format!("rank-{label}-{i}"))
-                .spawn(move || worker.work())
-                .map_err(|e| RankingError::inference("worker", e))?;
+                .spawn(move || worker.work());
+            match handle {
+                Ok(handle) => batcher
+                    .workers
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(handle),
+                Err(e) => {
+                    batcher.shut_down();
+                    return Err(RankingError::inference("worker", e));
+                }
+            }
         }
         Ok(batcher)
     }
@@ -225,6 +238,22 @@ impl Batcher {
     pub(crate) fn close(&self) {
         self.lock().closed = true;
         self.ready.notify_all();
+    }
+
+    /// `close`, then waits for the workers to exit, so that their references are gone and
+    /// the sessions are released by whoever drops the batcher last, not by a detached worker
+    /// thread: a CUDA session released on such a thread while the process exits crashes
+    /// in the CUDA provider's teardown.
+    pub(crate) fn shut_down(&self) {
+        self.close();
+        let workers = std::mem::take(&mut *self.workers.lock().unwrap_or_else(|e| e.into_inner()));
+        let current = std::thread::current().id();
+        for worker in workers {
+            // A worker never drops its own batcher's version; skip it rather than deadlock.
+            if worker.thread().id() != current {
+                let _ = worker.join();
+            }
+        }
     }
 
     fn work(&self) {

@@ -59,7 +59,7 @@ impl std::fmt::Debug for ModelVersion {
 
 impl Drop for ModelVersion {
     fn drop(&mut self) {
-        self.batcher.close();
+        self.batcher.shut_down();
     }
 }
 
