@@ -19,7 +19,7 @@ MODEL ?= ranker
 ORT_DYLIB_PATH = $$(ls $(CURDIR)/$(VENV)/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* 2>/dev/null | head -n1)
 PIPELINE_SRC := $(wildcard models/tandem_pipeline/*.py)
 
-.PHONY: help run run-split run-gpu gpu-venv build data test-data test lint buf-lint bench bench-ann bench-ann-large bench-ranking train-from-served clean
+.PHONY: help run run-split run-gpu gpu-venv build data test-data test lint buf-lint bench bench-ann bench-ann-large bench-ranking bench-ranking-gpu train-from-served clean
 
 help:
 	@echo "make run        start tandem (embedded) on $(LISTEN) with the demo catalog and model"
@@ -29,6 +29,7 @@ help:
 	@echo "make bench      criterion benches of the hot paths (cargo bench)"
 	@echo "make bench-ann  retrieval vs hnswlib vs faiss on the 50k demo catalog (bench-ann-large: 1M)"
 	@echo "make bench-ranking  ranking rows/s and latency vs the Python onnxruntime floor"
+	@echo "make bench-ranking-gpu  the same on the CUDA provider (GPU node; GPU_REQUIREMENTS picks the CUDA major)"
 	@echo "make run-gpu    make run with the CUDA execution provider (onnxruntime-gpu wheel, --features cuda)"
 
 $(VENV)/.installed: models/requirements.txt
@@ -107,17 +108,31 @@ bench-ranking: $(VENV)/.installed data/demo/eval.json
 	ORT_DYLIB_PATH=$(ORT_DYLIB_PATH) $(PY) load-tests/ranking/compare.py --data data/demo --model seqranker --out load-tests/ranking/results
 
 # CUDA: a second venv with the onnxruntime-gpu wheel; its library replaces the CPU one.
+# models/requirements-gpu.txt is CUDA 12; GPU_REQUIREMENTS=models/requirements-gpu-cuda13.txt
+# for CUDA 13 nodes (delete .venv-gpu when switching).
 GPU_VENV := .venv-gpu
+GPU_REQUIREMENTS ?= models/requirements-gpu.txt
 GPU_ORT_DYLIB_PATH = $$(ls $(CURDIR)/$(GPU_VENV)/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* 2>/dev/null | head -n1)
 CUDA_LIBS = $$(ls -d $(CURDIR)/$(GPU_VENV)/lib/python3*/site-packages/nvidia/*/lib 2>/dev/null | paste -sd: -)
 
-$(GPU_VENV)/.installed: models/requirements-gpu.txt
+$(GPU_VENV)/.installed: $(GPU_REQUIREMENTS)
 	$(PYTHON) -m venv $(GPU_VENV)
 	$(GPU_VENV)/bin/pip install --quiet --upgrade pip
-	$(GPU_VENV)/bin/pip install --quiet -r models/requirements-gpu.txt
+	$(GPU_VENV)/bin/pip install --quiet -r $(GPU_REQUIREMENTS)
 	touch $@
 
 gpu-venv: $(GPU_VENV)/.installed
+
+# The ranking benchmark on the CUDA provider: tandem and the Python floor both on the GPU
+# (compare.py runs from the GPU venv, whose onnxruntime is the CUDA build).
+bench-ranking-gpu: $(GPU_VENV)/.installed data/demo/eval.json
+	cargo build --release -p tandem-ranking --example rank_bench --features cuda
+	for model in ranker seqranker; do \
+		LD_LIBRARY_PATH=$(CUDA_LIBS):$$LD_LIBRARY_PATH ORT_DYLIB_PATH=$(GPU_ORT_DYLIB_PATH) \
+			$(GPU_VENV)/bin/python load-tests/ranking/compare.py --data data/demo --model $$model \
+			--execution-provider cuda --sessions 4 --rounds 3 --seconds 1.5 --lockstep-runs 3 \
+			--out load-tests/ranking/results || exit 1; \
+	done
 
 run-gpu: $(GPU_VENV)/.installed data/demo/eval.json
 	cargo build --release -p tandem-gateway --features cuda

@@ -11,6 +11,10 @@ The machines this runs on are shared VMs whose speed drifts by 10-30 % over seco
 size is measured in rounds of floor, tandem, floor: a cell's "vs floor" is the median over
 rounds of its rows/s divided by the mean of the two floor runs around it.
 
+`--execution-provider cuda` puts tandem's sessions and the floor's on the CUDA provider (run it
+from the onnxruntime-gpu venv: `make bench-ranking-gpu`). Either way every request's scores
+from tandem are checked against the floor's on the same provider.
+
     python load-tests/ranking/compare.py --data data/demo --model ranker --out load-tests/ranking/results
 """
 
@@ -68,8 +72,16 @@ def make_requests(rng, catalog: dict, size: int, n: int) -> list[dict]:
     return out
 
 
+def ort_providers(execution_provider: str) -> list[str]:
+    """Python onnxruntime's providers for tandem's `--execution-provider`: the floor runs where
+    tandem runs."""
+    if execution_provider == "cuda":
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
 def floor_session(model: Path, spec: dict, catalog: dict, requests: list[dict], intra: int,
-                  opts: ort.SessionOptions | None = None) -> tuple:
+                  opts: ort.SessionOptions | None = None, execution_provider: str = "cpu") -> tuple:
     """The floor's session (tandem's options: intra-op threads, full graph optimization,
     sequential) and each request's assembled feeds."""
     opts = opts or ort.SessionOptions()
@@ -77,7 +89,11 @@ def floor_session(model: Path, spec: dict, catalog: dict, requests: list[dict], 
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
+    providers = ort_providers(execution_provider)
+    session = ort.InferenceSession(str(model), opts, providers=providers)
+    if session.get_providers()[0] != providers[0]:
+        sys.exit(f"onnxruntime {ort.__version__} could not use {providers[0]} "
+                 f"(available: {ort.get_available_providers()})")
     feeds = [assemble(spec, catalog, np.repeat(np.array(r["user_vector"], np.float32)[None], len(r["items"]), 0),
                       np.array(r["items"]), np.array(r["retrieval_scores"], np.float32),
                       recent=[r["recent_items"]] * len(r["items"]),
@@ -85,8 +101,9 @@ def floor_session(model: Path, spec: dict, catalog: dict, requests: list[dict], 
     return session, feeds
 
 
-def floor(model: Path, spec: dict, catalog: dict, requests: list[dict], seconds: float, intra: int) -> dict:
-    session, feeds = floor_session(model, spec, catalog, requests, intra)
+def floor(model: Path, spec: dict, catalog: dict, requests: list[dict], seconds: float, intra: int,
+          execution_provider: str = "cpu") -> dict:
+    session, feeds = floor_session(model, spec, catalog, requests, intra, execution_provider=execution_provider)
     out = [spec["output"]["name"]]
     start, rows, lat, i = time.perf_counter(), 0, [], 0
     warm = start + seconds * 0.2
@@ -106,18 +123,32 @@ def floor(model: Path, spec: dict, catalog: dict, requests: list[dict], seconds:
             "requests": len(lat)}
 
 
+def score_gap(tandem_scores: list[list[float]], model: Path, spec: dict, catalog: dict, requests: list[dict],
+              execution_provider: str) -> float:
+    """Largest |tandem - floor| over every score of `requests`, both on the same provider."""
+    session, feeds = floor_session(model, spec, catalog, requests, 1, execution_provider=execution_provider)
+    out = [spec["output"]["name"]]
+    gap = 0.0
+    for feed, ours in zip(feeds, tandem_scores, strict=True):
+        theirs = np.asarray(session.run(out, feed)[0], np.float64)
+        if theirs.ndim == 2:  # the score is one column of a [rows, columns] output
+            theirs = theirs[:, spec["output"].get("column", 0)]
+        gap = max(gap, float(np.max(np.abs(theirs - np.asarray(ours, np.float64)))))
+    return gap
+
+
 LOCKSTEP_MODES = ("tandem", "bare", "assemble")
 
 
 def lockstep(cmd: list[str], model: Path, spec: dict, catalog: dict, requests: list[dict], intra: int,
-             slices: int = 60, slice_s: float = 0.03) -> dict:
+             execution_provider: str = "cpu", slices: int = 60, slice_s: float = 0.03) -> dict:
     """Concurrency 1 without drift: the floor's `session.run` loop and a rank_bench process
     (answering on stdin) take turns in slices of ~30 ms, each running the same requests in the
     same order, both pinned to one core (a shared VM's two vCPUs need not run at the same
     speed). rank_bench runs each slice three ways, in rotating order: through tandem's ranker,
     as a bare Rust ORT run of the already assembled tensors, and as assembly plus that bare
     run. Each mode's ratio is the floor's time over its own, summed over all slices."""
-    session, feeds = floor_session(model, spec, catalog, requests, intra)
+    session, feeds = floor_session(model, spec, catalog, requests, intra, execution_provider=execution_provider)
     out = [spec["output"]["name"]]
     t0 = time.perf_counter()
     for feed in feeds:
@@ -269,6 +300,7 @@ def main() -> None:
     overheads: dict[int, list[dict]] = {s: [] for s in sizes}
     lockstep_results: dict[int, dict] = {}
     lockstep_runs: dict[int, list[float]] = {}
+    parity: dict[int, float] = {}
     model_file = version / spec["model"]["file"]
     with tempfile.TemporaryDirectory() as tmp:
         for size in sizes:
@@ -280,23 +312,27 @@ def main() -> None:
                    "--batch-max-rows", str(args.batch_max_rows), "--batch-max-wait-us", str(args.batch_max_wait_us),
                    "--execution-provider", args.execution_provider]
             print("running", " ".join(cmd), file=sys.stderr)
-            if args.execution_provider == "cpu":
-                runs = [lockstep(cmd, model_file, spec, catalog, requests[str(size)], args.intra_threads)
-                        for _ in range(max(1, args.lockstep_runs))]
-                lockstep_runs[size] = [r["vs_floor"] for r in runs]
-                lockstep_results[size] = sorted(runs, key=lambda r: r["vs_floor"])[len(runs) // 2]
+            runs = [lockstep(cmd, model_file, spec, catalog, requests[str(size)], args.intra_threads,
+                             args.execution_provider) for _ in range(max(1, args.lockstep_runs))]
+            lockstep_runs[size] = [r["vs_floor"] for r in runs]
+            lockstep_results[size] = sorted(runs, key=lambda r: r["vs_floor"])[len(runs) // 2]
             if args.lockstep_only:
                 continue
             for _ in range(max(1, args.rounds)):
                 # Floors on both sides of the tandem run: a drift in the machine's speed
                 # during the round affects both sides of the ratio alike.
-                before = floor(model_file, spec, catalog, requests[str(size)], args.seconds, args.intra_threads)
+                before = floor(model_file, spec, catalog, requests[str(size)], args.seconds, args.intra_threads,
+                               args.execution_provider)
                 lines = [json.loads(line) for line in
                          subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()
                          if line.startswith("{")]
-                cells = [c for c in lines if c["mode"] != "overhead"]
+                for c in (c for c in lines if c["mode"] == "scores"):
+                    parity[size] = max(parity.get(size, 0.0), score_gap(c["scores"], model_file, spec, catalog,
+                                                                         requests[str(size)], args.execution_provider))
+                cells = [c for c in lines if c["mode"] not in ("overhead", "scores")]
                 overheads[size].extend(c for c in lines if c["mode"] == "overhead")
-                after = floor(model_file, spec, catalog, requests[str(size)], args.seconds, args.intra_threads)
+                after = floor(model_file, spec, catalog, requests[str(size)], args.seconds, args.intra_threads,
+                              args.execution_provider)
                 paired = (before["rows_per_s"] + after["rows_per_s"]) / 2
                 for cell in cells:
                     cell["vs_floor"] = cell["rows_per_s"] / paired
@@ -318,6 +354,13 @@ def main() -> None:
         cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
     except (OSError, StopIteration):
         pass
+    if args.execution_provider != "cpu":
+        try:
+            gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                                 capture_output=True, text=True, check=True).stdout.strip()
+            cpu = f"{cpu} + {gpu}"
+        except (OSError, subprocess.CalledProcessError):
+            pass
     provider = tandem[0]["provider"] if tandem else args.execution_provider
     lines = [
         f"# Ranking: `{spec['model']['name']}/{spec['model']['version']}` ({len(spec['inputs'])} input tensor(s))",
@@ -358,6 +401,9 @@ def main() -> None:
             b = bindings.get(s, {}).get("binding_us", float("nan"))
             lines.append(f"| {s} | {o['tandem_us']:.1f} | {o['bare_ort_us']:.1f} | {o['bare_over_tandem']:.3f} | "
                          f"{o['tandem_us'] - o['bare_ort_us']:.1f} | {o.get('assembly_us', float('nan')):.1f} | {b:.1f} |")
+    if parity:
+        lines += ["", "Scores: largest |tandem − floor| over every request of a size, both on the same execution provider: "
+                  + ", ".join(f"{s} candidates {parity[s]:.1e}" for s in sizes if s in parity) + "."]
     lines += lockstep_table(sizes, lockstep_results, lockstep_runs)
     table = "\n".join(lines)
     print(table)
@@ -368,7 +414,8 @@ def main() -> None:
         (out / f"{args.model}-{provider}.json").write_text(json.dumps({"tandem": tandem, "floor": floors, "overhead": overheads,
                                                                        "python_binding": bindings,
                                                                        "lockstep": lockstep_results,
-                                                                       "lockstep_runs": lockstep_runs}, indent=1))
+                                                                       "lockstep_runs": lockstep_runs,
+                                                                       "max_score_gap": parity}, indent=1))
 
 
 if __name__ == "__main__":

@@ -173,11 +173,24 @@ impl BareOrt {
         let spec = version.spec();
         let env = init_runtime(dylib)?;
         let model = std::fs::read(model_dir.join(version.version()).join(&spec.model.file))?;
-        let session = Session::builder(&env)?
+        let builder = Session::builder(&env)?
             .with_optimization_level(GraphOptimizationLevel::All)?
             .with_intra_threads(1)?
-            .with_inter_threads(1)?
-            .commit_from_memory(&model)?;
+            .with_inter_threads(1)?;
+        // The same provider as the ranker's sessions, so bare and tandem runs compare.
+        #[cfg(feature = "cuda")]
+        let builder = if version.provider().as_str() == "cuda" {
+            builder
+                .with_execution_providers([ort::ep::CUDA::default().build().error_on_failure()])?
+        } else {
+            builder
+        };
+        #[cfg(not(feature = "cuda"))]
+        if version.provider().as_str() != "cpu" {
+            return Err("the bare session needs a build with `--features cuda`".into());
+        }
+        let mut builder = builder;
+        let session = builder.commit_from_memory(&model)?;
         let score_only =
             RunOptions::new()?.with_outputs(OutputSelector::no_default().with(&spec.output.name));
         let assembler = Assembler::new(spec, catalog);
@@ -409,6 +422,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     BareOrt::open(&ranker, &catalog, &args.model, dylib_path, &requests)?;
                 return lockstep(&ranker, &catalog, &mut bare, &requests);
             }
+            if mode == "batched" {
+                // Each request's scores, for compare.py's parity check against the floor on
+                // the same execution provider.
+                let scores = requests
+                    .iter()
+                    .map(|r| ranker.rank_blocking(r.clone()).map(|s| s.scores))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let candidates = size.parse::<usize>()?;
+                println!(
+                    "{}",
+                    serde_json::json!({"mode": "scores", "candidates": candidates, "provider": provider, "scores": scores})
+                );
+            }
             for &clients in &args.concurrency {
                 let mut row = measure(&ranker, &requests, clients, args.seconds);
                 row["mode"] = mode.into();
@@ -419,8 +445,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 row["provider"] = provider.into();
                 println!("{row}");
             }
-            // The bare session here runs on the CPU provider.
-            if mode == "unbatched" && provider == "cpu" {
+            if mode == "unbatched" {
                 let rows = requests.first().map_or(1, |r| r.items.len().max(1));
                 let iterations = (1_500_000 / rows).clamp(500, 10_000);
                 let mut bare =
