@@ -326,9 +326,10 @@ def main() -> None:
                 lines = [json.loads(line) for line in
                          subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()
                          if line.startswith("{")]
-                for c in (c for c in lines if c["mode"] == "scores"):
-                    parity[size] = max(parity.get(size, 0.0), score_gap(c["scores"], model_file, spec, catalog,
-                                                                         requests[str(size)], args.execution_provider))
+                scores = next((c["scores"] for c in lines if c["mode"] == "scores"), None)
+                if scores is not None and size not in parity:  # the same every round: check once
+                    parity[size] = score_gap(scores, model_file, spec, catalog, requests[str(size)],
+                                             args.execution_provider)
                 cells = [c for c in lines if c["mode"] not in ("overhead", "scores")]
                 overheads[size].extend(c for c in lines if c["mode"] == "overhead")
                 after = floor(model_file, spec, catalog, requests[str(size)], args.seconds, args.intra_threads,

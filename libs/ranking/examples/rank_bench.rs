@@ -19,8 +19,8 @@ use ort::session::{HasSelectedOutputs, OutputSelector, RunOptions, Session, Sess
 use ort::value::TensorRef;
 use tandem_catalog::Catalog;
 use tandem_ranking::{
-    Assembler, BatchConfig, ExecutionProvider, InputValues, Ranker, RankerConfig, ScoreRequest,
-    init_runtime,
+    ActiveProvider, Assembler, BatchConfig, ExecutionProvider, InputValues, Ranker, RankerConfig,
+    ScoreRequest, init_runtime,
 };
 
 struct Args {
@@ -173,23 +173,21 @@ impl BareOrt {
         let spec = version.spec();
         let env = init_runtime(dylib)?;
         let model = std::fs::read(model_dir.join(version.version()).join(&spec.model.file))?;
-        let builder = Session::builder(&env)?
+        let mut builder = Session::builder(&env)?
             .with_optimization_level(GraphOptimizationLevel::All)?
             .with_intra_threads(1)?
             .with_inter_threads(1)?;
         // The same provider as the ranker's sessions, so bare and tandem runs compare.
-        #[cfg(feature = "cuda")]
-        let builder = if version.provider().as_str() == "cuda" {
-            builder
-                .with_execution_providers([ort::ep::CUDA::default().build().error_on_failure()])?
-        } else {
-            builder
-        };
-        #[cfg(not(feature = "cuda"))]
-        if version.provider().as_str() != "cpu" {
+        if version.provider() == ActiveProvider::Cuda {
+            #[cfg(feature = "cuda")]
+            {
+                builder = builder.with_execution_providers([ort::ep::CUDA::default()
+                    .build()
+                    .error_on_failure()])?;
+            }
+            #[cfg(not(feature = "cuda"))]
             return Err("the bare session needs a build with `--features cuda`".into());
         }
-        let mut builder = builder;
         let session = builder.commit_from_memory(&model)?;
         let score_only =
             RunOptions::new()?.with_outputs(OutputSelector::no_default().with(&spec.output.name));
