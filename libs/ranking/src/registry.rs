@@ -380,7 +380,13 @@ impl Ranker {
     }
 
     fn swap(&self, routing: Routing) {
-        *self.routing.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(routing);
+        let replaced = {
+            let mut current = self.routing.write().unwrap_or_else(|e| e.into_inner());
+            std::mem::replace(&mut *current, Arc::new(routing))
+        };
+        // Dropped after the lock: dropping a version's last reference waits for its
+        // workers to exit, which requests routing meanwhile must not wait for.
+        drop(replaced);
     }
 
     /// Looks for a version directory newer than every loaded one; loads it and, when
