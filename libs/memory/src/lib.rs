@@ -8,7 +8,7 @@
 //! Linux backs a mapping with huge pages when asked with `madvise(MADV_HUGEPAGE)` (the
 //! default `transparent_hugepage=madvise` mode) and pages are touched after the advice, so
 //! the array is allocated, advised, then filled. Elsewhere, or when the kernel refuses, it
-//! is ordinary memory and only slower. Small arrays get a mapping too, for its alignment.
+//! is ordinary memory and only slower (on Linux a warning, once per process, says so). Small arrays get a mapping too, for its alignment.
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -68,7 +68,11 @@ impl<T: Pod> HugeArray<T> {
         let offset = if huge {
             // Before the first touch, so the pages are huge from the start.
             #[cfg(target_os = "linux")]
-            let _ = map.advise(memmap2::Advice::HugePage);
+            if let Err(e) = map.advise(memmap2::Advice::HugePage) {
+                warn_once(&format!("madvise(MADV_HUGEPAGE) refused: {e}"));
+            } else if huge_pages_disabled() {
+                warn_once("/sys/kernel/mm/transparent_hugepage/enabled is [never]");
+            }
             let base = map.as_ptr() as usize;
             (HUGE_PAGE - base % HUGE_PAGE) % HUGE_PAGE
         } else {
@@ -103,6 +107,28 @@ impl<T: Pod> HugeArray<T> {
     pub fn is_mapped(&self) -> bool {
         matches!(self.storage, Storage::Mapped { .. })
     }
+}
+
+/// Whether the kernel's transparent huge page mode is `never`, where advice is ignored.
+#[cfg(target_os = "linux")]
+fn huge_pages_disabled() -> bool {
+    std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+        .is_ok_and(|mode| mode.contains("[never]"))
+}
+
+/// Once per process: operators should know why random reads of the large tables run slower,
+/// but not once per array.
+#[cfg(target_os = "linux")]
+fn warn_once(reason: &str) {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    WARNED.call_once(|| {
+        tracing::warn!(
+            reason,
+            "large tables (embeddings, item features) stay on 4 KiB pages: random reads of \
+             them (search, feature assembly) run slower; allow transparent huge pages \
+             (madvise or always) for full speed"
+        );
+    });
 }
 
 impl<T: Pod> Deref for HugeArray<T> {
