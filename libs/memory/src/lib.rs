@@ -8,7 +8,8 @@
 //! Linux backs a mapping with huge pages when asked with `madvise(MADV_HUGEPAGE)` (the
 //! default `transparent_hugepage=madvise` mode) and pages are touched after the advice, so
 //! the array is allocated, advised, then filled. Elsewhere, or when the kernel refuses, it
-//! is ordinary memory and only slower (on Linux a warning, once per process, says so). Small arrays get a mapping too, for its alignment.
+//! is ordinary memory and only slower (on Linux a warning, once per process, says so).
+//! Small arrays get a mapping too, for its alignment.
 
 use std::fmt;
 use std::marker::PhantomData;
