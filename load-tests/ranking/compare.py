@@ -229,7 +229,8 @@ def median_row(rounds: list[dict]) -> dict:
     return row
 
 
-def lockstep_table(sizes: list[int], results: dict[int, dict], runs: dict[int, list[float]]) -> list[str]:
+def lockstep_table(sizes: list[int], results: dict[int, dict], runs: dict[int, list[float]],
+                   bare_runs: dict[int, list[float]] | None = None) -> list[str]:
     if not results:
         return []
     lines = [
@@ -259,6 +260,13 @@ def lockstep_table(sizes: list[int], results: dict[int, dict], runs: dict[int, l
                 lines.append(f"* {s} candidates, {len(v)} runs: {v[0]:.3f}-{v[-1]:.3f}, median "
                              f"{statistics.median(v):.3f}, {at_target} at or above 0.95 "
                              f"({', '.join(f'{x:.3f}' for x in runs[s])})")
+                if bare_runs and len(bare_runs.get(s, [])) == len(runs[s]):
+                    # Tandem over bare Rust ORT is the wrapper's own cost, stable from run to
+                    # run; bare over the floor is where runs differ (each run is new processes).
+                    own = [t / b for t, b in zip(runs[s], bare_runs[s])]
+                    lines.append(f"  bare Rust ORT × floor: median {statistics.median(bare_runs[s]):.3f} "
+                                 f"({min(bare_runs[s]):.3f}-{max(bare_runs[s]):.3f}); tandem × bare: median "
+                                 f"{statistics.median(own):.3f} ({min(own):.3f}-{max(own):.3f})")
     return lines
 
 
@@ -300,6 +308,7 @@ def main() -> None:
     overheads: dict[int, list[dict]] = {s: [] for s in sizes}
     lockstep_results: dict[int, dict] = {}
     lockstep_runs: dict[int, list[float]] = {}
+    lockstep_bare_runs: dict[int, list[float]] = {}
     parity: dict[int, float] = {}
     model_file = version / spec["model"]["file"]
     with tempfile.TemporaryDirectory() as tmp:
@@ -315,6 +324,7 @@ def main() -> None:
             runs = [lockstep(cmd, model_file, spec, catalog, requests[str(size)], args.intra_threads,
                              args.execution_provider) for _ in range(max(1, args.lockstep_runs))]
             lockstep_runs[size] = [r["vs_floor"] for r in runs]
+            lockstep_bare_runs[size] = [r["bare_vs_floor"] for r in runs]
             lockstep_results[size] = sorted(runs, key=lambda r: r["vs_floor"])[len(runs) // 2]
             if args.lockstep_only:
                 continue
@@ -341,7 +351,7 @@ def main() -> None:
                 floor_rounds[size].extend([before, after])
     if args.lockstep_only:
         print(f"# Ranking: `{spec['model']['name']}/{spec['model']['version']}`, lockstep only")
-        print("\n".join(lockstep_table(sizes, lockstep_results, lockstep_runs)))
+        print("\n".join(lockstep_table(sizes, lockstep_results, lockstep_runs, lockstep_bare_runs)))
         return
     tandem = [median_row([r[i] for r in tandem_rounds[s]]) for s in sizes for i in range(len(tandem_rounds[s][0]))]
     floors = {s: median_row(floor_rounds[s]) for s in sizes}
@@ -405,7 +415,7 @@ def main() -> None:
     if parity:
         lines += ["", "Scores: largest |tandem − floor| over every request of a size, both on the same execution provider: "
                   + ", ".join(f"{s} candidates {parity[s]:.1e}" for s in sizes if s in parity) + "."]
-    lines += lockstep_table(sizes, lockstep_results, lockstep_runs)
+    lines += lockstep_table(sizes, lockstep_results, lockstep_runs, lockstep_bare_runs)
     table = "\n".join(lines)
     print(table)
     if args.out:
@@ -416,6 +426,7 @@ def main() -> None:
                                                                        "python_binding": bindings,
                                                                        "lockstep": lockstep_results,
                                                                        "lockstep_runs": lockstep_runs,
+                                                                       "lockstep_bare_runs": lockstep_bare_runs,
                                                                        "max_score_gap": parity}, indent=1))
 
 
