@@ -384,8 +384,8 @@ impl Batcher {
 pub(crate) struct Runner {
     session: Session,
     inputs: Vec<InputValues>,
-    /// Asks for the score output only: ORT then skips what feeds only the others (an
-    /// exported classifier's label branch, for one).
+    /// Asks for the score output only, so ORT copies out nothing else (what feeds only the
+    /// other outputs was pruned from the graph at load: ORT would run it regardless).
     score_only: RunOptions<HasSelectedOutputs>,
 }
 

@@ -11,6 +11,7 @@ mod batcher;
 mod error;
 mod features;
 mod model;
+mod prune;
 mod registry;
 mod session;
 mod spec;

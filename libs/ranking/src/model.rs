@@ -9,6 +9,7 @@ use tandem_catalog::Catalog;
 use crate::RankingError;
 use crate::batcher::{Admission, BatchConfig, Batcher, Runner, run_batch};
 use crate::features::{Assembler, FeatureValues, ScoreRequest, validate};
+use crate::prune::prune_to_output;
 use crate::session::{
     ActiveProvider, ExecutionProvider, SessionOptions, check_model, init_runtime, open_session,
 };
@@ -44,6 +45,8 @@ pub struct ModelVersion {
     provider: ActiveProvider,
     sessions: usize,
     max_candidates: usize,
+    /// Graph nodes dropped at load: the score output does not depend on them.
+    pruned_nodes: usize,
     batcher: Arc<Batcher>,
     loaded_at: std::time::SystemTime,
 }
@@ -80,6 +83,11 @@ impl ModelVersion {
             path: model_path.clone(),
             source,
         })?;
+        // ORT would run the nodes that feed only other outputs on every request.
+        let (model, pruned_nodes) = match prune_to_output(&model, &spec.output.name) {
+            Some((pruned, removed)) => (pruned, removed),
+            None => (model, 0),
+        };
         let options = SessionOptions {
             provider: config.execution_provider,
             intra_threads: config.intra_threads,
@@ -121,6 +129,7 @@ impl ModelVersion {
             version = label,
             model = %model_path.display(),
             execution_provider = provider.as_str(),
+            pruned_nodes,
             sessions = sessions_len,
             intra_threads = config.intra_threads,
             batch_max_rows = config.batch.max_rows,
@@ -137,6 +146,7 @@ impl ModelVersion {
             provider,
             sessions: sessions_len,
             max_candidates: config.max_candidates,
+            pruned_nodes,
             batcher,
             loaded_at: std::time::SystemTime::now(),
         })
@@ -178,6 +188,10 @@ impl ModelVersion {
 
     pub fn sessions(&self) -> usize {
         self.sessions
+    }
+
+    pub fn pruned_nodes(&self) -> usize {
+        self.pruned_nodes
     }
 
     pub fn loaded_at(&self) -> std::time::SystemTime {

@@ -282,3 +282,20 @@ fn execution_provider_cuda_fails_clearly_and_auto_falls_back_to_cpu() {
         assert_close(&scores.scores, &case.scores, "auto on cpu");
     }
 }
+
+/// The parity tests above score the pruned graphs; this pins what was pruned.
+#[test]
+fn nodes_the_score_does_not_need_are_pruned_at_load() {
+    let catalog = catalog();
+    // skl2onnx's label branch feeds only `label`; the sequence model has one output.
+    for (model, pruned) in [("ranker", 4), ("seqranker", 0)] {
+        let ranker = Ranker::open(
+            &test_data().join("models").join(model),
+            catalog.clone(),
+            config(unbatched()),
+            None,
+        )
+        .expect("load");
+        assert_eq!(ranker.info().versions[0].pruned_nodes(), pruned, "{model}");
+    }
+}

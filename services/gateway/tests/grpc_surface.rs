@@ -214,6 +214,9 @@ async fn ranking_admin_reports_loads_and_splits_versions() {
     assert_eq!((v1.version.as_str(), v1.label.as_str()), ("1", "ranker/1"));
     assert_eq!(v1.execution_provider, "cpu");
     assert_eq!(v1.sessions, 2);
+    // skl2onnx's label branch (ArgMax, ArrayFeatureExtractor, Reshape, Cast) feeds only
+    // `label`, which the spec does not read.
+    assert_eq!(v1.pruned_nodes, 4);
     assert_eq!(v1.inputs[0].name, "features");
     assert_eq!(info.split.len(), 1);
     assert!(info.follows_latest);

@@ -297,6 +297,7 @@ fn version_info(v: &ModelVersion, intra_threads: usize) -> pb::ModelVersionInfo 
         execution_provider: v.provider().as_str().to_owned(),
         sessions: v.sessions() as u32,
         intra_op_threads: intra_threads as u32,
+        pruned_nodes: v.pruned_nodes() as u32,
         inputs: v
             .spec()
             .inputs
