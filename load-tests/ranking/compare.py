@@ -146,8 +146,9 @@ def lockstep(cmd: list[str], model: Path, spec: dict, catalog: dict, requests: l
     (answering on stdin) take turns in slices of ~30 ms, each running the same requests in the
     same order, both pinned to one core (a shared VM's two vCPUs need not run at the same
     speed). rank_bench runs each slice three ways, in rotating order: through tandem's ranker,
-    as a bare Rust ORT run of the already assembled tensors, and as assembly plus that bare
-    run. Each mode's ratio is the floor's time over its own, summed over all slices."""
+    as a bare Rust ORT run of the already assembled tensors (the model as exported, as the floor
+    runs it), and as assembly plus that bare run. Each mode's ratio is the floor's time over its
+    own, summed over all slices."""
     session, feeds = floor_session(model, spec, catalog, requests, intra, execution_provider=execution_provider)
     out = [spec["output"]["name"]]
     t0 = time.perf_counter()
@@ -238,8 +239,9 @@ def lockstep_table(sizes: list[int], results: dict[int, dict], runs: dict[int, l
         "Concurrency 1 in lockstep: the floor's loop and rank_bench take turns in ~30 ms slices of the same",
         "requests, both pinned to one core, so the machine's drift hits all alike. rank_bench runs each slice",
         "through tandem's ranker, as a bare Rust ORT run of the already assembled tensors, and as assembly",
-        "plus that bare run (tandem minus request handling). '× floor' is the floor's time over each one's,",
-        "over all slices; p25-p75 is the spread of tandem's per-slice ratios.",
+        "plus that bare run. The bare runs use the model as exported, as the floor does; tandem runs it",
+        "pruned to the score output (GetModelInfo's pruned_nodes), so it can beat assembly + bare. '× floor'",
+        "is the floor's time over each one's, over all slices; p25-p75 is the spread of tandem's per-slice ratios.",
         "",
         "| candidates | floor µs | bare ORT µs | assembly + bare µs | tandem µs | tandem × floor | bare × floor "
         "| tandem per-slice p25-p75 | slices |",

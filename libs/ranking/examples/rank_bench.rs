@@ -5,9 +5,10 @@
 //!
 //! Then, per candidate count, one thread alternates a `Ranker` request with a bare ORT run of
 //! the same model on that request's already assembled tensors (a session opened here with the
-//! same options): request by request, so the machine's drift hits both alike, which separate
-//! timed runs on a shared VM cannot promise. That line (`"mode": "overhead"`) gives what
-//! tandem adds to the ORT call itself: feature assembly and request handling.
+//! same options, on the model as exported, as the floor runs it): request by request, so the
+//! machine's drift hits both alike, which separate timed runs on a shared VM cannot promise.
+//! That line (`"mode": "overhead"`) gives what tandem adds to the ORT call itself (feature
+//! assembly and request handling) less what pruning the graph to the score output saves.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -335,7 +336,8 @@ fn overhead(
 /// the machine's drift hits all alike. Each stdin line `MODE N` runs the first N requests
 /// (round-robin, as the floor does) and prints how long they took: `tandem` through the
 /// ranker, `bare` their already assembled tensors through ONNX Runtime alone, `assemble`
-/// assembly into reused buffers plus that bare run (tandem without its request handling).
+/// assembly into reused buffers plus that bare run. The bare runs use the model as exported;
+/// tandem's sessions run it pruned to the score output.
 fn lockstep(
     ranker: &Ranker,
     catalog: &Catalog,
