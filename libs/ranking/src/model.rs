@@ -84,10 +84,7 @@ impl ModelVersion {
             source,
         })?;
         // ORT would run the nodes that feed only other outputs on every request.
-        let (model, pruned_nodes) = match prune_to_output(&model, &spec.output.name) {
-            Some((pruned, removed)) => (pruned, removed),
-            None => (model, 0),
-        };
+        let mut pruned = prune_to_output(&model, &spec.output.name);
         let options = SessionOptions {
             provider: config.execution_provider,
             intra_threads: config.intra_threads,
@@ -95,11 +92,29 @@ impl ModelVersion {
         let mut sessions = Vec::with_capacity(config.sessions.max(1));
         let mut provider = ActiveProvider::Cpu;
         for _ in 0..config.sessions.max(1) {
-            let (session, active) = open_session(&env, &model, &model_path, options)?;
+            let opened = match &pruned {
+                Some((graph, _)) => open_session(&env, graph, &model_path, options),
+                None => open_session(&env, &model, &model_path, options),
+            };
+            let (session, active) = match opened {
+                // Pruning only drops nodes, so this should not happen; if ORT disagrees, the
+                // model as exported still serves.
+                Err(e) if pruned.is_some() && sessions.is_empty() => {
+                    tracing::warn!(
+                        model = %model_path.display(),
+                        error = %e,
+                        "the graph pruned to the score output did not load; loading it as exported"
+                    );
+                    pruned = None;
+                    open_session(&env, &model, &model_path, options)?
+                }
+                opened => opened?,
+            };
             provider = active;
             sessions.push(Runner::new(session, &spec.output.name)?);
         }
         check_model(sessions[0].session(), &spec)?;
+        let pruned_nodes = pruned.map_or(0, |(_, removed)| removed);
         let label = spec.version_label();
         let warm_up = warm_up_request(&catalog, &spec);
         let assembler = Assembler::new(&spec, &catalog);
