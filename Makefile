@@ -104,8 +104,8 @@ clean:
 
 bench-ranking: $(VENV)/.installed data/demo/eval.json
 	cargo build --release -p tandem-ranking --example rank_bench
-	ORT_DYLIB_PATH=$(ORT_DYLIB_PATH) $(PY) load-tests/ranking/compare.py --data data/demo --model ranker --out load-tests/ranking/results
-	ORT_DYLIB_PATH=$(ORT_DYLIB_PATH) $(PY) load-tests/ranking/compare.py --data data/demo --model seqranker --out load-tests/ranking/results
+	ORT_DYLIB_PATH=$(ORT_DYLIB_PATH) $(PY) load-tests/ranking/compare.py --data data/demo --model ranker --lockstep-runs 5 --out load-tests/ranking/results
+	ORT_DYLIB_PATH=$(ORT_DYLIB_PATH) $(PY) load-tests/ranking/compare.py --data data/demo --model seqranker --lockstep-runs 5 --out load-tests/ranking/results
 
 # CUDA: a second venv with the onnxruntime-gpu wheel; its library replaces the CPU one.
 # models/requirements-gpu.txt is CUDA 12; GPU_REQUIREMENTS=models/requirements-gpu-cuda13.txt
