@@ -358,13 +358,13 @@ fn lockstep(
         let count: usize = count.trim().parse()?;
         // The floor's loop is handed its tensors, so tandem is handed its requests: built
         // before the clock starts, moved into the ranker inside it.
-        let mut owned: Vec<ScoreRequest> = match mode {
+        let owned: Vec<ScoreRequest> = match mode {
             "tandem" => (0..count)
                 .map(|k| requests[k % requests.len()].clone())
                 .collect(),
             _ => Vec::new(),
         };
-        owned.reverse();
+        let mut owned = owned.into_iter();
         let started = Instant::now();
         let mut rows = 0;
         for k in 0..count {
@@ -372,7 +372,7 @@ fn lockstep(
             rows += request.items.len();
             match mode {
                 "tandem" => {
-                    let own = owned.pop().ok_or("one request per count")?;
+                    let own = owned.next().ok_or("one request per count")?;
                     ranker.rank_blocking(own)?;
                 }
                 "bare" => bare.run(k, request.items.len())?,

@@ -81,8 +81,8 @@ fn prune_graph(graph: &[u8], output: &str) -> Option<(Vec<u8>, usize)> {
             }
         }
         nodes.push(Node {
-            inputs: strings(f.payload, NODE_INPUT).ok()?,
-            outputs: strings(f.payload, NODE_OUTPUT).ok()?,
+            inputs: texts(&node_fields, NODE_INPUT)?,
+            outputs: texts(&node_fields, NODE_OUTPUT)?,
         });
     }
     // Walk back from the output until nothing more is needed (ONNX lists nodes in
@@ -142,7 +142,7 @@ fn prune_graph(graph: &[u8], output: &str) -> Option<(Vec<u8>, usize)> {
 
 /// The first string of field `number` in the message `f` holds: a tensor's or value's name.
 fn name_of<'a>(f: &Field<'a>, number: u64) -> Option<&'a str> {
-    strings(f.payload, number).ok()?.into_iter().next()
+    texts(&fields(f.payload)?, number)?.into_iter().next()
 }
 
 /// One field of a message: its number and wire type, its bytes as written (tag included),
@@ -196,17 +196,15 @@ fn fields(buf: &[u8]) -> Option<Vec<Field<'_>>> {
     Some(out)
 }
 
-/// The UTF-8 strings of field `number` in `message`.
-fn strings(message: &[u8], number: u64) -> Result<Vec<&str>, ()> {
-    fields(message)
-        .ok_or(())?
-        .into_iter()
+/// The UTF-8 strings of field `number` among a message's `fields`.
+fn texts<'a>(fields: &[Field<'a>], number: u64) -> Option<Vec<&'a str>> {
+    fields
+        .iter()
         .filter(|f| f.number == number)
         .map(|f| {
-            if f.wire != LEN {
-                return Err(());
-            }
-            std::str::from_utf8(f.payload).map_err(|_| ())
+            (f.wire == LEN)
+                .then(|| std::str::from_utf8(f.payload).ok())
+                .flatten()
         })
         .collect()
 }
@@ -284,7 +282,7 @@ mod tests {
             .iter()
             .filter(|f| f.number == GRAPH_NODE)
             .map(|f| {
-                strings(f.payload, NODE_OUTPUT)
+                texts(&fields(f.payload).expect("node"), NODE_OUTPUT)
                     .expect("outputs")
                     .into_iter()
                     .map(str::to_owned)
@@ -294,7 +292,7 @@ mod tests {
         let names = |number, name_field| {
             g.iter()
                 .filter(|f| f.number == number)
-                .map(|f| strings(f.payload, name_field).expect("name")[0].to_owned())
+                .map(|f| name_of(f, name_field).expect("name").to_owned())
                 .collect()
         };
         (

@@ -74,16 +74,6 @@ fn with_id(mut e: pb::Event, id: &str) -> pb::Event {
     e
 }
 
-/// The ranking model's `user_vector` input, as explain reports it on the first item.
-fn user_vector(resp: &pb::RecommendResponse) -> Vec<f64> {
-    resp.items
-        .first()
-        .and_then(|i| i.explanation.as_ref())
-        .and_then(|e| e.features.iter().find(|f| f.feature == "user_vector"))
-        .map(|f| f.values.clone())
-        .unwrap_or_default()
-}
-
 /// The category whose mean item embedding has the highest cosine with `query`.
 fn nearest_category(catalog: &tandem_catalog::Catalog, query: &[f64]) -> String {
     let mut centroids: std::collections::BTreeMap<&str, Vec<f64>> = Default::default();
@@ -174,6 +164,11 @@ async fn acknowledged_events_survive_sigkill_and_retries_still_count_once() {
     );
     // The query is rebuilt from the replayed log: the same vector as before the kill, and it
     // points at the clicked category (nearest category centroid).
+    let user_vector = |r: &pb::RecommendResponse| {
+        r.items
+            .first()
+            .map_or_else(Vec::new, |i| feature(i, "user_vector").to_vec())
+    };
     let query_before = user_vector(&before);
     let query_after = user_vector(&after);
     assert_eq!(

@@ -10,13 +10,6 @@ use arrow::array::{Array, AsArray};
 use common::*;
 use tandem_proto::v1 as pb;
 
-fn feature<'a>(item: &'a pb::RecommendedItem, name: &str) -> &'a [f64] {
-    item.explanation
-        .as_ref()
-        .and_then(|e| e.features.iter().find(|f| f.feature == name))
-        .map_or(&[][..], |f| &f.values[..])
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn explain_returns_the_models_inputs_and_the_rules_that_moved_items() {
     let catalog = catalog();

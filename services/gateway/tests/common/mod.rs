@@ -187,3 +187,11 @@ pub async fn clicks_in(client: &mut RecommenderClient, user: &str, category: &st
         .await
         .expect("record events");
 }
+
+/// One model input's values for `item`, as explain reports them; empty without explain.
+pub fn feature<'a>(item: &'a pb::RecommendedItem, name: &str) -> &'a [f64] {
+    item.explanation
+        .as_ref()
+        .and_then(|e| e.features.iter().find(|f| f.feature == name))
+        .map_or(&[][..], |f| &f.values[..])
+}
