@@ -3,6 +3,7 @@
 //! Stages are traits so the same pipeline runs with them in-process (embedded topology)
 //! or behind gRPC (split topology; the gateway service implements the remote stages).
 
+mod availability;
 mod error;
 mod events;
 mod pipeline;

@@ -4,11 +4,12 @@ use std::time::{Duration, Instant};
 
 use tandem_catalog::{Catalog, ItemIdx};
 use tandem_personalization::{QueryConfig, StateStore, UserHistory, query_vector};
-use tandem_retrieval::{Candidate, FilterSpec, ItemFilter};
+use tandem_retrieval::{Candidate, CurrentItems, FilterSpec, Index, ItemFilter};
 
 use tandem_events::{ServedCandidate, ServedFeature, ServedLog, ServedRecord};
 use tandem_ranking::FeatureValues;
 
+use crate::availability;
 use crate::events::{EventIntake, IncomingEvent, Recorded, Rejection};
 use crate::rules::{self, Placed, RuleEffect, RulesConfig};
 use crate::{CandidateStage, RecommendError, ScoringContext, ScoringStage, StageError};
@@ -99,6 +100,9 @@ pub struct RecommendedItem {
     pub features: Vec<FeatureValues>,
     /// Its place among the ranked candidates; `None` when it did not come from ranking.
     pub candidate: Option<usize>,
+    /// As the embedded index holds it now (upserts applied), else as the catalog says.
+    pub category: String,
+    pub price: f32,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -121,6 +125,8 @@ pub struct Recommender {
     budgets: Budgets,
     /// Where a sample of answers is logged, and the sampled share.
     served: Option<(Arc<ServedLog>, f64)>,
+    /// The index in this process, whose upserts and deletes the catalog does not see.
+    current: Option<Arc<Index>>,
 }
 
 impl std::fmt::Debug for Recommender {
@@ -157,7 +163,22 @@ impl Recommender {
             rules: settings.rules,
             budgets: settings.budgets,
             served: None,
+            current: None,
         }
+    }
+
+    /// Checks every item an answer may hold against `index`'s current rows (embedded
+    /// topology): deleted items are never recommended, changed ones are filtered as changed.
+    pub fn with_current_items(mut self, index: Arc<Index>) -> Self {
+        self.current = Some(index);
+        self
+    }
+
+    /// The index's items as they are now; `None` without an index in this process.
+    fn current_items(&self) -> Option<CurrentItems<'_>> {
+        self.current
+            .as_ref()
+            .and_then(|index| index.current_items().ok())
     }
 
     /// Logs `sample` (0 to 1) of the answers that ranking scored to `log`.
@@ -305,15 +326,20 @@ impl Recommender {
                 return Ok(self.served(&req.user_id, now, answer));
             }
         };
-        // A remote stage may run on another catalog version: keep only what this one admits.
+        // A remote stage may run on another catalog version, and an item may have changed
+        // since the search: keep only what this catalog admits now.
         let mut seen = HashSet::with_capacity(candidates.len());
-        let candidates: Vec<Candidate> = candidates
-            .into_iter()
-            .filter(|c| {
-                (c.idx as usize) < self.catalog.len() && filter.admits(&self.catalog, c.idx)
-            })
-            .filter(|c| seen.insert(c.idx))
-            .collect();
+        let candidates: Vec<Candidate> = {
+            let current = self.current_items();
+            candidates
+                .into_iter()
+                .filter(|c| {
+                    (c.idx as usize) < self.catalog.len()
+                        && availability::admits(&self.catalog, current.as_ref(), &filter, c.idx)
+                })
+                .filter(|c| seen.insert(c.idx))
+                .collect()
+        };
 
         let log_this = self.sampled(&req.request_id);
         let recent: Vec<ItemIdx> = history.recent.iter().rev().map(|e| e.item).collect();
@@ -486,23 +512,38 @@ impl Recommender {
                     .get(&idx)
                     .is_some_and(|s| s.times >= demote_after)
         };
+        let current = self.current_items();
         let placed = rules::apply(
             &self.catalog,
             ranked,
             plan.k,
             plan.cap,
             &demoted,
-            self.backfill(plan, prefer),
+            self.backfill(plan, prefer, current.as_ref()),
         );
         placed
             .into_iter()
-            .map(|p| RecommendedItem {
-                idx: p.idx,
-                score: p.score,
-                retrieval_score: p.retrieval_score,
-                effects: p.effects,
-                features: Vec::new(),
-                candidate: p.candidate,
+            .map(|p| {
+                let (category, price) = match current
+                    .as_ref()
+                    .and_then(|c| c.get(self.catalog.item_id(p.idx)))
+                {
+                    Some(now) => (now.category.to_owned(), now.price),
+                    None => (
+                        self.catalog.category(p.idx).to_owned(),
+                        self.catalog.price(p.idx),
+                    ),
+                };
+                RecommendedItem {
+                    idx: p.idx,
+                    score: p.score,
+                    retrieval_score: p.retrieval_score,
+                    effects: p.effects,
+                    features: Vec::new(),
+                    candidate: p.candidate,
+                    category,
+                    price,
+                }
             })
             .collect()
     }
@@ -512,9 +553,10 @@ impl Recommender {
         &'a self,
         plan: &'a Plan<'a>,
         prefer: &'a HashSet<u32>,
+        current: Option<&'a CurrentItems<'a>>,
     ) -> impl Iterator<Item = Placed> + 'a {
         let catalog = &self.catalog;
-        let admits = move |i: ItemIdx| plan.filter.admits(catalog, i);
+        let admits = move |i: ItemIdx| availability::admits(catalog, current, plan.filter, i);
         let preferred = move |i: ItemIdx| prefer.contains(&catalog.category_code(i));
         let wanted = plan.k.saturating_mul(4).max(64);
         let by_popularity = move || catalog.by_popularity().iter().copied().map(|i| (i, 0.0));

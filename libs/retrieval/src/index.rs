@@ -118,6 +118,32 @@ pub struct Candidate {
     pub distance: f32,
 }
 
+/// The index's items under a read lock; see [`Index::current_items`].
+pub struct CurrentItems<'a> {
+    state: std::sync::RwLockReadGuard<'a, State>,
+}
+
+/// An item's attributes as the index holds them now.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CurrentItem<'a> {
+    pub category: &'a str,
+    pub price: f32,
+    pub in_stock: bool,
+}
+
+impl CurrentItems<'_> {
+    /// `None` once the item is deleted, or when the index never held it.
+    pub fn get(&self, item_id: &str) -> Option<CurrentItem<'_>> {
+        let rows = &self.state.rows;
+        let row = rows.row_of(item_id).filter(|&r| !rows.is_deleted(r))?;
+        Some(CurrentItem {
+            category: rows.category_name(rows.category_code(row)),
+            price: rows.price(row),
+            in_stock: rows.in_stock(row),
+        })
+    }
+}
+
 /// What a write did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WriteOutcome {
@@ -407,6 +433,15 @@ impl Index {
     pub fn item_id(&self, row: ItemIdx) -> Option<String> {
         let state = self.read().ok()?;
         ((row as usize) < state.rows.len()).then(|| state.rows.item_id(row).to_owned())
+    }
+
+    /// Items as they are now, for callers that read attributes from elsewhere (the gateway's
+    /// catalog file, which upserts and deletes do not change). Holds a read lock: drop it
+    /// before anything slow.
+    pub fn current_items(&self) -> Result<CurrentItems<'_>, RetrievalError> {
+        Ok(CurrentItems {
+            state: self.read()?,
+        })
     }
 
     /// Items a search can return.

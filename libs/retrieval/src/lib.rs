@@ -18,7 +18,10 @@ mod wal;
 pub use error::RetrievalError;
 pub use filter::{Attributes, FilterSpec, ItemFilter};
 pub use graph::SearchStats;
-pub use index::{Candidate, Index, IndexParams, MAX_K, SearchParams, Shard, WriteOutcome};
+pub use index::{
+    Candidate, CurrentItem, CurrentItems, Index, IndexParams, MAX_K, SearchParams, Shard,
+    WriteOutcome,
+};
 pub use rows::ItemUpdate;
 pub use space::{Metric, Space};
 pub use wal::{Mutation, Wal};

@@ -177,7 +177,7 @@ impl Rows {
         }
     }
 
-    fn category_name(&self, code: u32) -> &str {
+    pub(crate) fn category_name(&self, code: u32) -> &str {
         let c = code as usize;
         let base = self.base.categories();
         if c < base.len() {

@@ -107,8 +107,8 @@ impl pb::recommender_service_server::RecommenderService for RecommenderApi {
                     item_id: catalog.item_id(it.idx).to_owned(),
                     score: it.score,
                     retrieval_score: it.retrieval_score,
-                    category: catalog.category(it.idx).to_owned(),
-                    price: catalog.price(it.idx),
+                    category: it.category.clone(),
+                    price: it.price,
                     explanation: domain.explain.then(|| pb::ItemExplanation {
                         features: it
                             .features

@@ -108,6 +108,8 @@ pub async fn start(
                 tokio::task::spawn_blocking(move || Catalog::open(&items).map(Arc::new)).await??;
             tracing::info!(items = catalog.len(), dim = catalog.dim(), "loaded catalog");
 
+            // The embedded index, whose upserts and deletes every answer is checked against.
+            let mut current = None;
             let retrieval: Arc<dyn CandidateStage> = match &config.retrieval_addr {
                 Some(_) => Arc::new(remote::RemoteRetrieval::new(
                     &config.retrieval_shards(),
@@ -122,6 +124,7 @@ pub async fn start(
                     });
                     let built = built.await??;
                     index.set(built.clone());
+                    current = Some(built.clone());
                     Arc::new(InProcessRetrieval::new(built, catalog.clone()))
                 }
             };
@@ -173,6 +176,9 @@ pub async fn start(
                     budgets: config.budgets(),
                 },
             );
+            if let Some(index) = current {
+                built = built.with_current_items(index);
+            }
             if let Some(served) = config.served_log() {
                 let dir = served.dir.clone();
                 let log = ServedLog::start(served)?;
