@@ -174,11 +174,13 @@ impl Recommender {
         self
     }
 
-    /// The index's items as they are now; `None` without an index in this process.
+    /// The index's items as they are now; `None` without an index in this process, or while
+    /// no write changed an item the catalog holds (the common case costs no lookups).
     fn current_items(&self) -> Option<CurrentItems<'_>> {
         self.current
             .as_ref()
             .and_then(|index| index.current_items().ok())
+            .filter(CurrentItems::has_changes)
     }
 
     /// Logs `sample` (0 to 1) of the answers that ranking scored to `log`.

@@ -132,6 +132,12 @@ pub struct CurrentItem<'a> {
 }
 
 impl CurrentItems<'_> {
+    /// False while no item the index started with was deleted or replaced (a replaced item's
+    /// old row is tombstoned too): then each is as its source catalog states it.
+    pub fn has_changes(&self) -> bool {
+        self.state.rows.deleted_count() > 0
+    }
+
     /// `None` once the item is deleted, or when the index never held it.
     pub fn get(&self, item_id: &str) -> Option<CurrentItem<'_>> {
         let rows = &self.state.rows;
