@@ -2,7 +2,9 @@
 //!
 //! The gateway reads item attributes from its catalog file, which upserts and deletes do not
 //! change. With the index in this process (embedded topology) every item the answer may hold,
-//! ranked or backfilled, is checked against the index's current rows: a deleted item is never
+//! ranked or backfilled, is checked against the index's current rows. With retrieval behind
+//! gRPC, search results are current already and the backfilled items of an answer are checked
+//! by asking retrieval (`CandidateStage::item_status`). Either way a deleted item is never
 //! recommended again, and a changed one is filtered on its new category, price and stock.
 
 use tandem_catalog::{Catalog, ItemIdx};
@@ -18,15 +20,27 @@ pub(crate) fn admits(
     let Some(current) = current else {
         return filter.admits(catalog, idx);
     };
-    let Some(now) = current.get(catalog.item_id(idx)) else {
-        return false;
-    };
+    match current.get(catalog.item_id(idx)) {
+        Some(now) => admits_as(catalog, filter, idx, now.category, now.price, now.in_stock),
+        None => false,
+    }
+}
+
+/// Whether `filter` admits catalog item `idx` with these current attributes.
+pub(crate) fn admits_as(
+    catalog: &Catalog,
+    filter: &ItemFilter,
+    idx: ItemIdx,
+    category: &str,
+    price: f32,
+    in_stock: bool,
+) -> bool {
     let item = Overlaid {
         catalog,
         // A category the catalog does not know matches no category filter.
-        category: catalog.category_code_of(now.category).unwrap_or(u32::MAX),
-        price: now.price,
-        in_stock: now.in_stock,
+        category: catalog.category_code_of(category).unwrap_or(u32::MAX),
+        price,
+        in_stock,
     };
     filter.admits(&item, idx)
 }

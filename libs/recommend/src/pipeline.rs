@@ -1,4 +1,4 @@
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,7 +12,9 @@ use tandem_ranking::FeatureValues;
 use crate::availability;
 use crate::events::{EventIntake, IncomingEvent, Recorded, Rejection};
 use crate::rules::{self, Placed, RuleEffect, RulesConfig};
-use crate::{CandidateStage, RecommendError, ScoringContext, ScoringStage, StageError};
+use crate::{
+    CandidateStage, ItemNow, ItemStatus, RecommendError, ScoringContext, ScoringStage, StageError,
+};
 
 pub const DEFAULT_K: usize = 10;
 pub const MAX_K: usize = 1000;
@@ -299,7 +301,15 @@ impl Recommender {
                 .iter()
                 .map(|&i| self.catalog.category_code(i))
                 .collect();
-            return Ok(self.served(&req.user_id, now, self.cold_start(&plan, &categories, None)));
+            let items = self
+                .apply_rules_checked(&plan, Vec::new(), &categories, req.deadline)
+                .await;
+            let answer = Recommendation {
+                items,
+                model_version: TRENDING_VERSION.into(),
+                degraded: None,
+            };
+            return Ok(self.served(&req.user_id, now, answer));
         };
         spec.exclude_item_ids
             .extend(excluded.iter().map(|&i| self.catalog.item_id(i).to_owned()));
@@ -402,7 +412,9 @@ impl Recommender {
                 ..Placed::new(c.idx, score, c.score)
             })
             .collect();
-        let mut items = self.apply_rules(&plan, ranked, &HashSet::new());
+        let mut items = self
+            .apply_rules_checked(&plan, ranked, &HashSet::new(), req.deadline)
+            .await;
         if log_this {
             self.log_served(req, &model_version, &candidates, &scores, &items, &features);
         }
@@ -550,6 +562,98 @@ impl Recommender {
             .collect()
     }
 
+    /// The rules, then, with retrieval behind gRPC, a check of the backfilled items (they did
+    /// not come through retrieval's filter): those it deleted or no longer admits are replaced,
+    /// for a few rounds at most, and the rest are shown with their current attributes. An
+    /// embedded index was read during the rules already.
+    async fn apply_rules_checked(
+        &self,
+        plan: &Plan<'_>,
+        ranked: Vec<Placed>,
+        prefer: &HashSet<u32>,
+        deadline: Option<Instant>,
+    ) -> Vec<RecommendedItem> {
+        let mut items = self.apply_rules(plan, ranked.clone(), prefer);
+        if self.current.is_some() {
+            return items;
+        }
+        let mut filter = plan.filter.clone();
+        let mut asked = HashSet::new();
+        let mut present: HashMap<ItemIdx, ItemNow> = HashMap::new();
+        for _ in 0..BACKFILL_CHECK_ROUNDS {
+            let unchecked: Vec<ItemIdx> = items
+                .iter()
+                .filter(|i| i.candidate.is_none())
+                .map(|i| i.idx)
+                .filter(|&idx| asked.insert(idx))
+                .collect();
+            if unchecked.is_empty() {
+                break;
+            }
+            let ids: Vec<String> = unchecked
+                .iter()
+                .map(|&i| self.catalog.item_id(i).to_owned())
+                .collect();
+            let check = within(
+                self.time_left(deadline),
+                "retrieval",
+                self.retrieval.item_status(&ids),
+            );
+            let statuses = match check.await {
+                Ok(None) => return items,
+                Ok(Some(statuses)) if statuses.len() == ids.len() => statuses,
+                Ok(Some(statuses)) => {
+                    tracing::warn!(
+                        asked = ids.len(),
+                        answered = statuses.len(),
+                        "retrieval's item status does not match the request; backfill unchecked"
+                    );
+                    break;
+                }
+                Err(e) => {
+                    // Late or down: the answer goes out as it is, in time.
+                    tracing::debug!(error = %e, "backfilled items unchecked");
+                    break;
+                }
+            };
+            let mut gone = Vec::new();
+            for (idx, status) in unchecked.into_iter().zip(statuses) {
+                match status {
+                    ItemStatus::Present(now)
+                        if availability::admits_as(
+                            &self.catalog,
+                            &filter,
+                            idx,
+                            &now.category,
+                            now.price,
+                            now.in_stock,
+                        ) =>
+                    {
+                        present.insert(idx, now);
+                    }
+                    ItemStatus::Present(_) | ItemStatus::Gone => gone.push(idx),
+                    ItemStatus::Unknown => {}
+                }
+            }
+            if gone.is_empty() {
+                break;
+            }
+            filter.exclude(gone);
+            let plan = Plan {
+                filter: &filter,
+                ..*plan
+            };
+            items = self.apply_rules(&plan, ranked.clone(), prefer);
+        }
+        for item in &mut items {
+            if let Some(now) = present.get(&item.idx) {
+                item.category.clone_from(&now.category);
+                item.price = now.price;
+            }
+        }
+        items
+    }
+
     /// Trending then popular admitted items, those of `prefer` categories first.
     fn backfill<'a>(
         &'a self,
@@ -578,7 +682,7 @@ impl Recommender {
             .map(|(i, score)| Placed::new(i, score, 0.0))
     }
 
-    /// No history: trending and popular items (in the context items' categories first).
+    /// Trending and popular items when retrieval is down (nor can it be asked about them).
     fn cold_start(
         &self,
         plan: &Plan<'_>,
@@ -596,7 +700,11 @@ impl Recommender {
     }
 }
 
+/// Rounds of asking retrieval about backfilled items: each replaces the deleted ones found.
+const BACKFILL_CHECK_ROUNDS: usize = 3;
+
 /// What the rules need to know about one request.
+#[derive(Clone, Copy)]
 struct Plan<'a> {
     k: usize,
     cap: usize,

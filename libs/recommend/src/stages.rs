@@ -25,6 +25,24 @@ impl From<Vec<Candidate>> for Retrieved {
     }
 }
 
+/// An item as retrieval holds it now, upserts applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ItemNow {
+    pub category: String,
+    pub price: f32,
+    pub in_stock: bool,
+}
+
+/// What retrieval knows about one item now.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ItemStatus {
+    Present(ItemNow),
+    /// Deleted, or never held.
+    Gone,
+    /// The part of retrieval that holds it did not answer.
+    Unknown,
+}
+
 /// Nearest items to a query vector under a filter, best first.
 #[async_trait]
 pub trait CandidateStage: Send + Sync {
@@ -34,6 +52,17 @@ pub trait CandidateStage: Send + Sync {
         k: usize,
         filter: &FilterSpec,
     ) -> Result<Retrieved, StageError>;
+
+    /// The status of `item_ids`, one per id in order, for items the answer holds that did not
+    /// come from `search` (trending and popular backfill). `None`: this stage leaves the
+    /// check to the caller (an index in this process is read directly).
+    async fn item_status(
+        &self,
+        item_ids: &[String],
+    ) -> Result<Option<Vec<ItemStatus>>, StageError> {
+        let _ = item_ids;
+        Ok(None)
+    }
 }
 
 /// What ranking knows about the request besides the candidates.

@@ -7,7 +7,8 @@ use tandem_catalog::Catalog;
 use tandem_proto::v1 as pb;
 use tandem_ranking::FeatureValues;
 use tandem_recommend::{
-    CandidateStage, Retrieved, Scored, ScoringContext, ScoringStage, StageError,
+    CandidateStage, ItemNow, ItemStatus, Retrieved, Scored, ScoringContext, ScoringStage,
+    StageError,
 };
 use tandem_retrieval::{Candidate, FilterSpec};
 use tonic::transport::{Channel, Endpoint};
@@ -105,35 +106,25 @@ impl CandidateStage for RemoteRetrieval {
             }),
             ef_search: None,
         };
-        let calls: Vec<_> = self
-            .shards
-            .iter()
-            .map(|(addr, client)| {
-                let (mut client, request, deadline) =
-                    (client.clone(), request.clone(), self.deadline);
-                let addr = addr.clone();
-                tokio::spawn(async move {
-                    let answer = tokio::time::timeout(deadline, client.search(request)).await;
-                    (addr, answer)
-                })
+        let answers = self
+            .each_shard(move |mut client| {
+                let request = request.clone();
+                async move { client.search(request).await }
             })
-            .collect();
+            .await?;
         let mut merged = Vec::new();
         let mut failed = Vec::new();
-        for call in calls {
-            let (addr, answer) = call
-                .await
-                .map_err(|e| StageError::Unavailable(format!("retrieval task failed: {e}")))?;
+        for (addr, answer) in answers {
             match answer {
-                Ok(Ok(response)) => merged.extend(response.into_inner().candidates),
-                Ok(Err(status)) => match stage_error("retrieval", status) {
+                Some(Ok(response)) => merged.extend(response.candidates),
+                Some(Err(status)) => match stage_error("retrieval", status) {
                     // Every shard validates the same request: a bad one is the caller's fault.
                     e @ (StageError::InvalidArgument { .. } | StageError::NotFound(_)) => {
                         return Err(e);
                     }
                     StageError::Unavailable(why) => failed.push(format!("{addr}: {why}")),
                 },
-                Err(_) => failed.push(format!(
+                None => failed.push(format!(
                     "{addr}: no answer within {} ms",
                     self.deadline.as_millis()
                 )),
@@ -167,6 +158,109 @@ impl CandidateStage for RemoteRetrieval {
             candidates,
             partial,
         })
+    }
+
+    async fn item_status(
+        &self,
+        item_ids: &[String],
+    ) -> Result<Option<Vec<ItemStatus>>, StageError> {
+        self.ask_shards(item_ids).await.map(Some)
+    }
+}
+
+impl RemoteRetrieval {
+    /// Runs `call` on every shard in parallel, each within the stage deadline (`None`: none
+    /// came), and returns the answers by shard address.
+    async fn each_shard<T, Fut>(
+        &self,
+        call: impl Fn(pb::retrieval_service_client::RetrievalServiceClient<Channel>) -> Fut,
+    ) -> Result<Vec<(String, Option<Result<T, tonic::Status>>)>, StageError>
+    where
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>
+            + Send
+            + 'static,
+        T: Send + 'static,
+    {
+        let calls: Vec<_> = self
+            .shards
+            .iter()
+            .map(|(addr, client)| {
+                let (answer, deadline, addr) = (call(client.clone()), self.deadline, addr.clone());
+                tokio::spawn(async move {
+                    let answer = tokio::time::timeout(deadline, answer).await.ok();
+                    (addr, answer.map(|a| a.map(tonic::Response::into_inner)))
+                })
+            })
+            .collect();
+        let mut answers = Vec::with_capacity(calls.len());
+        for call in calls {
+            answers.push(
+                call.await
+                    .map_err(|e| StageError::Unavailable(format!("retrieval task failed: {e}")))?,
+            );
+        }
+        Ok(answers)
+    }
+
+    /// Asks every shard at once: an item is present where a shard holds it, gone where its
+    /// own shard (or every shard) answered without it, unknown while its shard is down.
+    async fn ask_shards(&self, item_ids: &[String]) -> Result<Vec<ItemStatus>, StageError> {
+        let request = pb::GetItemsRequest {
+            item_ids: item_ids.to_vec(),
+        };
+        let answers = self
+            .each_shard(move |mut client| {
+                let request = request.clone();
+                async move { client.get_items(request).await }
+            })
+            .await?;
+        let mut statuses: Vec<Option<ItemStatus>> = vec![None; item_ids.len()];
+        let mut failed = Vec::new();
+        for (addr, answer) in answers {
+            let items = match answer {
+                Some(Ok(response)) => response.items,
+                Some(Err(status)) => {
+                    failed.push(format!("{addr}: {}", status.message()));
+                    continue;
+                }
+                None => {
+                    failed.push(format!("{addr}: no answer in time"));
+                    continue;
+                }
+            };
+            if items.len() != item_ids.len() {
+                failed.push(format!(
+                    "{addr}: {} states for {} ids",
+                    items.len(),
+                    item_ids.len()
+                ));
+                continue;
+            }
+            for (status, item) in statuses.iter_mut().zip(items) {
+                if item.found {
+                    *status = Some(ItemStatus::Present(ItemNow {
+                        category: item.category,
+                        price: item.price,
+                        in_stock: item.in_stock,
+                    }));
+                } else if item.owned && status.is_none() {
+                    *status = Some(ItemStatus::Gone);
+                }
+            }
+        }
+        if failed.len() == self.shards.len() {
+            return Err(StageError::Unavailable(failed.join("; ")));
+        }
+        // Held by none of the shards that answered: gone if all did, else its shard is down.
+        let unheld = if failed.is_empty() {
+            ItemStatus::Gone
+        } else {
+            ItemStatus::Unknown
+        };
+        Ok(statuses
+            .into_iter()
+            .map(|s| s.unwrap_or_else(|| unheld.clone()))
+            .collect())
     }
 }
 

@@ -1,10 +1,13 @@
-//! Upserts and deletes sent to the embedded gateway reach its recommendations at once, in
-//! ranked answers and in trending/popular backfill alike, though its catalog file is unchanged.
+//! Upserts and deletes reach recommendations at once, in ranked answers and in trending and
+//! popular backfill alike, though the gateway's catalog file is unchanged: sent to the embedded
+//! gateway, or to the retrieval shards of a split one.
 
 mod common;
 
 use common::*;
+use tandem_catalog::shard_of;
 use tandem_proto::v1 as pb;
+use tandem_retrieval::Shard;
 
 fn ids(resp: &pb::RecommendResponse) -> Vec<&str> {
     resp.items.iter().map(|i| i.item_id.as_str()).collect()
@@ -148,4 +151,136 @@ async fn deleted_and_changed_items_leave_recommendations_at_once() {
         .into_inner();
     assert!(ids(&any_stock).contains(&sold_out.as_str()));
     assert!(!ids(&any_stock).contains(&deleted.as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_gateway_asks_the_shards_about_backfilled_items() {
+    let full = catalog();
+    let part = |s: u32| {
+        let rows: Vec<u32> = (0..full.len() as u32)
+            .filter(|&r| shard_of(full.item_id(r), 2) == s)
+            .collect();
+        full.select(&rows)
+    };
+    let logs = state_dir();
+    let (s0, _s0) = serve_retrieval(
+        part(0),
+        Some(Shard { index: 0, count: 2 }),
+        Some(&logs.path().join("s0.wal")),
+    )
+    .await;
+    let (s1, stop_s1) = serve_retrieval(
+        part(1),
+        Some(Shard { index: 1, count: 2 }),
+        Some(&logs.path().join("s1.wal")),
+    )
+    .await;
+    let gw = start(config(&[&format!("--retrieval-addr={s0},{s1}")])).await;
+    let mut client = recommender(gw.addr).await;
+    let mut shards = Vec::new();
+    for addr in [s0, s1] {
+        shards.push(pb::retrieval_service_client::RetrievalServiceClient::new(
+            channel(addr).await,
+        ));
+    }
+
+    // Cold answers are trending and popular items: none of them came through a search.
+    let cold = client
+        .recommend(request("cold", 10))
+        .await
+        .expect("cold")
+        .into_inner();
+    let on = |shard: u32| {
+        cold.items
+            .iter()
+            .map(|i| i.item_id.clone())
+            .filter(move |id| shard_of(id, 2) == shard)
+    };
+    let deleted = on(0).next().expect("an item of shard 0");
+    let sold_out = on(1).next().expect("an item of shard 1");
+    let idx = full.idx_of(&sold_out).expect("catalog item");
+    shards[0]
+        .delete_items(pb::DeleteItemsRequest {
+            item_ids: vec![deleted.clone()],
+        })
+        .await
+        .expect("delete");
+    shards[1]
+        .upsert_items(pb::UpsertItemsRequest {
+            items: vec![pb::Item {
+                item_id: sold_out.clone(),
+                embedding: full.embedding(idx).to_vec(),
+                category: full.category(idx).to_owned(),
+                price: full.price(idx),
+                in_stock: false,
+                popularity: full.popularity(idx),
+            }],
+        })
+        .await
+        .expect("upsert");
+
+    let after = client
+        .recommend(request("cold", 10))
+        .await
+        .expect("cold")
+        .into_inner();
+    assert_eq!(after.items.len(), 10, "backfilled to k");
+    assert!(
+        !ids(&after).contains(&deleted.as_str()),
+        "deleted item served"
+    );
+    assert!(
+        !ids(&after).contains(&sold_out.as_str()),
+        "sold-out item served"
+    );
+
+    // What the gateway asked: each shard answers for its own items only.
+    let ask = |ids: &[&String]| pb::GetItemsRequest {
+        item_ids: ids.iter().map(|s| (*s).clone()).collect(),
+    };
+    let at_0 = shards[0]
+        .get_items(ask(&[&deleted, &sold_out]))
+        .await
+        .expect("get items")
+        .into_inner()
+        .items;
+    assert_eq!(
+        at_0.iter()
+            .map(|i| (i.item_id.as_str(), i.found, i.owned))
+            .collect::<Vec<_>>(),
+        [
+            (deleted.as_str(), false, true),
+            (sold_out.as_str(), false, false)
+        ]
+    );
+    let at_1 = shards[1]
+        .get_items(ask(&[&sold_out]))
+        .await
+        .expect("get items")
+        .into_inner()
+        .items;
+    assert!(at_1[0].found && at_1[0].owned && !at_1[0].in_stock);
+    assert_eq!(at_1[0].category, full.category(idx));
+    let too_many = shards[1]
+        .get_items(pb::GetItemsRequest {
+            item_ids: vec![sold_out.clone(); 10_001],
+        })
+        .await
+        .expect_err("over the limit");
+    assert_eq!(too_many.code(), tonic::Code::InvalidArgument);
+    assert!(too_many.message().starts_with("item_ids:"));
+
+    // With a shard down its items cannot be checked and are served as they are; the other
+    // shard's answers still hold.
+    stop_s1.now().await;
+    let partial = client
+        .recommend(request("cold", 10))
+        .await
+        .expect("cold with a shard down")
+        .into_inner();
+    assert_eq!(partial.items.len(), 10);
+    assert!(
+        !ids(&partial).contains(&deleted.as_str()),
+        "deleted item served"
+    );
 }

@@ -3,58 +3,10 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-
 use common::*;
-use tandem_catalog::{Catalog, shard_of};
+use tandem_catalog::shard_of;
 use tandem_proto::v1 as pb;
-use tandem_retrieval::{Index, IndexParams};
-use tandem_retrieval_service::RetrievalApi;
-use tandem_server::Ready;
-use tokio::task::JoinHandle;
-
-/// A retrieval server on loopback over `catalog`. Exact scans whenever a filter is given, so
-/// sharded and unsharded answers can be compared item for item.
-async fn serve(catalog: Catalog) -> (SocketAddr, Stop) {
-    let params = IndexParams {
-        exact_scan_below: 1.1,
-        ..IndexParams::default()
-    };
-    let index = tokio::task::spawn_blocking(move || Index::build(Arc::new(catalog), params))
-        .await
-        .expect("build task")
-        .expect("build");
-    let ready = Ready::default();
-    ready.set(Arc::new(index));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        let _ = tonic::transport::Server::builder()
-            .add_service(RetrievalApi::new(ready).into_service())
-            .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-                async {
-                    let _ = stopped.await;
-                },
-            )
-            .await;
-    });
-    (addr, Stop(stop, server))
-}
-
-/// Stops a server and waits until its connections are closed.
-struct Stop(tokio::sync::oneshot::Sender<()>, JoinHandle<()>);
-
-impl Stop {
-    async fn now(self) {
-        let _ = self.0.send(());
-        let _ = self.1.await;
-    }
-}
+use tandem_retrieval::Shard;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shards_merge_into_the_unsharded_answer_and_degrade_when_one_is_down() {
@@ -65,10 +17,14 @@ async fn shards_merge_into_the_unsharded_answer_and_degrade_when_one_is_down() {
             .collect();
         full.select(&rows)
     };
-    let (whole_addr, _whole) =
-        serve(full.select(&(0..full.len() as u32).collect::<Vec<_>>())).await;
-    let (s0_addr, _s0) = serve(part(0)).await;
-    let (s1_addr, s1) = serve(part(1)).await;
+    let (whole_addr, _whole) = serve_retrieval(
+        full.select(&(0..full.len() as u32).collect::<Vec<_>>()),
+        None,
+        None,
+    )
+    .await;
+    let (s0_addr, _s0) = serve_retrieval(part(0), Some(Shard { index: 0, count: 2 }), None).await;
+    let (s1_addr, s1) = serve_retrieval(part(1), Some(Shard { index: 1, count: 2 }), None).await;
 
     let unsharded = start(config(&[&format!("--retrieval-addr={whole_addr}")])).await;
     let sharded = start(config(&[&format!("--retrieval-addr={s0_addr},{s1_addr}")])).await;
@@ -139,7 +95,8 @@ async fn a_shard_that_never_answers_is_cut_off_at_the_stage_deadline() {
     let rows: Vec<u32> = (0..full.len() as u32)
         .filter(|&r| shard_of(full.item_id(r), 2) == 0)
         .collect();
-    let (s0_addr, _s0) = serve(full.select(&rows)).await;
+    let (s0_addr, _s0) =
+        serve_retrieval(full.select(&rows), Some(Shard { index: 0, count: 2 }), None).await;
     // Accepts connections and never speaks: a hung pod.
     let black_hole = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

@@ -244,6 +244,9 @@ pub fn status(err: RetrievalError) -> Status {
     }
 }
 
+/// Most ids one GetItems call may ask about.
+pub const MAX_GET_ITEMS: usize = 10_000;
+
 #[derive(Debug, Clone, Default)]
 pub struct RetrievalApi {
     index: Ready<Index>,
@@ -352,5 +355,43 @@ impl pb::retrieval_service_server::RetrievalService for RetrievalApi {
             not_found: outcome.not_found as u32,
             sequence: outcome.sequence,
         }))
+    }
+
+    async fn get_items(
+        &self,
+        request: Request<pb::GetItemsRequest>,
+    ) -> Result<Response<pb::GetItemsResponse>, Status> {
+        let index = self.index.get()?.clone();
+        let ids = request.into_inner().item_ids;
+        if ids.len() > MAX_GET_ITEMS {
+            return Err(Status::invalid_argument(format!(
+                "item_ids: at most {MAX_GET_ITEMS} per call, got {}",
+                ids.len()
+            )));
+        }
+        let shard = index.params().shard;
+        let current = index.current_items().map_err(status)?;
+        let items = ids
+            .into_iter()
+            .map(|item_id| {
+                let owned = shard.is_none_or(|s| s.owns(&item_id));
+                match current.get(&item_id) {
+                    Some(now) => pb::ItemState {
+                        category: now.category.to_owned(),
+                        price: now.price,
+                        in_stock: now.in_stock,
+                        found: true,
+                        owned,
+                        item_id,
+                    },
+                    None => pb::ItemState {
+                        item_id,
+                        owned,
+                        ..Default::default()
+                    },
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::GetItemsResponse { items }))
     }
 }

@@ -10,6 +10,10 @@ use clap::Parser;
 use tandem_catalog::Catalog;
 use tandem_gateway::{Config, Gateway};
 use tandem_proto::v1 as pb;
+use tandem_retrieval::{Index, IndexParams, Shard};
+use tandem_retrieval_service::RetrievalApi;
+use tandem_server::Ready;
+use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -194,4 +198,56 @@ pub fn feature<'a>(item: &'a pb::RecommendedItem, name: &str) -> &'a [f64] {
         .as_ref()
         .and_then(|e| e.features.iter().find(|f| f.feature == name))
         .map_or(&[][..], |f| &f.values[..])
+}
+
+/// A retrieval server on loopback over `catalog` (the items of `shard`), taking writes when
+/// given a write-ahead log.
+/// Exact scans whenever a filter is given, so sharded and unsharded answers can be compared
+/// item for item.
+pub async fn serve_retrieval(
+    catalog: Catalog,
+    shard: Option<Shard>,
+    wal: Option<&Path>,
+) -> (SocketAddr, Stop) {
+    let params = IndexParams {
+        exact_scan_below: 1.1,
+        shard,
+        ..IndexParams::default()
+    };
+    let index = tokio::task::spawn_blocking(move || Index::build(Arc::new(catalog), params))
+        .await
+        .expect("build task")
+        .expect("build");
+    if let Some(wal) = wal {
+        index.attach_wal(wal).expect("write-ahead log");
+    }
+    let ready = Ready::default();
+    ready.set(Arc::new(index));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let _ = tonic::transport::Server::builder()
+            .add_service(RetrievalApi::new(ready).into_service())
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                async {
+                    let _ = stopped.await;
+                },
+            )
+            .await;
+    });
+    (addr, Stop(stop, server))
+}
+
+/// Stops a server and waits until its connections are closed.
+pub struct Stop(tokio::sync::oneshot::Sender<()>, JoinHandle<()>);
+
+impl Stop {
+    pub async fn now(self) {
+        let _ = self.0.send(());
+        let _ = self.1.await;
+    }
 }
