@@ -102,7 +102,8 @@ pub struct RecommendedItem {
     pub features: Vec<FeatureValues>,
     /// Its place among the ranked candidates; `None` when it did not come from ranking.
     pub candidate: Option<usize>,
-    /// As the embedded index holds it now (upserts applied), else as the catalog says.
+    /// As retrieval holds it now (upserts applied) where that was read, else as the catalog
+    /// says.
     pub category: String,
     pub price: f32,
 }
@@ -573,10 +574,10 @@ impl Recommender {
         prefer: &HashSet<u32>,
         deadline: Option<Instant>,
     ) -> Vec<RecommendedItem> {
-        let mut items = self.apply_rules(plan, ranked.clone(), prefer);
         if self.current.is_some() {
-            return items;
+            return self.apply_rules(plan, ranked, prefer);
         }
+        let mut items = self.apply_rules(plan, ranked.clone(), prefer);
         let mut filter = plan.filter.clone();
         let mut asked = HashSet::new();
         let mut present: HashMap<ItemIdx, ItemNow> = HashMap::new();
