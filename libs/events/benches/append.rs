@@ -25,6 +25,7 @@ fn appends(c: &mut Criterion) {
         dir: dir.path().to_owned(),
         segment_bytes: 256 << 20,
         export: false,
+        retention: None,
     };
     let (log, _) = EventLog::open(&config, |_, _| {}).expect("open");
     let log = Arc::new(log);

@@ -4,14 +4,17 @@
 //! batches that arrive while one fsync runs share the next (group commit).
 //!
 //! A segment is closed when it passes `segment_bytes` or the UTC day turns, then exported to
-//! Parquet and renamed `seg-<first seq>.done` (kept: replay reads it). Replay reads every
-//! segment in order; a torn tail (a write that was never acknowledged) is cut off.
+//! Parquet and renamed `seg-<first seq>.done` (kept: replay reads it). With a retention, an
+//! exported segment last written longer ago than that is deleted, at start-up before replay
+//! and after each export; its Parquet files stay. Replay reads every segment in order; a torn
+//! tail (a write that was never acknowledged) is cut off.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime};
 
 use tandem_storage::codec::Writer;
 use tandem_storage::{frame, next_record, sync_dir};
@@ -34,6 +37,9 @@ pub struct EventLogConfig {
     pub segment_bytes: u64,
     /// Export closed segments to `dir/parquet/day=YYYY-MM-DD/`.
     pub export: bool,
+    /// Exported segments last written longer ago than this are deleted (their events are then
+    /// no longer replayed); `None` keeps them all.
+    pub retention: Option<Duration>,
 }
 
 /// What replay found.
@@ -44,6 +50,8 @@ pub struct Replayed {
     pub events: u64,
     /// Bytes of torn or damaged records dropped.
     pub dropped_bytes: u64,
+    /// Exported segments deleted before replay, past the retention.
+    pub expired_segments: usize,
 }
 
 struct Append {
@@ -72,9 +80,14 @@ impl EventLog {
     ) -> Result<(Self, Replayed), EventLogError> {
         let dir = &config.dir;
         std::fs::create_dir_all(dir).map_err(EventLogError::io(dir))?;
+        let expired_segments = match config.retention {
+            Some(retention) => delete_expired(dir, retention)?,
+            None => 0,
+        };
         let segments = list_segments(dir)?;
         let mut replayed = Replayed {
             segments: segments.len(),
+            expired_segments,
             ..Replayed::default()
         };
         let mut last_seq = 0u64;
@@ -122,12 +135,17 @@ impl EventLog {
 
         let (exports, exporter_rx) = mpsc::channel::<PathBuf>();
         if config.export {
-            let export_dir = dir.clone();
+            let (export_dir, retention) = (dir.clone(), config.retention);
             std::thread::Builder::new()
                 .name("event-export".into())
                 .spawn(move || {
                     for segment in exporter_rx {
                         export_and_mark(&export_dir, &segment);
+                        if let Some(retention) = retention
+                            && let Err(e) = delete_expired(&export_dir, retention)
+                        {
+                            tracing::warn!(error = %e, "could not delete expired event log segments");
+                        }
                     }
                 })
                 .map_err(EventLogError::io(dir))?;
@@ -347,6 +365,35 @@ fn export_and_mark(dir: &Path, segment: &Path) {
             tracing::warn!(segment = %segment.display(), error = %e, "event export failed; retried at the next start")
         }
     }
+}
+
+/// Deletes exported segments last written more than `retention` ago, never the newest
+/// segment (its first sequence number is where numbering goes on). Returns how many.
+fn delete_expired(dir: &Path, retention: Duration) -> Result<usize, EventLogError> {
+    let segments = list_segments(dir)?;
+    let Some(cutoff) = SystemTime::now().checked_sub(retention) else {
+        return Ok(0);
+    };
+    let mut deleted = 0;
+    for segment in segments.iter().rev().skip(1).filter(|s| s.exported) {
+        let written = std::fs::metadata(&segment.path)
+            .and_then(|m| m.modified())
+            .map_err(EventLogError::io(&segment.path))?;
+        if written < cutoff {
+            std::fs::remove_file(&segment.path).map_err(EventLogError::io(&segment.path))?;
+            deleted += 1;
+        }
+    }
+    if deleted > 0 {
+        sync_dir(dir);
+        tracing::info!(
+            dir = %dir.display(),
+            segments = deleted,
+            retention_hours = retention.as_secs_f64() / 3600.0,
+            "deleted event log segments past the retention (their Parquet export stays)"
+        );
+    }
+    Ok(deleted)
 }
 
 /// A segment's bytes, also when an exporter renamed it `.done` since it was listed.

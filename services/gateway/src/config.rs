@@ -44,6 +44,11 @@ pub struct Config {
     /// An event log segment is closed and exported past this many MiB (or at midnight UTC).
     #[arg(long, env = "TANDEM_EVENT_SEGMENT_MIB", default_value_t = 64)]
     pub event_segment_mib: u64,
+    /// Exported event log segments older than this many hours are deleted (their Parquet
+    /// export stays), which bounds the disk and the replay at start-up; user state then goes
+    /// back this far after a restart. 0 = keep every segment.
+    #[arg(long, env = "TANDEM_EVENT_RETENTION_HOURS", default_value_t = 0)]
+    pub event_retention_hours: u64,
     /// Recommend only in-stock items unless a request's filter sets `in_stock_only = false`.
     #[arg(long, env = "TANDEM_IN_STOCK_ONLY", default_value_t = true, action = clap::ArgAction::Set)]
     pub in_stock_only: bool,
@@ -204,6 +209,8 @@ impl Config {
             dir: self.event_log_dir.clone(),
             segment_bytes: self.event_segment_mib << 20,
             export: true,
+            retention: (self.event_retention_hours > 0)
+                .then(|| Duration::from_secs(self.event_retention_hours.saturating_mul(3600))),
         }
     }
 

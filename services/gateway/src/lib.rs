@@ -162,9 +162,21 @@ pub async fn start(
                 segments = replayed.segments,
                 batches = replayed.batches,
                 events = replayed.events,
+                expired_segments = replayed.expired_segments,
                 users = history.users(),
                 "replayed event log"
             );
+            if config.event_retention_hours > 0
+                && (config.purchase_exclusion_hours == 0
+                    || config.purchase_exclusion_hours > config.event_retention_hours)
+            {
+                tracing::warn!(
+                    event_retention_hours = config.event_retention_hours,
+                    purchase_exclusion_hours = config.purchase_exclusion_hours,
+                    "event retention is shorter than the purchase exclusion: after a restart, \
+                     purchases older than the retention may be recommended again"
+                );
+            }
             let mut built = Recommender::new(
                 catalog,
                 history,
