@@ -160,51 +160,12 @@ impl CandidateStage for RemoteRetrieval {
         })
     }
 
+    /// Asks every shard at once: an item is present where a shard holds it, gone where its
+    /// own shard (or every shard) answered without it, unknown while its shard is down.
     async fn item_status(
         &self,
         item_ids: &[String],
     ) -> Result<Option<Vec<ItemStatus>>, StageError> {
-        self.ask_shards(item_ids).await.map(Some)
-    }
-}
-
-impl RemoteRetrieval {
-    /// Runs `call` on every shard in parallel, each within the stage deadline (`None`: none
-    /// came), and returns the answers by shard address.
-    async fn each_shard<T, Fut>(
-        &self,
-        call: impl Fn(pb::retrieval_service_client::RetrievalServiceClient<Channel>) -> Fut,
-    ) -> Result<Vec<(String, Option<Result<T, tonic::Status>>)>, StageError>
-    where
-        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>
-            + Send
-            + 'static,
-        T: Send + 'static,
-    {
-        let calls: Vec<_> = self
-            .shards
-            .iter()
-            .map(|(addr, client)| {
-                let (answer, deadline, addr) = (call(client.clone()), self.deadline, addr.clone());
-                tokio::spawn(async move {
-                    let answer = tokio::time::timeout(deadline, answer).await.ok();
-                    (addr, answer.map(|a| a.map(tonic::Response::into_inner)))
-                })
-            })
-            .collect();
-        let mut answers = Vec::with_capacity(calls.len());
-        for call in calls {
-            answers.push(
-                call.await
-                    .map_err(|e| StageError::Unavailable(format!("retrieval task failed: {e}")))?,
-            );
-        }
-        Ok(answers)
-    }
-
-    /// Asks every shard at once: an item is present where a shard holds it, gone where its
-    /// own shard (or every shard) answered without it, unknown while its shard is down.
-    async fn ask_shards(&self, item_ids: &[String]) -> Result<Vec<ItemStatus>, StageError> {
         let request = pb::GetItemsRequest {
             item_ids: item_ids.to_vec(),
         };
@@ -257,10 +218,47 @@ impl RemoteRetrieval {
         } else {
             ItemStatus::Unknown
         };
-        Ok(statuses
-            .into_iter()
-            .map(|s| s.unwrap_or_else(|| unheld.clone()))
-            .collect())
+        Ok(Some(
+            statuses
+                .into_iter()
+                .map(|s| s.unwrap_or_else(|| unheld.clone()))
+                .collect(),
+        ))
+    }
+}
+
+impl RemoteRetrieval {
+    /// Runs `call` on every shard in parallel, each within the stage deadline (`None`: none
+    /// came), and returns the answers by shard address.
+    async fn each_shard<T, Fut>(
+        &self,
+        call: impl Fn(pb::retrieval_service_client::RetrievalServiceClient<Channel>) -> Fut,
+    ) -> Result<Vec<(String, Option<Result<T, tonic::Status>>)>, StageError>
+    where
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>
+            + Send
+            + 'static,
+        T: Send + 'static,
+    {
+        let calls: Vec<_> = self
+            .shards
+            .iter()
+            .map(|(addr, client)| {
+                let (answer, deadline, addr) = (call(client.clone()), self.deadline, addr.clone());
+                tokio::spawn(async move {
+                    let answer = tokio::time::timeout(deadline, answer).await.ok();
+                    (addr, answer.map(|a| a.map(tonic::Response::into_inner)))
+                })
+            })
+            .collect();
+        let mut answers = Vec::with_capacity(calls.len());
+        for call in calls {
+            answers.push(
+                call.await
+                    .map_err(|e| StageError::Unavailable(format!("retrieval task failed: {e}")))?,
+            );
+        }
+        Ok(answers)
     }
 }
 
