@@ -156,21 +156,15 @@ async fn deleted_and_changed_items_leave_recommendations_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_split_gateway_asks_the_shards_about_backfilled_items() {
     let full = catalog();
-    let part = |s: u32| {
-        let rows: Vec<u32> = (0..full.len() as u32)
-            .filter(|&r| shard_of(full.item_id(r), 2) == s)
-            .collect();
-        full.select(&rows)
-    };
     let logs = state_dir();
     let (s0, _s0) = serve_retrieval(
-        part(0),
+        &full,
         Some(Shard { index: 0, count: 2 }),
         Some(&logs.path().join("s0.wal")),
     )
     .await;
     let (s1, stop_s1) = serve_retrieval(
-        part(1),
+        &full,
         Some(Shard { index: 1, count: 2 }),
         Some(&logs.path().join("s1.wal")),
     )

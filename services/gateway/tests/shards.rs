@@ -11,20 +11,9 @@ use tandem_retrieval::Shard;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shards_merge_into_the_unsharded_answer_and_degrade_when_one_is_down() {
     let full = catalog();
-    let part = |s: u32| {
-        let rows: Vec<u32> = (0..full.len() as u32)
-            .filter(|&r| shard_of(full.item_id(r), 2) == s)
-            .collect();
-        full.select(&rows)
-    };
-    let (whole_addr, _whole) = serve_retrieval(
-        full.select(&(0..full.len() as u32).collect::<Vec<_>>()),
-        None,
-        None,
-    )
-    .await;
-    let (s0_addr, _s0) = serve_retrieval(part(0), Some(Shard { index: 0, count: 2 }), None).await;
-    let (s1_addr, s1) = serve_retrieval(part(1), Some(Shard { index: 1, count: 2 }), None).await;
+    let (whole_addr, _whole) = serve_retrieval(&full, None, None).await;
+    let (s0_addr, _s0) = serve_retrieval(&full, Some(Shard { index: 0, count: 2 }), None).await;
+    let (s1_addr, s1) = serve_retrieval(&full, Some(Shard { index: 1, count: 2 }), None).await;
 
     let unsharded = start(config(&[&format!("--retrieval-addr={whole_addr}")])).await;
     let sharded = start(config(&[&format!("--retrieval-addr={s0_addr},{s1_addr}")])).await;
@@ -92,11 +81,7 @@ async fn shards_merge_into_the_unsharded_answer_and_degrade_when_one_is_down() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shard_that_never_answers_is_cut_off_at_the_stage_deadline() {
     let full = catalog();
-    let rows: Vec<u32> = (0..full.len() as u32)
-        .filter(|&r| shard_of(full.item_id(r), 2) == 0)
-        .collect();
-    let (s0_addr, _s0) =
-        serve_retrieval(full.select(&rows), Some(Shard { index: 0, count: 2 }), None).await;
+    let (s0_addr, _s0) = serve_retrieval(&full, Some(Shard { index: 0, count: 2 }), None).await;
     // Accepts connections and never speaks: a hung pod.
     let black_hole = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

@@ -200,15 +200,18 @@ pub fn feature<'a>(item: &'a pb::RecommendedItem, name: &str) -> &'a [f64] {
         .map_or(&[][..], |f| &f.values[..])
 }
 
-/// A retrieval server on loopback over `catalog` (the items of `shard`), taking writes when
-/// given a write-ahead log.
-/// Exact scans whenever a filter is given, so sharded and unsharded answers can be compared
-/// item for item.
+/// A retrieval server on loopback over `full`'s items (those of `shard`, when given), taking
+/// writes when given a write-ahead log. Exact scans whenever a filter is given, so sharded and
+/// unsharded answers can be compared item for item.
 pub async fn serve_retrieval(
-    catalog: Catalog,
+    full: &Catalog,
     shard: Option<Shard>,
     wal: Option<&Path>,
 ) -> (SocketAddr, Stop) {
+    let rows: Vec<u32> = (0..full.len() as u32)
+        .filter(|&r| shard.is_none_or(|s| s.owns(full.item_id(r))))
+        .collect();
+    let catalog = full.select(&rows);
     let params = IndexParams {
         exact_scan_below: 1.1,
         shard,
