@@ -303,7 +303,7 @@ impl Recommender {
                 .map(|&i| self.catalog.category_code(i))
                 .collect();
             let items = self
-                .apply_rules_checked(&plan, Vec::new(), &categories, req.deadline)
+                .apply_rules_checked(&plan, Vec::new(), &categories, HashMap::new(), req.deadline)
                 .await;
             let answer = Recommendation {
                 items,
@@ -323,8 +323,8 @@ impl Recommender {
             "retrieval",
             self.retrieval.search(&query, num_candidates, &spec),
         );
-        let (candidates, partial) = match search.await {
-            Ok(r) => (r.candidates, r.partial),
+        let (candidates, partial, reported) = match search.await {
+            Ok(r) => (r.candidates, r.partial, r.reported),
             Err(StageError::InvalidArgument { field, reason }) => {
                 return Err(RecommendError::InvalidArgument { field, reason });
             }
@@ -340,7 +340,8 @@ impl Recommender {
             }
         };
         // A remote stage may run on another catalog version, and an item may have changed
-        // since the search: keep only what this catalog admits now.
+        // since the search: keep only what this catalog admits, on the attributes retrieval
+        // holds now.
         let mut seen = HashSet::with_capacity(candidates.len());
         let candidates: Vec<Candidate> = {
             let current = self.current_items();
@@ -348,7 +349,22 @@ impl Recommender {
                 .into_iter()
                 .filter(|c| {
                     (c.idx as usize) < self.catalog.len()
-                        && availability::admits(&self.catalog, current.as_ref(), &filter, c.idx)
+                        && match reported.get(&c.idx) {
+                            Some(now) => availability::admits_as(
+                                &self.catalog,
+                                &filter,
+                                c.idx,
+                                &now.category,
+                                now.price,
+                                now.in_stock,
+                            ),
+                            None => availability::admits(
+                                &self.catalog,
+                                current.as_ref(),
+                                &filter,
+                                c.idx,
+                            ),
+                        }
                 })
                 .filter(|c| seen.insert(c.idx))
                 .collect()
@@ -414,7 +430,7 @@ impl Recommender {
             })
             .collect();
         let mut items = self
-            .apply_rules_checked(&plan, ranked, &HashSet::new(), req.deadline)
+            .apply_rules_checked(&plan, ranked, &HashSet::new(), reported, req.deadline)
             .await;
         if log_this {
             self.log_served(req, &model_version, &candidates, &scores, &items, &features);
@@ -565,13 +581,15 @@ impl Recommender {
 
     /// The rules, then, with retrieval behind gRPC, a check of the backfilled items (they did
     /// not come through retrieval's filter): those it deleted or no longer admits are replaced,
-    /// for a few rounds at most, and the rest are shown with their current attributes. An
-    /// embedded index was read during the rules already.
+    /// for a few rounds at most, and the rest are shown with their current attributes, as are
+    /// the searched items (`present`, as the search reported them). An embedded index was read
+    /// during the rules already.
     async fn apply_rules_checked(
         &self,
         plan: &Plan<'_>,
         ranked: Vec<Placed>,
         prefer: &HashSet<u32>,
+        mut present: HashMap<ItemIdx, ItemNow>,
         deadline: Option<Instant>,
     ) -> Vec<RecommendedItem> {
         if self.current.is_some() {
@@ -580,7 +598,6 @@ impl Recommender {
         let mut items = self.apply_rules(plan, ranked.clone(), prefer);
         let mut filter = plan.filter.clone();
         let mut asked = HashSet::new();
-        let mut present: HashMap<ItemIdx, ItemNow> = HashMap::new();
         for _ in 0..BACKFILL_CHECK_ROUNDS {
             let unchecked: Vec<ItemIdx> = items
                 .iter()

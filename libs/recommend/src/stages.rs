@@ -1,4 +1,4 @@
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -14,13 +14,16 @@ use crate::StageError;
 pub struct Retrieved {
     pub candidates: Vec<Candidate>,
     pub partial: Option<String>,
+    /// The candidates' attributes as a remote retrieval reported them (upserts applied), by
+    /// catalog index; empty in process, where the index is read directly.
+    pub reported: HashMap<ItemIdx, ItemNow>,
 }
 
 impl From<Vec<Candidate>> for Retrieved {
     fn from(candidates: Vec<Candidate>) -> Self {
         Self {
             candidates,
-            partial: None,
+            ..Self::default()
         }
     }
 }

@@ -142,11 +142,22 @@ impl CurrentItems<'_> {
     pub fn get(&self, item_id: &str) -> Option<CurrentItem<'_>> {
         let rows = &self.state.rows;
         let row = rows.row_of(item_id).filter(|&r| !rows.is_deleted(r))?;
-        Some(CurrentItem {
+        Some(self.attributes(row))
+    }
+
+    /// The item id and attributes of a row a search returned (rows are never reused).
+    pub fn row(&self, row: ItemIdx) -> Option<(&str, CurrentItem<'_>)> {
+        let rows = &self.state.rows;
+        ((row as usize) < rows.len()).then(|| (rows.item_id(row), self.attributes(row)))
+    }
+
+    fn attributes(&self, row: ItemIdx) -> CurrentItem<'_> {
+        let rows = &self.state.rows;
+        CurrentItem {
             category: rows.category_name(rows.category_code(row)),
             price: rows.price(row),
             in_stock: rows.in_stock(row),
-        })
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! Stages behind gRPC (split topology).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -136,10 +137,23 @@ impl CandidateStage for RemoteRetrieval {
         merged.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.item_id.cmp(&b.item_id)));
         merged.truncate(k);
         // Map by external id: the retrieval servers' dense ids are their own.
+        let mut reported = HashMap::with_capacity(merged.len());
         let candidates = merged
             .into_iter()
             .filter_map(|c| {
-                self.catalog.idx_of(&c.item_id).map(|idx| Candidate {
+                let idx = self.catalog.idx_of(&c.item_id)?;
+                // A server from before attributes were reported sends none.
+                if !c.category.is_empty() {
+                    reported.insert(
+                        idx,
+                        ItemNow {
+                            category: c.category,
+                            price: c.price,
+                            in_stock: c.in_stock,
+                        },
+                    );
+                }
+                Some(Candidate {
                     idx,
                     score: c.score,
                     distance: c.distance,
@@ -157,6 +171,7 @@ impl CandidateStage for RemoteRetrieval {
         Ok(Retrieved {
             candidates,
             partial,
+            reported,
         })
     }
 

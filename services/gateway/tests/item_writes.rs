@@ -154,7 +154,7 @@ async fn deleted_and_changed_items_leave_recommendations_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_split_gateway_asks_the_shards_about_backfilled_items() {
+async fn a_split_gateway_serves_items_as_the_shards_hold_them_now() {
     let full = catalog();
     let logs = state_dir();
     let (s0, _s0) = serve_retrieval(
@@ -227,6 +227,71 @@ async fn a_split_gateway_asks_the_shards_about_backfilled_items() {
         !ids(&after).contains(&sold_out.as_str()),
         "sold-out item served"
     );
+
+    // Searched items are kept and shown on what retrieval holds now, not on the gateway's
+    // catalog file: an item back in stock is recommended, a re-priced one shows its price.
+    let as_is = |id: &str| {
+        let idx = full.idx_of(id).expect("catalog item");
+        pb::Item {
+            item_id: id.to_owned(),
+            embedding: full.embedding(idx).to_vec(),
+            category: full.category(idx).to_owned(),
+            price: full.price(idx),
+            in_stock: full.in_stock(idx),
+            popularity: full.popularity(idx),
+        }
+    };
+    let restocked = full
+        .by_popularity()
+        .iter()
+        .map(|&i| full.item_id(i).to_owned())
+        .find(|id| !full.in_stock(full.idx_of(id).expect("catalog item")))
+        .expect("an out-of-stock item");
+    let repriced = on(0).nth(1).expect("a second item of shard 0");
+    let new_price = as_is(&repriced).price + 10_000.0;
+    for item in [
+        pb::Item {
+            in_stock: true,
+            ..as_is(&restocked)
+        },
+        pb::Item {
+            price: new_price,
+            ..as_is(&repriced)
+        },
+    ] {
+        shards[shard_of(&item.item_id, 2) as usize]
+            .upsert_items(pb::UpsertItemsRequest { items: vec![item] })
+            .await
+            .expect("upsert");
+    }
+    let clicks: Vec<pb::Event> = [&restocked, &repriced]
+        .iter()
+        .enumerate()
+        .map(|(n, id)| event("warm", id, pb::EventType::Click, t0() + n as i64))
+        .collect();
+    client
+        .record_events(pb::RecordEventsRequest { events: clicks })
+        .await
+        .expect("events");
+    let warm = client
+        .recommend(pb::RecommendRequest {
+            num_candidates: Some(200),
+            ..request("warm", 200)
+        })
+        .await
+        .expect("warm")
+        .into_inner();
+    assert_eq!(warm.model_version, "ranker/1");
+    assert!(
+        ids(&warm).contains(&restocked.as_str()),
+        "restocked item left out"
+    );
+    let shown = warm
+        .items
+        .iter()
+        .find(|i| i.item_id == repriced)
+        .expect("repriced item among the candidates");
+    assert_eq!(shown.price, new_price);
 
     // What the gateway asked: each shard answers for its own items only.
     let ask = |ids: &[&String]| pb::GetItemsRequest {

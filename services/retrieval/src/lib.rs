@@ -296,14 +296,19 @@ impl pb::retrieval_service_server::RetrievalService for RetrievalApi {
         .await
         .map_err(|e| Status::internal(format!("search task failed: {e}")))?
         .map_err(status)?;
+        let current = index.current_items().map_err(status)?;
         let candidates = found
             .into_iter()
             .filter_map(|c| {
+                let (item_id, now) = current.row(c.idx)?;
                 Some(pb::Candidate {
                     internal_id: c.idx,
-                    item_id: index.item_id(c.idx)?,
+                    item_id: item_id.to_owned(),
                     distance: c.distance,
                     score: c.score,
+                    category: now.category.to_owned(),
+                    price: now.price,
+                    in_stock: now.in_stock,
                 })
             })
             .collect();
