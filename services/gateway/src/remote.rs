@@ -142,7 +142,8 @@ impl CandidateStage for RemoteRetrieval {
             .into_iter()
             .filter_map(|c| {
                 let idx = self.catalog.idx_of(&c.item_id)?;
-                // A server from before attributes were reported sends none.
+                // None until writes changed an item (the catalog is current), or from an
+                // older server.
                 if !c.category.is_empty() {
                     reported.insert(
                         idx,
