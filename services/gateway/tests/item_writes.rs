@@ -5,12 +5,25 @@
 mod common;
 
 use common::*;
-use tandem_catalog::shard_of;
+use tandem_catalog::{Catalog, shard_of};
 use tandem_proto::v1 as pb;
 use tandem_retrieval::Shard;
 
 fn ids(resp: &pb::RecommendResponse) -> Vec<&str> {
     resp.items.iter().map(|i| i.item_id.as_str()).collect()
+}
+
+/// A catalog item as an upsert states it, unchanged.
+fn catalog_item(catalog: &Catalog, id: &str) -> pb::Item {
+    let idx = catalog.idx_of(id).expect("catalog item");
+    pb::Item {
+        item_id: id.to_owned(),
+        embedding: catalog.embedding(idx).to_vec(),
+        category: catalog.category(idx).to_owned(),
+        price: catalog.price(idx),
+        in_stock: catalog.in_stock(idx),
+        popularity: catalog.popularity(idx),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -58,17 +71,6 @@ async fn deleted_and_changed_items_leave_recommendations_at_once() {
         assert!(ids(&before).contains(&id.as_str()), "{id} among candidates");
     }
 
-    let as_is = |id: &str| {
-        let idx = catalog.idx_of(id).expect("catalog item");
-        pb::Item {
-            item_id: id.to_owned(),
-            embedding: catalog.embedding(idx).to_vec(),
-            category: catalog.category(idx).to_owned(),
-            price: catalog.price(idx),
-            in_stock: catalog.in_stock(idx),
-            popularity: catalog.popularity(idx),
-        }
-    };
     let old_price = catalog.price(catalog.idx_of(&repriced).expect("catalog item"));
     let new_price = old_price + 10_000.0;
     retrieval
@@ -82,11 +84,11 @@ async fn deleted_and_changed_items_leave_recommendations_at_once() {
             items: vec![
                 pb::Item {
                     in_stock: false,
-                    ..as_is(&sold_out)
+                    ..catalog_item(&catalog, &sold_out)
                 },
                 pb::Item {
                     price: new_price,
-                    ..as_is(&repriced)
+                    ..catalog_item(&catalog, &repriced)
                 },
             ],
         })
@@ -202,12 +204,8 @@ async fn a_split_gateway_serves_items_as_the_shards_hold_them_now() {
     shards[1]
         .upsert_items(pb::UpsertItemsRequest {
             items: vec![pb::Item {
-                item_id: sold_out.clone(),
-                embedding: full.embedding(idx).to_vec(),
-                category: full.category(idx).to_owned(),
-                price: full.price(idx),
                 in_stock: false,
-                popularity: full.popularity(idx),
+                ..catalog_item(&full, &sold_out)
             }],
         })
         .await
@@ -230,17 +228,6 @@ async fn a_split_gateway_serves_items_as_the_shards_hold_them_now() {
 
     // Searched items are kept and shown on what retrieval holds now, not on the gateway's
     // catalog file: an item back in stock is recommended, a re-priced one shows its price.
-    let as_is = |id: &str| {
-        let idx = full.idx_of(id).expect("catalog item");
-        pb::Item {
-            item_id: id.to_owned(),
-            embedding: full.embedding(idx).to_vec(),
-            category: full.category(idx).to_owned(),
-            price: full.price(idx),
-            in_stock: full.in_stock(idx),
-            popularity: full.popularity(idx),
-        }
-    };
     let restocked = full
         .by_popularity()
         .iter()
@@ -248,15 +235,15 @@ async fn a_split_gateway_serves_items_as_the_shards_hold_them_now() {
         .find(|id| !full.in_stock(full.idx_of(id).expect("catalog item")))
         .expect("an out-of-stock item");
     let repriced = on(0).nth(1).expect("a second item of shard 0");
-    let new_price = as_is(&repriced).price + 10_000.0;
+    let new_price = catalog_item(&full, &repriced).price + 10_000.0;
     for item in [
         pb::Item {
             in_stock: true,
-            ..as_is(&restocked)
+            ..catalog_item(&full, &restocked)
         },
         pb::Item {
             price: new_price,
-            ..as_is(&repriced)
+            ..catalog_item(&full, &repriced)
         },
     ] {
         shards[shard_of(&item.item_id, 2) as usize]
