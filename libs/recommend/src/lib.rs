@@ -19,6 +19,6 @@ pub use pipeline::{
 };
 pub use rules::{RuleEffect, RulesConfig};
 pub use stages::{
-    CandidateStage, InProcessRanking, InProcessRetrieval, ItemNow, ItemStatus, Retrieved, Scored,
-    ScoringContext, ScoringStage,
+    CandidateStage, InProcessRanking, InProcessRetrieval, ItemNow, ItemStatus, RemoteRanking,
+    RemoteRetrieval, Retrieved, Scored, ScoringContext, ScoringStage,
 };

@@ -2,9 +2,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use tandem_ranking_service::{ModelArgs, ModelSettings};
+use tandem_ranking_api::{ModelArgs, ModelSettings};
 use tandem_retrieval::IndexParams;
-use tandem_retrieval_service::IndexArgs;
+use tandem_retrieval_api::IndexArgs;
 use tandem_server::AdminArgs;
 
 /// tandem gateway: personalized recommendations over gRPC. With no stage addresses it runs

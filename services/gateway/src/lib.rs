@@ -2,10 +2,7 @@
 //! and ranking in this process and serves their APIs on the same port; split calls them over
 //! gRPC at `--retrieval-addr` / `--ranking-addr` (either or both).
 
-mod api;
 mod config;
-mod remote;
-mod status;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,16 +14,16 @@ use tandem_proto::v1::ranking_admin_service_server::RankingAdminServiceServer;
 use tandem_proto::v1::ranking_service_server::RankingServiceServer;
 use tandem_proto::v1::recommender_service_server::RecommenderServiceServer;
 use tandem_proto::v1::retrieval_service_server::RetrievalServiceServer;
-use tandem_ranking_service::{RankingAdminApi, RankingApi, load_ranker};
+use tandem_ranking_api::{RankingAdminApi, RankingApi, load_ranker};
 use tandem_recommend::{
-    CandidateStage, EventIntake, InProcessRanking, InProcessRetrieval, Recommender, ScoringStage,
-    Settings, Stages,
+    CandidateStage, EventIntake, InProcessRanking, InProcessRetrieval, Recommender, RemoteRanking,
+    RemoteRetrieval, ScoringStage, Settings, Stages,
 };
-use tandem_retrieval_service::RetrievalApi;
+use tandem_recommend_api::RecommenderApi;
+use tandem_retrieval_api::RetrievalApi;
 use tandem_server::{Health, Ready, service_name};
 use tokio::task::JoinHandle;
 
-pub use api::RecommenderApi;
 pub use config::Config;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -111,16 +108,16 @@ pub async fn start(
             // The embedded index, whose upserts and deletes every answer is checked against.
             let mut current = None;
             let retrieval: Arc<dyn CandidateStage> = match &config.retrieval_addr {
-                Some(_) => Arc::new(remote::RemoteRetrieval::new(
+                Some(_) => Arc::new(RemoteRetrieval::new(
                     &config.retrieval_shards(),
-                    &config,
+                    config.stage_timeout(),
                     catalog.clone(),
                 )?),
                 None => {
                     let (shared, params) = (catalog.clone(), checked.index);
                     let state = config.index.state();
                     let built = tokio::task::spawn_blocking(move || {
-                        tandem_retrieval_service::open_index(shared, params, state.as_ref())
+                        tandem_retrieval_api::open_index(shared, params, state.as_ref())
                     });
                     let built = built.await??;
                     index.set(built.clone());
@@ -129,9 +126,11 @@ pub async fn start(
                 }
             };
             let ranking: Arc<dyn ScoringStage> = match (&config.ranking_addr, checked.ranker) {
-                (Some(addr), _) => {
-                    Arc::new(remote::RemoteRanking::new(addr, &config, catalog.clone())?)
-                }
+                (Some(addr), _) => Arc::new(RemoteRanking::new(
+                    addr,
+                    config.stage_timeout(),
+                    catalog.clone(),
+                )?),
                 (None, Some(ranker_config)) => {
                     let (dir, shared) = (config.model.model_dir.clone(), catalog.clone());
                     let loaded = tokio::task::spawn_blocking(move || {

@@ -9,7 +9,7 @@ use clap::Parser;
 use tandem_catalog::Catalog;
 use tandem_proto::v1::ranking_admin_service_server::RankingAdminServiceServer;
 use tandem_proto::v1::ranking_service_server::RankingServiceServer;
-use tandem_ranking_service::{ModelArgs, RankingAdminApi, RankingApi, load_ranker};
+use tandem_ranking_api::{ModelArgs, RankingAdminApi, RankingApi, load_ranker};
 use tandem_server::{AdminArgs, Ready};
 
 /// Ranking server: scores candidates with the ONNX ranking model.

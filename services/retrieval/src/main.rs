@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Parser;
 use tandem_proto::v1::retrieval_service_server::RetrievalServiceServer;
 use tandem_retrieval::Shard;
-use tandem_retrieval_service::{IndexArgs, RetrievalApi, load_index};
+use tandem_retrieval_api::{IndexArgs, RetrievalApi, load_index};
 use tandem_server::{AdminArgs, Ready};
 
 /// Retrieval server: nearest catalog items to a query vector under a filter.

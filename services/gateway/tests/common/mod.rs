@@ -11,7 +11,7 @@ use tandem_catalog::Catalog;
 use tandem_gateway::{Config, Gateway};
 use tandem_proto::v1 as pb;
 use tandem_retrieval::{Index, IndexParams, Shard};
-use tandem_retrieval_service::RetrievalApi;
+use tandem_retrieval_api::RetrievalApi;
 use tandem_server::Ready;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;

@@ -8,6 +8,10 @@ use tandem_retrieval::{Candidate, FilterSpec, Index, SearchParams};
 
 use crate::StageError;
 
+mod remote;
+
+pub use remote::{RemoteRanking, RemoteRetrieval};
+
 /// What retrieval returned: candidates best first, and why they may be incomplete (a shard
 /// that failed or missed its deadline).
 #[derive(Debug, Clone, Default)]

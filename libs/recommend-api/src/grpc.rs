@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use tandem_personalization::EventKind;
 use tandem_proto::v1 as pb;
 use tandem_recommend::{IncomingEvent, RecommendRequest, Recommender};
-use tandem_retrieval_service::filter_from_proto;
+use tandem_retrieval_api::filter_from_proto;
 use tandem_server::Ready;
 
 use tokio::sync::Semaphore;

@@ -1,30 +1,32 @@
-//! Stages behind gRPC (split topology).
+//! Stages behind gRPC (split topology): the retrieval shards fanned out and merged, and the
+//! ranking server.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
+use crate::{
+    CandidateStage, ItemNow, ItemStatus, Retrieved, Scored, ScoringContext, ScoringStage,
+    StageError,
+};
 use async_trait::async_trait;
 use tandem_catalog::Catalog;
 use tandem_proto::v1 as pb;
 use tandem_ranking::FeatureValues;
-use tandem_recommend::{
-    CandidateStage, ItemNow, ItemStatus, Retrieved, Scored, ScoringContext, ScoringStage,
-    StageError,
-};
 use tandem_retrieval::{Candidate, FilterSpec};
 use tonic::transport::{Channel, Endpoint};
 
-use crate::{BoxError, Config};
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-fn channel(addr: &str, config: &Config) -> Result<Channel, BoxError> {
+fn channel(addr: &str, timeout: Duration) -> Result<Channel, BoxError> {
     let uri = if addr.contains("://") {
         addr.to_owned()
     } else {
         format!("http://{addr}")
     };
     Ok(Endpoint::from_shared(uri)?
-        .connect_timeout(config.stage_timeout())
-        .timeout(config.stage_timeout())
+        .connect_timeout(timeout)
+        .timeout(timeout)
         .tcp_nodelay(true)
         .connect_lazy())
 }
@@ -53,26 +55,27 @@ fn stage_error(stage: &str, status: tonic::Status) -> StageError {
 /// Retrieval over gRPC: one server, or the shards of one catalog (each serving the items
 /// whose id hashes to it), searched in parallel and merged.
 #[derive(Debug, Clone)]
-pub(crate) struct RemoteRetrieval {
+pub struct RemoteRetrieval {
     shards: Vec<(
         String,
         pb::retrieval_service_client::RetrievalServiceClient<Channel>,
     )>,
     catalog: Arc<Catalog>,
-    deadline: std::time::Duration,
+    deadline: Duration,
 }
 
 impl RemoteRetrieval {
-    pub(crate) fn new(
+    /// `timeout`: the most one call to a shard may take before the shard counts as failed.
+    pub fn new(
         addrs: &[String],
-        config: &Config,
+        timeout: Duration,
         catalog: Arc<Catalog>,
     ) -> Result<Self, BoxError> {
         let shards = addrs
             .iter()
             .map(|addr| {
                 let client = pb::retrieval_service_client::RetrievalServiceClient::new(channel(
-                    addr, config,
+                    addr, timeout,
                 )?)
                 .max_decoding_message_size(tandem_server::MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(tandem_server::MAX_MESSAGE_BYTES);
@@ -82,7 +85,7 @@ impl RemoteRetrieval {
         Ok(Self {
             shards,
             catalog,
-            deadline: config.stage_timeout(),
+            deadline: timeout,
         })
     }
 }
@@ -98,13 +101,7 @@ impl CandidateStage for RemoteRetrieval {
         let request = pb::SearchRequest {
             vector: query.to_vec(),
             k: k as u32,
-            filter: Some(pb::ItemFilter {
-                categories: filter.categories.clone(),
-                min_price: filter.min_price,
-                max_price: filter.max_price,
-                in_stock_only: Some(filter.in_stock_only),
-                exclude_item_ids: filter.exclude_item_ids.clone(),
-            }),
+            filter: Some(tandem_retrieval_api::filter_to_proto(filter)),
             ef_search: None,
         };
         let answers = self
@@ -279,18 +276,14 @@ impl RemoteRetrieval {
 }
 
 #[derive(Debug, Clone)]
-pub(crate) struct RemoteRanking {
+pub struct RemoteRanking {
     client: pb::ranking_service_client::RankingServiceClient<Channel>,
     catalog: Arc<Catalog>,
 }
 
 impl RemoteRanking {
-    pub(crate) fn new(
-        addr: &str,
-        config: &Config,
-        catalog: Arc<Catalog>,
-    ) -> Result<Self, BoxError> {
-        let client = pb::ranking_service_client::RankingServiceClient::new(channel(addr, config)?)
+    pub fn new(addr: &str, timeout: Duration, catalog: Arc<Catalog>) -> Result<Self, BoxError> {
+        let client = pb::ranking_service_client::RankingServiceClient::new(channel(addr, timeout)?)
             .max_decoding_message_size(tandem_server::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(tandem_server::MAX_MESSAGE_BYTES);
         Ok(Self { client, catalog })

@@ -3,7 +3,7 @@
 use tandem_recommend::RecommendError;
 use tonic::Status;
 
-pub(crate) fn status(err: RecommendError) -> Status {
+pub fn status(err: RecommendError) -> Status {
     match err {
         RecommendError::InvalidArgument { .. } => Status::invalid_argument(err.to_string()),
         RecommendError::NotFound(_) => Status::not_found(err.to_string()),

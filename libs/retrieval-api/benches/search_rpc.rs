@@ -8,7 +8,7 @@ use tandem_catalog::Catalog;
 use tandem_catalog::testing::{SplitMix, synthetic_batch, write_parquet};
 use tandem_proto::v1 as pb;
 use tandem_retrieval::{Index, IndexParams, ItemFilter, SearchParams};
-use tandem_retrieval_service::RetrievalApi;
+use tandem_retrieval_api::RetrievalApi;
 use tandem_server::Ready;
 
 const ITEMS: usize = 20_000;

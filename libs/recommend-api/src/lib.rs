@@ -1,0 +1,9 @@
+//! The public `tandem.v1.RecommenderService` handlers: wire types in, one call into the
+//! request path (`tandem-recommend`), wire types out; and the one mapping of its errors to
+//! gRPC statuses.
+
+mod grpc;
+mod status;
+
+pub use grpc::RecommenderApi;
+pub use status::status;
