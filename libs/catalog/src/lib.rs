@@ -4,6 +4,7 @@
 //! dense `u32` ids (the row number). It does not search or score: retrieval and ranking
 //! read from it.
 
+mod attributes;
 mod error;
 mod load;
 #[cfg(any(test, feature = "test-util"))]
@@ -15,6 +16,7 @@ use std::path::Path;
 use arrow::array::{Array, BooleanArray, Float32Array, StringArray};
 use tandem_memory::HugeArray;
 
+pub use attributes::{Category, ItemAttributes};
 pub use error::CatalogError;
 
 /// Dense id of an item: its row in the catalog.

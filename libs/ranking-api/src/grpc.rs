@@ -5,16 +5,40 @@ use tandem_proto::v1 as pb;
 use tandem_ranking::{ModelVersion, Ranker, RankingError, ScoreRequest, SplitEntry};
 use tandem_server::{AdminToken, Ready};
 use tonic::{Request, Response, Status};
+use tonic_types::{ErrorDetails, StatusExt};
 
-/// The one place ranking errors become gRPC statuses.
+/// The `ResourceInfo.resource_type` of a NOT_FOUND model version (`tandem-recommend`'s remote
+/// ranking reads it back).
+pub const MODEL_VERSION_RESOURCE: &str = "model_version";
+
+/// The one place ranking errors become gRPC statuses. A bad field is also named in a
+/// `google.rpc.BadRequest` and a missing version in a `ResourceInfo`, so a remote caller maps
+/// them back without reading the text.
+#[deny(clippy::wildcard_enum_match_arm)]
 pub fn status(err: RankingError) -> Status {
+    let message = err.to_string();
     match err {
-        RankingError::InvalidArgument { .. }
-        | RankingError::TooManyCandidates { .. }
-        | RankingError::InvalidSplit(_) => Status::invalid_argument(err.to_string()),
-        RankingError::Overloaded { .. } => Status::resource_exhausted(err.to_string()),
-        RankingError::UnknownVersion(_) => Status::not_found(err.to_string()),
-        RankingError::Inference { .. } => Status::internal(err.to_string()),
+        RankingError::InvalidArgument { field, reason } => Status::with_error_details(
+            tonic::Code::InvalidArgument,
+            message,
+            ErrorDetails::with_bad_request_violation(field, reason),
+        ),
+        RankingError::TooManyCandidates { got, max } => Status::with_error_details(
+            tonic::Code::InvalidArgument,
+            message,
+            ErrorDetails::with_bad_request_violation(
+                "candidates",
+                format!("ranking takes at most {max} candidates, got {got}"),
+            ),
+        ),
+        RankingError::InvalidSplit(_) => Status::invalid_argument(message),
+        RankingError::Overloaded { .. } => Status::resource_exhausted(message),
+        RankingError::UnknownVersion(version) => Status::with_error_details(
+            tonic::Code::NotFound,
+            message,
+            ErrorDetails::with_resource_info(MODEL_VERSION_RESOURCE, version, "", "not loaded"),
+        ),
+        RankingError::Inference { .. } => Status::internal(message),
         RankingError::Runtime { .. }
         | RankingError::Io { .. }
         | RankingError::Spec { .. }
@@ -23,7 +47,7 @@ pub fn status(err: RankingError) -> Status {
         | RankingError::OutputMismatch { .. }
         | RankingError::Rejected { .. }
         | RankingError::NonFiniteScores { .. }
-        | RankingError::Cuda(_) => Status::failed_precondition(err.to_string()),
+        | RankingError::Cuda(_) => Status::failed_precondition(message),
     }
 }
 
@@ -39,10 +63,16 @@ pub fn score_request(catalog: &Catalog, req: pb::RankRequest) -> Result<ScoreReq
         .enumerate()
         .map(|(i, c)| {
             catalog.idx_of(&c.item_id).ok_or_else(|| {
-                Status::not_found(format!(
-                    "candidates[{i}].item_id: unknown item `{}`",
-                    c.item_id
-                ))
+                Status::with_error_details(
+                    tonic::Code::NotFound,
+                    format!("candidates[{i}].item_id: unknown item `{}`", c.item_id),
+                    ErrorDetails::with_resource_info(
+                        "item",
+                        c.item_id.clone(),
+                        "",
+                        "not in this catalog",
+                    ),
+                )
             })
         })
         .collect::<Result<Vec<ItemIdx>, Status>>()?;

@@ -8,4 +8,4 @@ mod args;
 mod grpc;
 
 pub use args::{ModelArgs, ModelSettings, load_ranker};
-pub use grpc::{RankingAdminApi, RankingApi, score_request, status};
+pub use grpc::{MODEL_VERSION_RESOURCE, RankingAdminApi, RankingApi, score_request, status};

@@ -1,3 +1,8 @@
+//! The request path's errors. `StageError` is what a stage (in process or remote) answers;
+//! `RecommendError` what a Recommend answers. Every conversion is exhaustive
+//! (`clippy::wildcard_enum_match_arm` is denied here): a new variant must be given a kind.
+#![deny(clippy::wildcard_enum_match_arm)]
+
 /// Why a stage did not answer.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StageError {
@@ -32,17 +37,37 @@ impl RecommendError {
     }
 }
 
+impl From<StageError> for RecommendError {
+    fn from(e: StageError) -> Self {
+        match e {
+            StageError::InvalidArgument { field, reason } => {
+                Self::InvalidArgument { field, reason }
+            }
+            StageError::NotFound(what) => Self::NotFound(what),
+            StageError::Unavailable(why) => Self::Unavailable(why),
+        }
+    }
+}
+
 impl From<tandem_retrieval::RetrievalError> for StageError {
     fn from(e: tandem_retrieval::RetrievalError) -> Self {
+        use tandem_retrieval::RetrievalError as E;
         match e {
-            tandem_retrieval::RetrievalError::InvalidArgument { field, reason } => {
-                Self::InvalidArgument {
-                    field: field.to_owned(),
-                    reason,
-                }
+            E::InvalidArgument { field, reason } => Self::InvalidArgument {
+                field: field.to_owned(),
+                reason,
+            },
+            other @ (E::EmptyCatalog | E::ReadOnly | E::Io { .. } | E::Corrupt { .. }) => {
+                Self::Unavailable(other.to_string())
             }
-            other => Self::Unavailable(other.to_string()),
         }
+    }
+}
+
+/// Resolving the request's filter against the catalog: only its fields can be wrong.
+impl From<tandem_retrieval::RetrievalError> for RecommendError {
+    fn from(e: tandem_retrieval::RetrievalError) -> Self {
+        StageError::from(e).into()
     }
 }
 

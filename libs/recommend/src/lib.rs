@@ -1,12 +1,14 @@
-//! The two-stage recommendation path: user state → query → retrieval → ranking → rules.
+//! The request path: user state → plan → retrieval → ranking → business rules.
 //!
-//! Stages are traits so the same pipeline runs with them in-process (embedded topology)
-//! or behind gRPC (split topology; the gateway service implements the remote stages).
+//! Stages are traits ([`CandidateStage`], [`ScoringStage`]) with an in-process and a gRPC
+//! implementation each (`stages/`); the pipeline (`pipeline.rs`, with its steps in
+//! `plan.rs` and `finish.rs`) is given one of each and never learns which.
 
-mod availability;
 mod error;
 mod events;
+mod finish;
 mod pipeline;
+mod plan;
 mod rules;
 mod stages;
 
@@ -19,6 +21,6 @@ pub use pipeline::{
 };
 pub use rules::{RuleEffect, RulesConfig};
 pub use stages::{
-    CandidateStage, InProcessRanking, InProcessRetrieval, ItemNow, ItemStatus, RemoteRanking,
-    RemoteRetrieval, Retrieved, Scored, ScoringContext, ScoringStage,
+    Candidate, CandidateStage, InProcessRanking, InProcessRetrieval, ItemStatus, RemoteRanking,
+    RemoteRetrieval, Retrieved, Scored, ScoringStage,
 };

@@ -14,7 +14,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use tandem_catalog::{Catalog, ItemIdx};
+use tandem_catalog::{Category, ItemAttributes, ItemIdx};
 
 /// Business-rule settings; a request may override the diversity cap and in-stock.
 #[derive(Debug, Clone, PartialEq)]
@@ -70,23 +70,31 @@ pub(crate) struct Placed {
     pub effects: Vec<RuleEffect>,
     /// Its place among the ranked candidates; `None` for backfill.
     pub candidate: Option<usize>,
+    /// As retrieval holds it now (searched items), or as the catalog states it until
+    /// retrieval was asked (backfill).
+    pub attributes: ItemAttributes,
 }
 
 impl Placed {
-    pub(crate) fn new(idx: ItemIdx, score: f32, retrieval_score: f32) -> Self {
+    pub(crate) fn new(
+        idx: ItemIdx,
+        score: f32,
+        retrieval_score: f32,
+        attributes: ItemAttributes,
+    ) -> Self {
         Self {
             idx,
             score,
             retrieval_score,
             effects: Vec::new(),
             candidate: None,
+            attributes,
         }
     }
 }
 
 /// Steps 2 to 6 on `ranked` (any order); `backfill` yields further admitted items best first.
 pub(crate) fn apply(
-    catalog: &Catalog,
     mut ranked: Vec<Placed>,
     k: usize,
     max_per_category: usize,
@@ -108,7 +116,7 @@ pub(crate) fn apply(
     } else {
         max_per_category
     };
-    let mut per_category: HashMap<u32, usize> = HashMap::new();
+    let mut per_category: HashMap<Category, usize> = HashMap::new();
     let mut out = Vec::with_capacity(k);
     let mut set_aside = Vec::new();
     for p in kept {
@@ -116,7 +124,7 @@ pub(crate) fn apply(
             break;
         }
         let n = per_category
-            .entry(catalog.category_code(p.idx))
+            .entry(p.attributes.category.clone())
             .or_default();
         if *n < cap {
             *n += 1;
@@ -134,7 +142,7 @@ pub(crate) fn apply(
                 continue;
             }
             let n = per_category
-                .entry(catalog.category_code(p.idx))
+                .entry(p.attributes.category.clone())
                 .or_default();
             if *n < cap {
                 *n += 1;
@@ -155,6 +163,7 @@ pub(crate) fn apply(
 
 #[cfg(test)]
 mod tests {
+    use tandem_catalog::Catalog;
     use tandem_catalog::testing::{synthetic_batch, write_parquet};
 
     use super::*;
@@ -180,41 +189,32 @@ mod tests {
                 .collect()
         };
         let (a, b) = (of(0), of(1));
+        let placed = |i: ItemIdx, score: f32| Placed::new(i, score, 0.0, catalog.attributes(i));
         // Category 0 scores highest; a[0] appears twice; a[1] was ignored before.
         let ranked = vec![
-            Placed::new(a[0], 0.9, 0.0),
-            Placed::new(a[0], 0.5, 0.0),
-            Placed::new(a[1], 0.95, 0.0),
-            Placed::new(a[2], 0.8, 0.0),
-            Placed::new(a[3], 0.7, 0.0),
-            Placed::new(b[0], 0.1, 0.0),
+            placed(a[0], 0.9),
+            placed(a[0], 0.5),
+            placed(a[1], 0.95),
+            placed(a[2], 0.8),
+            placed(a[3], 0.7),
+            placed(b[0], 0.1),
         ];
         let demoted = |i: ItemIdx| i == a[1];
 
-        let plain = apply(&catalog, ranked.clone(), 4, 0, &demoted, std::iter::empty());
+        let plain = apply(ranked.clone(), 4, 0, &demoted, std::iter::empty());
         assert_eq!(
             ids(&plain),
             [a[0], a[2], a[3], b[0]],
             "deduped, a[1] demoted"
         );
-        let all = apply(
-            &catalog,
-            ranked.clone(),
-            10,
-            0,
-            &demoted,
-            std::iter::empty(),
-        );
+        let all = apply(ranked.clone(), 10, 0, &demoted, std::iter::empty());
         assert_eq!(ids(&all), [a[0], a[2], a[3], b[0], a[1]]);
         assert_eq!(all[4].effects, [RuleEffect::Demoted]);
 
         // Cap 2: two of category 0, then b[0], then backfill from category 2, then the set-aside.
         let c = of(2);
-        let fill = c
-            .iter()
-            .map(|&i| Placed::new(i, 0.0, 0.0))
-            .chain([Placed::new(a[0], 0.0, 0.0)]);
-        let capped = apply(&catalog, ranked.clone(), 6, 2, &demoted, fill);
+        let fill = c.iter().map(|&i| placed(i, 0.0)).chain([placed(a[0], 0.0)]);
+        let capped = apply(ranked.clone(), 6, 2, &demoted, fill);
         assert_eq!(ids(&capped)[..5], [a[0], a[2], b[0], c[0], c[1]]);
         assert_eq!(capped[3].effects, [RuleEffect::Backfill]);
         assert_eq!(

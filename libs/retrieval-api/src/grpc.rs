@@ -4,6 +4,7 @@ use tandem_proto::v1 as pb;
 use tandem_retrieval::{FilterSpec, Index, ItemUpdate, RetrievalError, SearchParams};
 use tandem_server::{AdminToken, Ready};
 use tonic::{Request, Response, Status};
+use tonic_types::{ErrorDetails, StatusExt};
 
 /// Wire filter → domain filter spec.
 pub fn filter_from_proto(filter: Option<pb::ItemFilter>) -> FilterSpec {
@@ -28,10 +29,16 @@ pub fn filter_to_proto(spec: &FilterSpec) -> pb::ItemFilter {
     }
 }
 
-/// The one place retrieval errors become gRPC statuses.
+/// The one place retrieval errors become gRPC statuses; a bad field is also named in a
+/// `google.rpc.BadRequest`, which a remote caller maps back without reading the text.
+#[deny(clippy::wildcard_enum_match_arm)]
 pub fn status(err: RetrievalError) -> Status {
     match err {
-        RetrievalError::InvalidArgument { .. } => Status::invalid_argument(err.to_string()),
+        RetrievalError::InvalidArgument { field, ref reason } => Status::with_error_details(
+            tonic::Code::InvalidArgument,
+            err.to_string(),
+            ErrorDetails::with_bad_request_violation(field, reason.clone()),
+        ),
         RetrievalError::EmptyCatalog | RetrievalError::ReadOnly => {
             Status::failed_precondition(err.to_string())
         }

@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use tandem_catalog::{Catalog, ItemIdx};
+use tandem_catalog::{Catalog, Category, ItemAttributes, ItemIdx};
 
 use crate::RetrievalError;
 
@@ -172,6 +172,54 @@ impl ItemFilter {
             return false;
         }
         !self.excluded.contains(&idx)
+    }
+
+    /// Whether the filter admits catalog item `idx` with these (current) attributes; a
+    /// category the catalog does not know matches no category filter.
+    pub fn admits_item(&self, idx: ItemIdx, item: &ItemAttributes) -> bool {
+        if let Some(allowed) = &self.categories {
+            let admitted = match item.category {
+                Category::Code(code) => allowed.get(code as usize).copied().unwrap_or(false),
+                Category::Named(_) => false,
+            };
+            if !admitted {
+                return false;
+            }
+        }
+        if self.min_price.is_some_and(|lo| item.price < lo)
+            || self.max_price.is_some_and(|hi| item.price > hi)
+        {
+            return false;
+        }
+        if self.in_stock_only && !item.in_stock {
+            return false;
+        }
+        !self.excluded.contains(&idx)
+    }
+
+    /// The filter by name again, for a stage that resolves it against its own items (a remote
+    /// server, or an index whose rows are not `catalog`'s).
+    pub fn spec(&self, catalog: &Catalog) -> FilterSpec {
+        let names = catalog.categories();
+        FilterSpec {
+            categories: self.categories.as_ref().map_or_else(Vec::new, |allowed| {
+                allowed
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, a)| **a)
+                    .filter_map(|(code, _)| names.get(code).cloned())
+                    .collect()
+            }),
+            min_price: self.min_price,
+            max_price: self.max_price,
+            in_stock_only: self.in_stock_only,
+            exclude_item_ids: self
+                .excluded
+                .iter()
+                .filter(|&&idx| (idx as usize) < catalog.len())
+                .map(|&idx| catalog.item_id(idx).to_owned())
+                .collect(),
+        }
     }
 
     /// Estimated fraction of the catalog the filter admits, assuming independent predicates.

@@ -127,6 +127,9 @@ pub struct CurrentItems<'a> {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct CurrentItem<'a> {
     pub category: &'a str,
+    /// The category's code among the index's rows: its source catalog's code, or past that
+    /// catalog's categories for one an upsert introduced.
+    pub category_code: u32,
     pub price: f32,
     pub in_stock: bool,
 }
@@ -145,6 +148,12 @@ impl CurrentItems<'_> {
         Some(self.attributes(row))
     }
 
+    /// A row's attributes unless it is deleted (an upsert replaced it, or a delete removed it).
+    pub fn live_row(&self, row: ItemIdx) -> Option<CurrentItem<'_>> {
+        let rows = &self.state.rows;
+        ((row as usize) < rows.len() && !rows.is_deleted(row)).then(|| self.attributes(row))
+    }
+
     /// The item id and attributes of a row a search returned (rows are never reused).
     pub fn row(&self, row: ItemIdx) -> Option<(&str, CurrentItem<'_>)> {
         let rows = &self.state.rows;
@@ -153,8 +162,10 @@ impl CurrentItems<'_> {
 
     fn attributes(&self, row: ItemIdx) -> CurrentItem<'_> {
         let rows = &self.state.rows;
+        let category_code = rows.category_code(row);
         CurrentItem {
-            category: rows.category_name(rows.category_code(row)),
+            category: rows.category_name(category_code),
+            category_code,
             price: rows.price(row),
             in_stock: rows.in_stock(row),
         }

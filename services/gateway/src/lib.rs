@@ -33,6 +33,10 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub struct Gateway {
     pub addr: SocketAddr,
     pub health: Health,
+    /// The embedded stages once loaded (empty when remote): benchmarks and tests measure them
+    /// directly.
+    pub index: Ready<tandem_retrieval::Index>,
+    pub ranker: Ready<tandem_ranking::Ranker>,
     /// Loads catalog, index and model; an error here means the gateway will never serve.
     pub loaded: JoinHandle<Result<(), BoxError>>,
     pub server: JoinHandle<Result<(), tonic::transport::Error>>,
@@ -56,6 +60,7 @@ pub async fn start(
     let recommender = Ready::default();
     let index = Ready::default();
     let ranker = Ready::default();
+    let (index_handle, ranker_handle) = (index.clone(), ranker.clone());
     routes = routes.add_service(
         RecommenderApi::new(
             recommender.clone(),
@@ -105,8 +110,6 @@ pub async fn start(
                 tokio::task::spawn_blocking(move || Catalog::open(&items).map(Arc::new)).await??;
             tracing::info!(items = catalog.len(), dim = catalog.dim(), "loaded catalog");
 
-            // The embedded index, whose upserts and deletes every answer is checked against.
-            let mut current = None;
             let retrieval: Arc<dyn CandidateStage> = match &config.retrieval_addr {
                 Some(_) => Arc::new(RemoteRetrieval::new(
                     &config.retrieval_shards(),
@@ -121,7 +124,6 @@ pub async fn start(
                     });
                     let built = built.await??;
                     index.set(built.clone());
-                    current = Some(built.clone());
                     Arc::new(InProcessRetrieval::new(built, catalog.clone()))
                 }
             };
@@ -187,9 +189,6 @@ pub async fn start(
                     budgets: config.budgets(),
                 },
             );
-            if let Some(index) = current {
-                built = built.with_current_items(index);
-            }
             if let Some(served) = config.served_log() {
                 let dir = served.dir.clone();
                 let log = ServedLog::start(served)?;
@@ -205,6 +204,8 @@ pub async fn start(
     Ok(Gateway {
         addr,
         health,
+        index: index_handle,
+        ranker: ranker_handle,
         loaded,
         server,
     })

@@ -1,20 +1,20 @@
-//! Stages behind gRPC (split topology): the retrieval shards fanned out and merged, and the
-//! ranking server.
+//! The stages behind gRPC (split topology): retrieval shards searched in parallel and merged,
+//! and the ranking server. Catalog indexes become item ids here and back, once.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::{
-    CandidateStage, ItemNow, ItemStatus, Retrieved, Scored, ScoringContext, ScoringStage,
-    StageError,
-};
 use async_trait::async_trait;
-use tandem_catalog::Catalog;
+use tandem_catalog::{Catalog, ItemAttributes, ItemIdx};
 use tandem_proto::v1 as pb;
-use tandem_ranking::FeatureValues;
-use tandem_retrieval::{Candidate, FilterSpec};
+use tandem_ranking::{FeatureValues, ScoreRequest};
+use tandem_retrieval::ItemFilter;
 use tonic::transport::{Channel, Endpoint};
+use tonic_types::StatusExt;
+
+use super::{Candidate, CandidateStage, ItemStatus, Retrieved, Scored, ScoringStage};
+use crate::StageError;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -31,35 +31,68 @@ fn channel(addr: &str, timeout: Duration) -> Result<Channel, BoxError> {
         .connect_lazy())
 }
 
-/// A stage's status as a stage error: its validation errors stay the caller's fault, anything
-/// else means the stage could not answer.
-fn stage_error(stage: &str, status: tonic::Status) -> StageError {
+/// A stage's status back to the domain error the stage made it from, by its code and
+/// `google.rpc` details, never by its text: the caller's mistakes stay the caller's, anything
+/// else means the stage could not answer (and the pipeline degrades).
+#[deny(clippy::wildcard_enum_match_arm)]
+pub(crate) fn stage_error(stage: &str, status: &tonic::Status) -> StageError {
+    use tonic::Code;
     match status.code() {
-        tonic::Code::NotFound if status.message().starts_with("model version") => {
-            StageError::NotFound(format!("model_version: {}", status.message()))
-        }
-        tonic::Code::InvalidArgument | tonic::Code::NotFound => {
-            let (field, reason) = status
-                .message()
-                .split_once(": ")
-                .unwrap_or((stage, status.message()));
-            StageError::InvalidArgument {
-                field: field.to_owned(),
-                reason: reason.to_owned(),
+        Code::InvalidArgument => {
+            match status
+                .get_details_bad_request()
+                .and_then(|b| b.field_violations.into_iter().next())
+            {
+                Some(v) => StageError::InvalidArgument {
+                    field: v.field,
+                    reason: v.description,
+                },
+                None => StageError::InvalidArgument {
+                    field: stage.to_owned(),
+                    reason: status.message().to_owned(),
+                },
             }
         }
-        code => StageError::Unavailable(format!("{stage} {code:?}: {}", status.message())),
+        Code::NotFound => match status.get_details_resource_info() {
+            Some(r) if r.resource_type == tandem_ranking_api::MODEL_VERSION_RESOURCE => {
+                StageError::NotFound(format!(
+                    "model_version: `{}` is not loaded",
+                    r.resource_name
+                ))
+            }
+            // Anything else the stage lacks (an item of another catalog version) is not the
+            // caller's to fix.
+            Some(_) | None => unavailable(stage, status),
+        },
+        Code::Ok
+        | Code::Cancelled
+        | Code::Unknown
+        | Code::DeadlineExceeded
+        | Code::AlreadyExists
+        | Code::PermissionDenied
+        | Code::ResourceExhausted
+        | Code::FailedPrecondition
+        | Code::Aborted
+        | Code::OutOfRange
+        | Code::Unimplemented
+        | Code::Internal
+        | Code::Unavailable
+        | Code::DataLoss
+        | Code::Unauthenticated => unavailable(stage, status),
     }
 }
+
+fn unavailable(stage: &str, status: &tonic::Status) -> StageError {
+    StageError::Unavailable(format!("{stage} {:?}: {}", status.code(), status.message()))
+}
+
+type RetrievalClient = pb::retrieval_service_client::RetrievalServiceClient<Channel>;
 
 /// Retrieval over gRPC: one server, or the shards of one catalog (each serving the items
 /// whose id hashes to it), searched in parallel and merged.
 #[derive(Debug, Clone)]
 pub struct RemoteRetrieval {
-    shards: Vec<(
-        String,
-        pb::retrieval_service_client::RetrievalServiceClient<Channel>,
-    )>,
+    shards: Vec<(String, RetrievalClient)>,
     catalog: Arc<Catalog>,
     deadline: Duration,
 }
@@ -74,11 +107,9 @@ impl RemoteRetrieval {
         let shards = addrs
             .iter()
             .map(|addr| {
-                let client = pb::retrieval_service_client::RetrievalServiceClient::new(channel(
-                    addr, timeout,
-                )?)
-                .max_decoding_message_size(tandem_server::MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(tandem_server::MAX_MESSAGE_BYTES);
+                let client = RetrievalClient::new(channel(addr, timeout)?)
+                    .max_decoding_message_size(tandem_server::MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(tandem_server::MAX_MESSAGE_BYTES);
                 Ok((addr.clone(), client))
             })
             .collect::<Result<_, BoxError>>()?;
@@ -88,164 +119,12 @@ impl RemoteRetrieval {
             deadline: timeout,
         })
     }
-}
 
-#[async_trait]
-impl CandidateStage for RemoteRetrieval {
-    async fn search(
-        &self,
-        query: &[f32],
-        k: usize,
-        filter: &FilterSpec,
-    ) -> Result<Retrieved, StageError> {
-        let request = pb::SearchRequest {
-            vector: query.to_vec(),
-            k: k as u32,
-            filter: Some(tandem_retrieval_api::filter_to_proto(filter)),
-            ef_search: None,
-        };
-        let answers = self
-            .each_shard(move |mut client| {
-                let request = request.clone();
-                async move { client.search(request).await }
-            })
-            .await?;
-        let mut merged = Vec::new();
-        let mut failed = Vec::new();
-        for (addr, answer) in answers {
-            match answer {
-                Some(Ok(response)) => merged.extend(response.candidates),
-                Some(Err(status)) => match stage_error("retrieval", status) {
-                    // Every shard validates the same request: a bad one is the caller's fault.
-                    e @ (StageError::InvalidArgument { .. } | StageError::NotFound(_)) => {
-                        return Err(e);
-                    }
-                    StageError::Unavailable(why) => failed.push(format!("{addr}: {why}")),
-                },
-                None => failed.push(format!(
-                    "{addr}: no answer within {} ms",
-                    self.deadline.as_millis()
-                )),
-            }
-        }
-        if failed.len() == self.shards.len() {
-            return Err(StageError::Unavailable(failed.join("; ")));
-        }
-        merged.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.item_id.cmp(&b.item_id)));
-        merged.truncate(k);
-        // Map by external id: the retrieval servers' dense ids are their own.
-        let mut reported = HashMap::with_capacity(merged.len());
-        let candidates = merged
-            .into_iter()
-            .filter_map(|c| {
-                let idx = self.catalog.idx_of(&c.item_id)?;
-                // None until writes changed an item (the catalog is current), or from an
-                // older server.
-                if !c.category.is_empty() {
-                    reported.insert(
-                        idx,
-                        ItemNow {
-                            category: c.category,
-                            price: c.price,
-                            in_stock: c.in_stock,
-                        },
-                    );
-                }
-                Some(Candidate {
-                    idx,
-                    score: c.score,
-                    distance: c.distance,
-                })
-            })
-            .collect();
-        let partial = (!failed.is_empty()).then(|| {
-            format!(
-                "{} of {} retrieval shards failed ({})",
-                failed.len(),
-                self.shards.len(),
-                failed.join("; ")
-            )
-        });
-        Ok(Retrieved {
-            candidates,
-            partial,
-            reported,
-        })
-    }
-
-    /// Asks every shard at once: an item is present where a shard holds it, gone where its
-    /// own shard (or every shard) answered without it, unknown while its shard is down.
-    async fn item_status(
-        &self,
-        item_ids: &[String],
-    ) -> Result<Option<Vec<ItemStatus>>, StageError> {
-        let request = pb::GetItemsRequest {
-            item_ids: item_ids.to_vec(),
-        };
-        let answers = self
-            .each_shard(move |mut client| {
-                let request = request.clone();
-                async move { client.get_items(request).await }
-            })
-            .await?;
-        let mut statuses: Vec<Option<ItemStatus>> = vec![None; item_ids.len()];
-        let mut failed = Vec::new();
-        for (addr, answer) in answers {
-            let items = match answer {
-                Some(Ok(response)) => response.items,
-                Some(Err(status)) => {
-                    failed.push(format!("{addr}: {}", status.message()));
-                    continue;
-                }
-                None => {
-                    failed.push(format!("{addr}: no answer in time"));
-                    continue;
-                }
-            };
-            if items.len() != item_ids.len() {
-                failed.push(format!(
-                    "{addr}: {} states for {} ids",
-                    items.len(),
-                    item_ids.len()
-                ));
-                continue;
-            }
-            for (status, item) in statuses.iter_mut().zip(items) {
-                if item.found {
-                    *status = Some(ItemStatus::Present(ItemNow {
-                        category: item.category,
-                        price: item.price,
-                        in_stock: item.in_stock,
-                    }));
-                } else if item.owned && status.is_none() {
-                    *status = Some(ItemStatus::Gone);
-                }
-            }
-        }
-        if failed.len() == self.shards.len() {
-            return Err(StageError::Unavailable(failed.join("; ")));
-        }
-        // Held by none of the shards that answered: gone if all did, else its shard is down.
-        let unheld = if failed.is_empty() {
-            ItemStatus::Gone
-        } else {
-            ItemStatus::Unknown
-        };
-        Ok(Some(
-            statuses
-                .into_iter()
-                .map(|s| s.unwrap_or_else(|| unheld.clone()))
-                .collect(),
-        ))
-    }
-}
-
-impl RemoteRetrieval {
-    /// Runs `call` on every shard in parallel, each within the stage deadline (`None`: none
-    /// came), and returns the answers by shard address.
+    /// Runs `call` on every shard in parallel, each within the stage deadline (`None`: no
+    /// answer came), and returns the answers by shard address.
     async fn each_shard<T, Fut>(
         &self,
-        call: impl Fn(pb::retrieval_service_client::RetrievalServiceClient<Channel>) -> Fut,
+        call: impl Fn(RetrievalClient) -> Fut,
     ) -> Result<Vec<(String, Option<Result<T, tonic::Status>>)>, StageError>
     where
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>
@@ -253,6 +132,16 @@ impl RemoteRetrieval {
             + 'static,
         T: Send + 'static,
     {
+        if let [(addr, client)] = &self.shards[..] {
+            // One server: no task to spawn.
+            let answer = tokio::time::timeout(self.deadline, call(client.clone()))
+                .await
+                .ok();
+            return Ok(vec![(
+                addr.clone(),
+                answer.map(|a| a.map(tonic::Response::into_inner)),
+            )]);
+        }
         let calls: Vec<_> = self
             .shards
             .iter()
@@ -273,8 +162,168 @@ impl RemoteRetrieval {
         }
         Ok(answers)
     }
+
+    /// A reported item in this catalog's terms: the report when the server sent attributes
+    /// (it does once writes changed an item), else the catalog's.
+    fn attributes(
+        &self,
+        idx: ItemIdx,
+        category: &str,
+        price: f32,
+        in_stock: bool,
+    ) -> ItemAttributes {
+        if category.is_empty() {
+            return self.catalog.attributes(idx);
+        }
+        ItemAttributes {
+            category: self.catalog.category_named(category),
+            price,
+            in_stock,
+        }
+    }
 }
 
+#[async_trait]
+impl CandidateStage for RemoteRetrieval {
+    async fn search(
+        &self,
+        query: &[f32],
+        k: usize,
+        filter: &ItemFilter,
+    ) -> Result<Retrieved, StageError> {
+        let request = pb::SearchRequest {
+            vector: query.to_vec(),
+            k: k as u32,
+            filter: Some(tandem_retrieval_api::filter_to_proto(
+                &filter.spec(&self.catalog),
+            )),
+            ef_search: None,
+        };
+        let answers = self
+            .each_shard(move |mut client| {
+                let request = request.clone();
+                async move { client.search(request).await }
+            })
+            .await?;
+        let mut merged = Vec::new();
+        let mut failed = Vec::new();
+        for (addr, answer) in answers {
+            match answer {
+                Some(Ok(response)) => merged.extend(response.candidates),
+                Some(Err(status)) => match stage_error("retrieval", &status) {
+                    // Every shard validates the same request: a bad one is the caller's fault.
+                    e @ (StageError::InvalidArgument { .. } | StageError::NotFound(_)) => {
+                        return Err(e);
+                    }
+                    StageError::Unavailable(why) => failed.push(format!("{addr}: {why}")),
+                },
+                None => failed.push(format!(
+                    "{addr}: no answer within {} ms",
+                    self.deadline.as_millis()
+                )),
+            }
+        }
+        if failed.len() == self.shards.len() {
+            return Err(StageError::Unavailable(failed.join("; ")));
+        }
+        merged.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.item_id.cmp(&b.item_id)));
+        // A server may run on another catalog version: keep what this catalog holds and the
+        // filter admits, once each.
+        let mut seen = HashSet::with_capacity(merged.len());
+        let candidates = merged
+            .into_iter()
+            .filter_map(|c| {
+                let idx = self.catalog.idx_of(&c.item_id)?;
+                let attributes = self.attributes(idx, &c.category, c.price, c.in_stock);
+                (filter.admits_item(idx, &attributes) && seen.insert(idx)).then_some(Candidate {
+                    idx,
+                    score: c.score,
+                    attributes,
+                })
+            })
+            .take(k)
+            .collect();
+        let partial = (!failed.is_empty()).then(|| {
+            format!(
+                "{} of {} retrieval shards failed ({})",
+                failed.len(),
+                self.shards.len(),
+                failed.join("; ")
+            )
+        });
+        Ok(Retrieved {
+            candidates,
+            partial,
+        })
+    }
+
+    /// Asks every shard at once: an item is present where a shard holds it, gone where its
+    /// own shard (or every shard) answered without it, unknown while its shard is down.
+    async fn items(&self, items: &[ItemIdx]) -> Result<Vec<ItemStatus>, StageError> {
+        let request = pb::GetItemsRequest {
+            item_ids: items
+                .iter()
+                .map(|&i| self.catalog.item_id(i).to_owned())
+                .collect(),
+        };
+        let answers = self
+            .each_shard(move |mut client| {
+                let request = request.clone();
+                async move { client.get_items(request).await }
+            })
+            .await?;
+        let mut statuses: Vec<Option<ItemStatus>> = vec![None; items.len()];
+        let mut failed = Vec::new();
+        for (addr, answer) in answers {
+            let states = match answer {
+                Some(Ok(response)) => response.items,
+                Some(Err(status)) => {
+                    failed.push(format!("{addr}: {}", status.message()));
+                    continue;
+                }
+                None => {
+                    failed.push(format!("{addr}: no answer in time"));
+                    continue;
+                }
+            };
+            if states.len() != items.len() {
+                failed.push(format!(
+                    "{addr}: {} states for {} ids",
+                    states.len(),
+                    items.len()
+                ));
+                continue;
+            }
+            for ((status, state), &idx) in statuses.iter_mut().zip(states).zip(items) {
+                if state.found {
+                    *status = Some(ItemStatus::Present(self.attributes(
+                        idx,
+                        &state.category,
+                        state.price,
+                        state.in_stock,
+                    )));
+                } else if state.owned && status.is_none() {
+                    *status = Some(ItemStatus::Gone);
+                }
+            }
+        }
+        if failed.len() == self.shards.len() {
+            return Err(StageError::Unavailable(failed.join("; ")));
+        }
+        // Held by none of the shards that answered: gone if all did, else its shard is down.
+        let unheld = if failed.is_empty() {
+            ItemStatus::Gone
+        } else {
+            ItemStatus::Unknown
+        };
+        Ok(statuses
+            .into_iter()
+            .map(|s| s.unwrap_or_else(|| unheld.clone()))
+            .collect())
+    }
+}
+
+/// Ranking over gRPC.
 #[derive(Debug, Clone)]
 pub struct RemoteRanking {
     client: pb::ranking_service_client::RankingServiceClient<Channel>,
@@ -294,32 +343,30 @@ impl RemoteRanking {
 impl ScoringStage for RemoteRanking {
     async fn score(
         &self,
-        request: ScoringContext<'_>,
-        candidates: &[Candidate],
+        request: ScoreRequest,
+        with_features: bool,
     ) -> Result<Scored, StageError> {
         let catalog = &self.catalog;
         let request = pb::RankRequest {
             user: Some(pb::UserContext {
-                user_id: request.user_id.to_owned(),
-                query_vector: request.query.to_vec(),
+                user_id: request.user_id,
+                query_vector: request.user_vector,
                 recent_item_ids: request
                     .recent_items
                     .iter()
                     .map(|&i| catalog.item_id(i).to_owned())
                     .collect(),
-                context: request
-                    .context
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
+                context: request.context.into_iter().collect(),
             }),
-            model_version: request.model_version.unwrap_or_default().to_owned(),
-            explain: request.with_features,
-            candidates: candidates
+            model_version: request.version.unwrap_or_default(),
+            explain: with_features,
+            candidates: request
+                .items
                 .iter()
-                .map(|c| pb::RankCandidate {
-                    item_id: catalog.item_id(c.idx).to_owned(),
-                    retrieval_score: c.score,
+                .zip(&request.retrieval_scores)
+                .map(|(&idx, &retrieval_score)| pb::RankCandidate {
+                    item_id: catalog.item_id(idx).to_owned(),
+                    retrieval_score,
                 })
                 .collect(),
         };
@@ -328,7 +375,7 @@ impl ScoringStage for RemoteRanking {
             .clone()
             .rank(request)
             .await
-            .map_err(|s| stage_error("ranking", s))?
+            .map_err(|s| stage_error("ranking", &s))?
             .into_inner();
         Ok(Scored {
             features: features_by_name(&response.features),
