@@ -7,7 +7,6 @@
 //! client runs on this thread, the gateway on its own runtime, so both are measured in one run
 //! with the same binary. `make bench-e2e` runs it on the demo and the 1M catalogs.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -55,8 +54,9 @@ fn server_us(n: usize, mut f: impl FnMut(usize)) -> f64 {
 
 fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     // `cargo bench` passes `--bench`; nothing else to parse.
-    let data =
-        PathBuf::from(std::env::var("TANDEM_E2E_DATA").unwrap_or_else(|_| "data/demo".into()));
+    // Relative to the workspace root: `cargo bench` runs in the package's directory.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let data = root.join(std::env::var("TANDEM_E2E_DATA").unwrap_or_else(|_| "data/demo".into()));
     let requests: usize = std::env::var("TANDEM_E2E_REQUESTS")
         .ok()
         .and_then(|n| n.parse().ok())
@@ -86,7 +86,7 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     ];
     // A large catalog restores its index from a snapshot after the first run.
     if let Ok(state) = std::env::var("TANDEM_E2E_STATE_DIR") {
-        args.push(format!("--state-dir={state}"));
+        args.push(format!("--state-dir={}", root.join(state).display()));
     }
     let config = tandem_gateway::Config::try_parse_from(args)?;
 
