@@ -73,6 +73,18 @@ pub(crate) struct Led {
     started: Instant,
 }
 
+impl Led {
+    /// Rows the run will score: the leader's and its followers'.
+    pub(crate) fn rows(&self) -> usize {
+        self.request.items.len()
+            + self
+                .followers
+                .iter()
+                .map(|j| j.request.items.len())
+                .sum::<usize>()
+    }
+}
+
 /// How a request gets its scores.
 pub(crate) enum Admission {
     /// A session was idle: the caller runs now.

@@ -241,13 +241,15 @@ impl ModelVersion {
         }
     }
 
-    /// One score per candidate. A caller that leads runs the model in place on a multi-thread
-    /// runtime (`block_in_place`), else on the blocking pool.
+    /// One score per candidate. A caller that leads a small run runs it on its own task, as
+    /// a search does; a larger one in place on a multi-thread runtime (`block_in_place`), else
+    /// on the blocking pool.
     ///
     /// See also [`ModelVersion::features`] for what the model saw.
     pub(crate) async fn score(&self, request: ScoreRequest) -> Result<Vec<f32>, RankingError> {
         match self.admit(request)? {
             None => Ok(Vec::new()),
+            Some(Admission::Lead(led)) if led.rows() <= INLINE_MAX_ROWS => self.batcher.lead(led),
             Some(Admission::Lead(led)) => {
                 let multi_thread = tokio::runtime::Handle::try_current().is_ok_and(|h| {
                     h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
@@ -265,6 +267,12 @@ impl ModelVersion {
         }
     }
 }
+
+/// Most rows a led run scores on the caller's task without leaving it. Handing the worker
+/// to another thread (`block_in_place`) costs two thread switches and the caches that go with
+/// them, more CPU than a few hundred rows of the model (load-tests/e2e): below this the run
+/// is a short, bounded CPU step like a search, above it the worker is handed off.
+pub(crate) const INLINE_MAX_ROWS: usize = 512;
 
 fn dropped() -> RankingError {
     RankingError::inference("run", "the worker dropped the request")

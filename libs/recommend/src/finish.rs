@@ -96,19 +96,7 @@ impl Finisher<'_> {
                 if let Some(now) = checked.remove(&p.idx) {
                     p.attributes = now;
                 }
-                RecommendedItem {
-                    category: self
-                        .catalog
-                        .category_name(&p.attributes.category)
-                        .to_owned(),
-                    price: p.attributes.price,
-                    idx: p.idx,
-                    score: p.score,
-                    retrieval_score: p.retrieval_score,
-                    effects: p.effects,
-                    features: Vec::new(),
-                    candidate: p.candidate,
-                }
+                self.shown(p)
             })
             .collect()
     }
@@ -121,20 +109,25 @@ impl Finisher<'_> {
     ) -> Vec<RecommendedItem> {
         self.apply(plan, &plan.filter, Vec::new(), prefer)
             .into_iter()
-            .map(|p| RecommendedItem {
-                category: self
-                    .catalog
-                    .category_name(&p.attributes.category)
-                    .to_owned(),
-                price: p.attributes.price,
-                idx: p.idx,
-                score: p.score,
-                retrieval_score: p.retrieval_score,
-                effects: p.effects,
-                features: Vec::new(),
-                candidate: p.candidate,
-            })
+            .map(|p| self.shown(p))
             .collect()
+    }
+
+    /// A placed item as the answer shows it.
+    fn shown(&self, p: Placed) -> RecommendedItem {
+        RecommendedItem {
+            category: self
+                .catalog
+                .category_name(&p.attributes.category)
+                .to_owned(),
+            price: p.attributes.price,
+            idx: p.idx,
+            score: p.score,
+            retrieval_score: p.retrieval_score,
+            effects: p.effects,
+            features: Vec::new(),
+            candidate: p.candidate,
+        }
     }
 
     fn apply(

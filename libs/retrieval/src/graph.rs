@@ -11,6 +11,7 @@ use std::collections::BinaryHeap;
 
 use hnsw_rs::prelude::{Distance, Hnsw};
 
+use crate::kernels::prefetch;
 use crate::space::Space;
 
 /// Work one search did, to tell graph quality apart from kernel speed.
@@ -61,6 +62,8 @@ struct Scratch {
     epoch: u16,
     candidates: BinaryHeap<Reverse<Scored>>,
     results: BinaryHeap<Scored>,
+    /// The unvisited neighbours of the node being expanded, their vectors prefetched.
+    batch: Vec<u32>,
 }
 
 impl Scratch {
@@ -326,6 +329,12 @@ impl Graph {
     }
 
     #[inline]
+    /// A node's level-0 block: its count and every slot.
+    fn links0_block(&self, local: u32) -> &[u32] {
+        let start = local as usize * (self.max_links0 + 1);
+        &self.links0[start..start + self.max_links0 + 1]
+    }
+
     fn neighbours(&self, local: u32, level: u8) -> &[u32] {
         let (links, start) = if level == 0 {
             (&self.links0, local as usize * (self.max_links0 + 1))
@@ -388,14 +397,20 @@ impl Graph {
                 s.results.push(entry);
             }
             let mut bound = s.results.peek().map_or(f32::INFINITY, |r| r.distance);
+            let mut batch = std::mem::take(&mut s.batch);
             while let Some(Reverse(next)) = s.candidates.pop() {
                 if next.distance > bound && s.results.len() >= ef {
                     break;
                 }
+                // Mark and prefetch first, score second: the vectors' cache misses overlap.
+                batch.clear();
                 for &nb in self.neighbours(next.id, 0) {
-                    if !s.visit(nb) {
-                        continue;
+                    if s.visit(nb) {
+                        prefetch(self.vector(nb));
+                        batch.push(nb);
                     }
+                }
+                for &nb in &batch {
                     visited += 1;
                     let d = dist(nb);
                     evals += 1;
@@ -416,7 +431,12 @@ impl Graph {
                         }
                     }
                 }
+                // The node expanded next: its list loads while the heap is popped.
+                if let Some(Reverse(top)) = s.candidates.peek() {
+                    prefetch(self.links0_block(top.id));
+                }
             }
+            s.batch = batch;
             stats.distance_evals += evals;
             stats.visited += visited;
             let mut out: Vec<Scored> = s

@@ -156,8 +156,18 @@ impl CurrentItems<'_> {
 
     /// The item id and attributes of a row a search returned (rows are never reused).
     pub fn row(&self, row: ItemIdx) -> Option<(&str, CurrentItem<'_>)> {
+        Some((self.row_id(row)?, self.row_attributes(row)?))
+    }
+
+    /// The attributes of a row a search returned, without reading its id.
+    pub fn row_attributes(&self, row: ItemIdx) -> Option<CurrentItem<'_>> {
+        ((row as usize) < self.state.rows.len()).then(|| self.attributes(row))
+    }
+
+    /// The item id of a row a search returned.
+    pub fn row_id(&self, row: ItemIdx) -> Option<&str> {
         let rows = &self.state.rows;
-        ((row as usize) < rows.len()).then(|| (rows.item_id(row), self.attributes(row)))
+        ((row as usize) < rows.len()).then(|| rows.item_id(row))
     }
 
     fn attributes(&self, row: ItemIdx) -> CurrentItem<'_> {

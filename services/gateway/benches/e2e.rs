@@ -21,35 +21,59 @@ const USERS: usize = 200;
 const EVENTS_PER_USER: usize = 5;
 const K: u32 = 10;
 const NUM_CANDIDATES: usize = 200;
+const ROUNDS: usize = 9;
 
-/// CPU time of every live thread of this process, in nanoseconds (`/proc/self/task/*/schedstat`).
+/// CPU time of every thread of this process, in nanoseconds (`CLOCK_PROCESS_CPUTIME_ID`:
+/// exact, unlike `/proc/*/schedstat`, which lags for a running thread).
 fn process_cpu_ns() -> u64 {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return 0;
-    };
-    tasks
-        .filter_map(Result::ok)
-        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .sum()
+    cpu_time::ProcessTime::now().as_duration().as_nanos() as u64
 }
 
 /// CPU time of the calling thread, in nanoseconds.
 fn thread_cpu_ns() -> u64 {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
+    cpu_time::ThreadTime::now().as_duration().as_nanos() as u64
 }
 
-/// Server CPU per call of `f` (process CPU less this thread's), in microseconds.
-fn server_us(n: usize, mut f: impl FnMut(usize)) -> f64 {
+/// Server CPU of calls `from..from + n` of `f` (process CPU less this thread's), in ns.
+fn server_ns(from: usize, n: usize, mut f: impl FnMut(usize)) -> u64 {
     let (p0, t0) = (process_cpu_ns(), thread_cpu_ns());
-    for i in 0..n {
+    for i in from..from + n {
         f(i);
     }
     let (p1, t1) = (process_cpu_ns(), thread_cpu_ns());
-    ((p1 - p0).saturating_sub(t1 - t0)) as f64 / n as f64 / 1e3
+    (p1 - p0).saturating_sub(t1 - t0)
+}
+
+/// CPU per figure in one round: nanoseconds in total, then microseconds per call.
+#[derive(Default)]
+struct Figures<T = u64> {
+    recommend: T,
+    ann: T,
+    rank: T,
+    grpc: T,
+    ann_in_turn: T,
+    rank_in_turn: T,
+}
+
+impl Figures<u64> {
+    fn per_call_us(&self, n: usize) -> Figures<f64> {
+        let us = |ns: u64| ns as f64 / n as f64 / 1e3;
+        Figures {
+            recommend: us(self.recommend),
+            ann: us(self.ann),
+            rank: us(self.rank),
+            grpc: us(self.grpc),
+            ann_in_turn: us(self.ann_in_turn),
+            rank_in_turn: us(self.rank_in_turn),
+        }
+    }
+}
+
+impl Figures<f64> {
+    /// The issue's figure: Recommend against ANN + rank + one minimal gRPC call.
+    fn ratio(&self) -> f64 {
+        self.recommend / (self.ann + self.rank + self.grpc)
+    }
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
@@ -146,12 +170,9 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         let answer = client.block_on(rec.recommend(request(i)));
         assert!(answer.is_ok_and(|a| a.get_ref().items.len() == K as usize));
     };
-    for i in 0..requests / 10 {
-        recommend(i);
-    }
-    let recommend_us = server_us(requests, &mut recommend);
 
-    // The stages on their own: the users' queries as the mean of their items.
+    // The stages on their own: the users' queries as the mean of their items (the pipeline
+    // weighs recent events more; the direction, and so the walk, is the same for these users).
     let dim = catalog.dim();
     let queries: Vec<Vec<f32>> = histories
         .iter()
@@ -174,65 +195,94 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         ef_search: None,
     };
     let search = |i: usize| index.search(&queries[i % USERS], &filter, params);
-    for i in 0..requests / 10 {
-        search(i)?;
-    }
-    let (p0, t0) = (process_cpu_ns(), thread_cpu_ns());
-    let mut found = Vec::with_capacity(USERS);
-    for i in 0..requests {
-        let f = search(i)?;
-        if found.len() < USERS {
-            found.push(f);
-        }
-    }
-    let ann_us = (thread_cpu_ns() - t0) as f64 / requests as f64 / 1e3;
-    let _ = p0;
-    let rank_request = |i: usize| ScoreRequest {
-        user_id: format!("bench-{}", i % USERS),
-        user_vector: queries[i % USERS].clone(),
-        items: found[i % USERS].iter().map(|c| c.idx).collect(),
-        retrieval_scores: found[i % USERS].iter().map(|c| c.score).collect(),
-        recent_items: histories[i % USERS].iter().rev().copied().collect(),
-        context: [("hour_of_day".to_owned(), "12".to_owned())].into(),
-        version: None,
-    };
-    let prepared: Vec<ScoreRequest> = (0..USERS).map(rank_request).collect();
+    let found = (0..USERS).map(search).collect::<Result<Vec<_>, _>>()?;
+    let prepared: Vec<ScoreRequest> = (0..USERS)
+        .map(|u| ScoreRequest {
+            user_id: format!("bench-{u}"),
+            user_vector: queries[u].clone(),
+            items: found[u].iter().map(|c| c.idx).collect(),
+            retrieval_scores: found[u].iter().map(|c| c.score).collect(),
+            recent_items: histories[u].iter().rev().copied().collect(),
+            context: [("hour_of_day".to_owned(), "12".to_owned())].into(),
+            version: None,
+        })
+        .collect();
     let rank = |i: usize| {
         let scored = client.block_on(ranker.rank(prepared[i % USERS].clone()));
         assert!(scored.is_ok());
     };
-    for i in 0..requests / 10 {
-        rank(i);
-    }
-    // All of the rank's CPU is the stage's (its batcher and ORT threads and this thread).
-    let (p0, _) = (process_cpu_ns(), ());
-    for i in 0..requests {
-        rank(i);
-    }
-    let rank_us = (process_cpu_ns() - p0) as f64 / requests as f64 / 1e3;
-
     let mut check = |_: usize| {
         let answer = client.block_on(health.check(HealthCheckRequest::default()));
         assert!(answer.is_ok());
     };
+
+    // Warm-up, then rounds that take turns, so that drift on a shared machine (other tenants,
+    // frequency) weighs on every figure alike.
     for i in 0..requests / 10 {
+        recommend(i);
+        search(i)?;
+        rank(i);
         check(i);
     }
-    let grpc_us = server_us(requests, &mut check);
-
-    let stages = ann_us + rank_us + grpc_us;
+    let per_round = (requests / ROUNDS).max(1);
+    let mut rounds = Vec::with_capacity(ROUNDS);
+    for round in 0..ROUNDS {
+        let from = round * per_round;
+        let mut cpu = Figures {
+            recommend: server_ns(from, per_round, &mut recommend),
+            ..Figures::default()
+        };
+        // ANN: this thread's CPU (the search runs on it).
+        let t0 = thread_cpu_ns();
+        for i in from..from + per_round {
+            search(i)?;
+        }
+        cpu.ann = thread_cpu_ns() - t0;
+        // Rank: the whole process's CPU (a large run would leave this thread).
+        let p0 = process_cpu_ns();
+        for i in from..from + per_round {
+            rank(i);
+        }
+        cpu.rank = process_cpu_ns() - p0;
+        cpu.grpc = server_ns(from, per_round, &mut check);
+        // The two stages taking turns, as a request runs them: each finds the caches as
+        // the other left them.
+        for i in from..from + per_round {
+            let t0 = thread_cpu_ns();
+            search(i)?;
+            cpu.ann_in_turn += thread_cpu_ns() - t0;
+            let p0 = process_cpu_ns();
+            rank(i);
+            cpu.rank_in_turn += process_cpu_ns() - p0;
+        }
+        rounds.push(cpu.per_call_us(per_round));
+    }
+    // The round with the median ratio: a round that a neighbour slowed down does not count.
+    rounds.sort_by(|a, b| a.ratio().total_cmp(&b.ratio()));
+    let all_ratios: Vec<String> = rounds.iter().map(|r| format!("{:.2}", r.ratio())).collect();
+    let m = &rounds[rounds.len() / 2];
+    let stages = m.ann + m.rank + m.grpc;
+    let in_turn = m.ann_in_turn + m.rank_in_turn + m.grpc;
     println!(
-        "catalog: {} items ({}-d), {} requests, k = {K}, num_candidates = {NUM_CANDIDATES}",
+        "catalog: {} items ({}-d), {ROUNDS} rounds of {per_round} requests, k = {K}, \
+         num_candidates = {NUM_CANDIDATES}; the median round:",
         catalog.len(),
         dim,
-        requests
     );
-    println!("in-process ANN (k = {NUM_CANDIDATES}):   {ann_us:8.1} us");
-    println!("in-process rank ({NUM_CANDIDATES} rows): {rank_us:8.1} us");
-    println!("minimal gRPC call (Health):  {grpc_us:8.1} us");
+    println!("in-process ANN (k = {NUM_CANDIDATES}):   {:8.1} us", m.ann);
+    println!("in-process rank ({NUM_CANDIDATES} rows): {:8.1} us", m.rank);
+    println!("minimal gRPC call (Health):  {:8.1} us", m.grpc);
     println!("sum of the stages:           {stages:8.1} us");
-    println!("Recommend server CPU:        {recommend_us:8.1} us");
-    println!("ratio:                       {:8.2}", recommend_us / stages);
+    println!("Recommend server CPU:        {:8.1} us", m.recommend);
+    println!("ratio:                       {:8.2}", m.ratio());
+    println!("ratios of all rounds:        {}", all_ratios.join(" "));
+    println!(
+        "stages taking turns:         {in_turn:8.1} us (ANN {:.1} + rank {:.1} + gRPC); \
+         ratio to them {:.2}",
+        m.ann_in_turn,
+        m.rank_in_turn,
+        m.recommend / in_turn
+    );
     std::thread::sleep(Duration::from_millis(10));
     server.shutdown_background();
     Ok(())

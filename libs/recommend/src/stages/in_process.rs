@@ -87,11 +87,12 @@ impl CandidateStage for InProcessRetrieval {
         let candidates = found
             .into_iter()
             .filter_map(|c| {
-                let (item_id, now) = items.row(c.idx)?;
+                let now = items.row_attributes(c.idx)?;
+                // Same rows: the index's row is the catalog's index, no id to look up.
                 let idx = if self.same_rows && (c.idx as usize) < self.catalog.len() {
                     c.idx
                 } else {
-                    self.catalog.idx_of(item_id)?
+                    self.catalog.idx_of(items.row_id(c.idx)?)?
                 };
                 Some(Candidate {
                     idx,
