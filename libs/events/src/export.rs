@@ -57,6 +57,9 @@ fn schema() -> Arc<Schema> {
     ]))
 }
 
+/// Numbers the temporary files of this process's exports.
+static EXPORT_WRITERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Writes the segment's events as Parquet under `log_dir/parquet/`; returns the files. Each is
 /// written to a temporary name and renamed, so a reader never sees half a file.
 pub fn export_segment(segment: &Path, log_dir: &Path) -> Result<Vec<PathBuf>, EventLogError> {
@@ -81,7 +84,14 @@ pub fn export_segment(segment: &Path, log_dir: &Path) -> Result<Vec<PathBuf>, Ev
         let dir = log_dir.join(EXPORT_DIR).join(format!("day={}", civil(day)));
         std::fs::create_dir_all(&dir).map_err(EventLogError::io(&dir))?;
         let path = dir.join(format!("events-{first_seq}.parquet"));
-        let tmp = dir.join(format!(".events-{first_seq}.parquet.tmp"));
+        // Unique per writer: two exporters of one segment (a log reopened while the last
+        // one's exporter still runs) must not write into the same file; the last rename wins
+        // with a whole file either way.
+        let writer = EXPORT_WRITERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = dir.join(format!(
+            ".events-{first_seq}.parquet.{}-{writer}.tmp",
+            std::process::id()
+        ));
         write_parquet(&tmp, &rows)?;
         std::fs::rename(&tmp, &path).map_err(EventLogError::io(&path))?;
         sync_dir(&dir);
