@@ -13,8 +13,8 @@ use tandem_personalization::{EventKind, InMemoryState, TrendingConfig};
 use tandem_ranking::ScoreRequest;
 use tandem_recommend::{
     Candidate, CandidateStage, EventIntake, IncomingEvent, ItemStatus, RETRIEVAL_ORDER_VERSION,
-    RecommendError, RecommendRequest, Recommender, Retrieved, RuleEffect, Scored, ScoringStage,
-    Settings, StageError, Stages, TRENDING_VERSION,
+    RecommendError, RecommendRequest, Recommendation, Recommender, Retrieved, RuleEffect, Scored,
+    ScoringStage, Settings, StageError, Stages, TRENDING_VERSION,
 };
 use tandem_retrieval::ItemFilter;
 
@@ -200,6 +200,12 @@ async fn act(w: &World, user: &str, item: ItemIdx, kind: EventKind) {
         .expect("recorded");
 }
 
+/// A warm user's Recommend: one click on item 1, then the request.
+async fn after_a_click(w: &World) -> Result<Recommendation, RecommendError> {
+    act(w, "u", 1, EventKind::Click).await;
+    w.recommender.recommend(&request("u")).await
+}
+
 fn ids(items: &[tandem_recommend::RecommendedItem]) -> Vec<ItemIdx> {
     items.iter().map(|i| i.idx).collect()
 }
@@ -316,12 +322,7 @@ async fn exclusions_reach_retrieval_resolved_once_and_ranking_orders() {
 #[tokio::test]
 async fn retrieval_down_degrades_to_trending_and_ranking_down_to_retrieval_order() {
     let w = world(|r, _| r.fail = true);
-    act(&w, "u", 1, EventKind::Click).await;
-    let answer = w
-        .recommender
-        .recommend(&request("u"))
-        .await
-        .expect("answer");
+    let answer = after_a_click(&w).await.expect("answer");
     assert_eq!(answer.model_version, TRENDING_VERSION);
     assert!(
         answer
@@ -333,12 +334,7 @@ async fn retrieval_down_degrades_to_trending_and_ranking_down_to_retrieval_order
     assert_eq!(answer.items.len(), 10);
 
     let w = world(|_, k| k.fail = Some(StageError::Unavailable("model crashed".into())));
-    act(&w, "u", 1, EventKind::Click).await;
-    let answer = w
-        .recommender
-        .recommend(&request("u"))
-        .await
-        .expect("answer");
+    let answer = after_a_click(&w).await.expect("answer");
     assert_eq!(answer.model_version, RETRIEVAL_ORDER_VERSION);
     assert!(
         answer
@@ -351,12 +347,7 @@ async fn retrieval_down_degrades_to_trending_and_ranking_down_to_retrieval_order
 
     // A caller's mistake is not degraded: it is the caller's error.
     let w = world(|_, k| k.fail = Some(StageError::NotFound("model_version: `9`".into())));
-    act(&w, "u", 1, EventKind::Click).await;
-    let err = w
-        .recommender
-        .recommend(&request("u"))
-        .await
-        .expect_err("unknown pin");
+    let err = after_a_click(&w).await.expect_err("unknown pin");
     assert!(matches!(err, RecommendError::NotFound(_)), "{err:?}");
 }
 
