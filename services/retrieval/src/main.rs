@@ -10,8 +10,9 @@ use tandem_retrieval::Shard;
 use tandem_retrieval_api::{IndexArgs, RetrievalApi, load_index};
 use tandem_server::{AdminArgs, Ready};
 
-/// mimalloc, not glibc's malloc: a Recommend's many short-lived allocations cost about a
-/// quarter less server CPU with it (load-tests/e2e/README.md), and it hands freed pages back.
+/// mimalloc, not glibc's malloc: a Recommend costs about a tenth less server CPU with it
+/// (cheaper small allocations, and its large segments sit on transparent huge pages, which
+/// the index's random reads want); figures in load-tests/e2e/README.md.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
