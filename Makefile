@@ -19,7 +19,7 @@ MODEL ?= ranker
 ORT_DYLIB_PATH = $$(ls $(CURDIR)/$(VENV)/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* 2>/dev/null | head -n1)
 PIPELINE_SRC := $(wildcard models/tandem_pipeline/*.py)
 
-.PHONY: help run run-split run-gpu gpu-venv build data test-data test lint buf-lint bench bench-e2e bench-ann bench-ann-large bench-ranking bench-ranking-gpu train-from-served clean
+.PHONY: help run run-split run-gpu gpu-venv build data test-data test lint buf-lint bench bench-e2e bench-e2e-h2load bench-ann bench-ann-large bench-ranking bench-ranking-gpu train-from-served clean
 
 help:
 	@echo "make run        start tandem (embedded) on $(LISTEN) with the demo catalog and model"
@@ -28,6 +28,7 @@ help:
 	@echo "make data       (re)generate the demo data: DEMO_ITEMS=1000000 for the large catalog"
 	@echo "make bench      criterion benches of the hot paths (cargo bench)"
 	@echo "make bench-e2e  embedded Recommend server CPU vs its stages (demo and 1M catalogs)"
+	@echo "make bench-e2e-h2load  the release gateway binary from outside (h2load): server CPU per Recommend and Health"
 	@echo "make bench-ann  retrieval vs hnswlib vs faiss on the 50k demo catalog (bench-ann-large: 1M)"
 	@echo "make bench-ranking  ranking rows/s and latency vs the Python onnxruntime floor"
 	@echo "make bench-ranking-gpu  the same on the CUDA provider (GPU node; GPU_REQUIREMENTS picks the CUDA major)"
@@ -102,6 +103,13 @@ bench-e2e: $(VENV)/.installed data/demo/eval.json data/large/eval.json
 		cargo bench -p tandem-gateway --bench e2e
 	ORT_DYLIB_PATH=$(ORT_DYLIB_PATH) TANDEM_E2E_DATA=data/large TANDEM_E2E_REQUESTS=$(E2E_REQUESTS) \
 		TANDEM_E2E_STATE_DIR=data/large/state cargo bench -p tandem-gateway --bench e2e
+
+# The release gateway binary from outside: h2load (Debian nghttp2-client) at concurrency 1,
+# server CPU per Recommend and per Health call from /proc.
+bench-e2e-h2load: $(VENV)/.installed data/demo/eval.json
+	command -v h2load >/dev/null || apt-get install -y -q nghttp2-client
+	cargo build --release -p tandem-gateway
+	ORT_DYLIB_PATH=$(ORT_DYLIB_PATH) $(PY) load-tests/e2e/h2load_cpu.py --data data/demo
 
 bench-ann: $(VENV)/.bench-installed data/demo/eval.json
 	$(PY) load-tests/ann/compare.py --data data/demo --out load-tests/ann/results
