@@ -1,5 +1,5 @@
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use tandem_catalog::ItemIdx;
 
@@ -41,6 +41,9 @@ pub struct UserHistory {
 
 /// Impressions remembered per user; the least recently shown go first.
 const MAX_SHOWN: usize = 1000;
+/// Forgetting waits until this many more are held, then drops down to `MAX_SHOWN` in one
+/// pass: a user at the limit no longer pays a pass over every impression on each answer.
+const SHOWN_SLACK: usize = MAX_SHOWN / 8;
 
 impl UserHistory {
     pub fn is_empty(&self) -> bool {
@@ -80,11 +83,13 @@ impl UserHistory {
             s.times += 1;
             s.last_ms = s.last_ms.max(at_ms);
         }
-        if self.shown.len() > MAX_SHOWN {
-            let mut by_age: Vec<(ItemIdx, i64)> =
-                self.shown.iter().map(|(i, s)| (*i, s.last_ms)).collect();
-            by_age.sort_by_key(|x| x.1);
-            for (item, _) in &by_age[..self.shown.len() - MAX_SHOWN] {
+        if self.shown.len() > MAX_SHOWN + SHOWN_SLACK {
+            let excess = self.shown.len() - MAX_SHOWN;
+            let mut by_age: Vec<(i64, ItemIdx)> =
+                self.shown.iter().map(|(i, s)| (s.last_ms, *i)).collect();
+            // The `excess` least recently shown, in no particular order.
+            by_age.select_nth_unstable(excess - 1);
+            for (_, item) in &by_age[..excess] {
                 self.shown.remove(item);
             }
         }
@@ -98,8 +103,9 @@ pub trait StateStore: Send + Sync + 'static {
     fn record(&self, user_id: &str, events: &[UserEvent]);
     /// Notes that `items` were recommended to the user.
     fn record_shown(&self, user_id: &str, items: &[ItemIdx], at_ms: i64);
-    /// A copy of the user's state (empty for unknown users).
-    fn user(&self, user_id: &str) -> UserHistory;
+    /// The user's state as of now (empty for unknown users): a snapshot that later writes
+    /// do not change.
+    fn user(&self, user_id: &str) -> Arc<UserHistory>;
     /// The `k` most trending items that `admits` accepts, with their decayed counts.
     fn trending(&self, k: usize, admits: &dyn Fn(ItemIdx) -> bool) -> Vec<(ItemIdx, f32)>;
     /// Number of users with state.
@@ -107,9 +113,13 @@ pub trait StateStore: Send + Sync + 'static {
 }
 
 /// Process-local state: users in shards to keep writers of different users apart.
+///
+/// Histories are shared with the requests reading them and copied on write
+/// (`Arc::make_mut`): a read costs a reference count, not a copy of up to a thousand
+/// impressions, and a write copies only while a request still holds the old state.
 #[derive(Debug)]
 pub struct InMemoryState {
-    shards: Vec<RwLock<HashMap<String, UserHistory>>>,
+    shards: Vec<RwLock<HashMap<String, Arc<UserHistory>>>>,
     trending: Mutex<Trending>,
     capacity: usize,
 }
@@ -124,7 +134,7 @@ impl InMemoryState {
         }
     }
 
-    fn shard(&self, user_id: &str) -> &RwLock<HashMap<String, UserHistory>> {
+    fn shard(&self, user_id: &str) -> &RwLock<HashMap<String, Arc<UserHistory>>> {
         // FNV-1a: stable and cheap; no need for DoS resistance on internal ids.
         let h = user_id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
             (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
@@ -141,7 +151,7 @@ impl StateStore for InMemoryState {
                 .shard(user_id)
                 .write()
                 .unwrap_or_else(|e| e.into_inner());
-            let history = shard.entry(user_id.to_owned()).or_default();
+            let history = Arc::make_mut(shard.entry(user_id.to_owned()).or_default());
             for e in events {
                 history.record(*e, self.capacity);
             }
@@ -157,13 +167,17 @@ impl StateStore for InMemoryState {
             .shard(user_id)
             .write()
             .unwrap_or_else(|e| e.into_inner());
-        shard
-            .entry(user_id.to_owned())
-            .or_default()
-            .record_shown(items, at_ms);
+        match shard.get_mut(user_id) {
+            Some(history) => Arc::make_mut(history).record_shown(items, at_ms),
+            None => {
+                let mut history = UserHistory::default();
+                history.record_shown(items, at_ms);
+                shard.insert(user_id.to_owned(), Arc::new(history));
+            }
+        }
     }
 
-    fn user(&self, user_id: &str) -> UserHistory {
+    fn user(&self, user_id: &str) -> Arc<UserHistory> {
         let shard = self
             .shard(user_id)
             .read()
@@ -240,5 +254,39 @@ mod tests {
         assert_eq!(h.shown.get(&2).map(|s| s.times), Some(1));
         store.record("u", &[ev(1, EventKind::Click, 300)]);
         assert!(!store.user("u").shown.contains_key(&1), "a click resets it");
+    }
+
+    #[test]
+    fn a_snapshot_does_not_change_under_later_writes() {
+        let store = InMemoryState::new(10, TrendingConfig::default());
+        store.record("u", &[ev(1, EventKind::View, 10)]);
+        let before = store.user("u");
+        store.record("u", &[ev(2, EventKind::View, 20)]);
+        store.record_shown("u", &[3], 30);
+        assert_eq!(before.recent.len(), 1);
+        assert!(before.shown.is_empty());
+        let after = store.user("u");
+        assert_eq!(after.recent.len(), 2);
+        assert_eq!(after.shown.get(&3).map(|s| s.times), Some(1));
+    }
+
+    #[test]
+    fn forgets_the_least_recently_shown_beyond_the_limit() {
+        let store = InMemoryState::new(10, TrendingConfig::default());
+        let mut most = 0;
+        // One answer of 10 items per millisecond, every item new.
+        for answer in 0..200u32 {
+            let items: Vec<u32> = (answer * 10..answer * 10 + 10).collect();
+            store.record_shown("u", &items, i64::from(answer));
+            most = most.max(store.user("u").shown.len());
+        }
+        let shown = &store.user("u").shown;
+        assert!(most <= MAX_SHOWN + SHOWN_SLACK, "held {most}");
+        assert!(shown.len() >= MAX_SHOWN);
+        // What is kept is the most recent: every item of the last MAX_SHOWN / 10 answers.
+        let newest = 200 * 10 - MAX_SHOWN as u32;
+        assert!((newest..2000).all(|i| shown.contains_key(&i)));
+        let oldest_kept = shown.values().map(|s| s.last_ms).min();
+        assert!(oldest_kept >= Some(200 - (MAX_SHOWN + SHOWN_SLACK) as i64 / 10));
     }
 }

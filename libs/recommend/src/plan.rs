@@ -2,6 +2,7 @@
 //! catalog's indexes: the filter with every exclusion, the user's state, and the query.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use tandem_catalog::{Catalog, ItemIdx};
 use tandem_personalization::{QueryConfig, UserHistory, query_vector};
@@ -23,7 +24,7 @@ pub(crate) struct Plan {
     /// The request's filter, the rules' in-stock default, the context items and the user's
     /// recent purchases, in catalog indexes.
     pub filter: ItemFilter,
-    pub history: UserHistory,
+    pub history: Arc<UserHistory>,
     /// The page's items this catalog knows, in request order.
     pub context: Vec<ItemIdx>,
     /// `None`: nothing to personalize on (no history): the answer is trending items.
@@ -36,7 +37,7 @@ pub(crate) fn plan(
     rules: &RulesConfig,
     query: &QueryConfig,
     req: &RecommendRequest,
-    history: UserHistory,
+    history: Arc<UserHistory>,
     now_ms: i64,
 ) -> Result<Plan, RecommendError> {
     if req.user_id.is_empty() {

@@ -3,6 +3,8 @@
 
 use std::collections::HashSet;
 
+use foldhash::fast::RandomState as FastHash;
+
 use tandem_catalog::{Catalog, Category, ItemAttributes, ItemIdx};
 
 use crate::RetrievalError;
@@ -79,7 +81,9 @@ pub struct ItemFilter {
     min_price: Option<f32>,
     max_price: Option<f32>,
     in_stock_only: bool,
-    excluded: HashSet<ItemIdx>,
+    /// Read for every node the search admits (thousands per query): hashed with foldhash,
+    /// not SipHash, whose DoS resistance these internal indexes do not need.
+    excluded: HashSet<ItemIdx, FastHash>,
 }
 
 impl ItemFilter {
