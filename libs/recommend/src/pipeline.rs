@@ -257,7 +257,7 @@ impl Recommender {
                 model_version: TRENDING_VERSION.into(),
                 degraded: None,
             };
-            return Ok(self.served(&req.user_id, now, answer));
+            return Ok(self.served(&req.user_id, now, plan, answer));
         };
         let (candidates, partial) = match self.retrieve(&plan, query, deadline).await {
             Ok(retrieved) => (retrieved.candidates, retrieved.partial),
@@ -269,7 +269,7 @@ impl Recommender {
                     model_version: TRENDING_VERSION.into(),
                     degraded: Some(format!("retrieval unavailable: {why}")),
                 };
-                return Ok(self.served(&req.user_id, now, answer));
+                return Ok(self.served(&req.user_id, now, plan, answer));
             }
             Err(e) => return Err(e.into()),
         };
@@ -304,6 +304,7 @@ impl Recommender {
         Ok(self.served(
             &req.user_id,
             now,
+            plan,
             Recommendation {
                 items,
                 model_version: ranked.model_version,
@@ -440,8 +441,16 @@ impl Recommender {
         }
     }
 
-    /// Notes the impressions (for demotion) and hands the answer back.
-    fn served(&self, user_id: &str, now: i64, answer: Recommendation) -> Recommendation {
+    /// Notes the impressions (for demotion) and hands the answer back. The plan goes first:
+    /// while it holds the user's state, the store would have to copy it to write.
+    fn served(
+        &self,
+        user_id: &str,
+        now: i64,
+        plan: Plan,
+        answer: Recommendation,
+    ) -> Recommendation {
+        drop(plan);
         let shown: Vec<ItemIdx> = answer.items.iter().map(|i| i.idx).collect();
         self.state.record_shown(user_id, &shown, now);
         answer
