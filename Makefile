@@ -107,7 +107,7 @@ bench-e2e: $(VENV)/.installed data/demo/eval.json data/large/eval.json
 # The release gateway binary from outside: h2load (Debian nghttp2-client) at concurrency 1,
 # server CPU per Recommend and per Health call from /proc.
 bench-e2e-h2load: $(VENV)/.installed data/demo/eval.json
-	command -v h2load >/dev/null || apt-get install -y -q nghttp2-client
+	command -v h2load >/dev/null || (apt-get update -q && apt-get install -y -q nghttp2-client)
 	cargo build --release -p tandem-gateway
 	ORT_DYLIB_PATH=$(ORT_DYLIB_PATH) $(PY) load-tests/e2e/h2load_cpu.py --data data/demo
 

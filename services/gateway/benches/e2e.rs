@@ -17,10 +17,6 @@ use tandem_retrieval::{FilterSpec, SearchParams};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
-/// The gateway binary's allocator, so the gateway in this process costs what it costs there.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 const USERS: usize = 200;
 const EVENTS_PER_USER: usize = 5;
 const K: u32 = 10;

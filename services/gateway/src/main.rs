@@ -3,12 +3,6 @@
 use clap::Parser;
 use tandem_gateway::Config;
 
-/// mimalloc, not glibc's malloc: a Recommend costs about a tenth less server CPU with it
-/// (cheaper small allocations, and its large segments sit on transparent huge pages, which
-/// the index's random reads want); figures in load-tests/e2e/README.md.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tandem_server::init_tracing();

@@ -12,12 +12,6 @@ use tandem_proto::v1::ranking_service_server::RankingServiceServer;
 use tandem_ranking_api::{ModelArgs, RankingAdminApi, RankingApi, load_ranker};
 use tandem_server::{AdminArgs, Ready};
 
-/// mimalloc, not glibc's malloc: a Recommend costs about a tenth less server CPU with it
-/// (cheaper small allocations, and its large segments sit on transparent huge pages, which
-/// the index's random reads want); figures in load-tests/e2e/README.md.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Ranking server: scores candidates with the ONNX ranking model.
 #[derive(Debug, Parser)]
 #[command(version)]

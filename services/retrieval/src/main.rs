@@ -10,12 +10,6 @@ use tandem_retrieval::Shard;
 use tandem_retrieval_api::{IndexArgs, RetrievalApi, load_index};
 use tandem_server::{AdminArgs, Ready};
 
-/// mimalloc, not glibc's malloc: a Recommend costs about a tenth less server CPU with it
-/// (cheaper small allocations, and its large segments sit on transparent huge pages, which
-/// the index's random reads want); figures in load-tests/e2e/README.md.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Retrieval server: nearest catalog items to a query vector under a filter.
 #[derive(Debug, Parser)]
 #[command(version)]
