@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import onnx
+from onnx import numpy_helper
 from skl2onnx import to_onnx
 from skl2onnx.common.data_types import FloatTensorType
 from sklearn.neural_network import MLPClassifier
@@ -115,4 +117,60 @@ def train_and_export(x: np.ndarray, y: np.ndarray, hidden: list[int], max_iter: 
         options={id(model.steps[-1][1]): {"zipmap": False}},
         target_opset={"": 17, "ai.onnx.ml": 3},
     )
-    return onx.SerializeToString()
+    return fold_scaler(onx).SerializeToString()
+
+
+def fold_scaler(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The StandardScaler folded into the first layer's weights, the same scores (to float
+    rounding) from one node less.
+
+    skl2onnx exports the scaler as `ai.onnx.ml.Scaler`, which ONNX Runtime computes one
+    element at a time: on 200 candidates x 92 features it took about 130 of the model's 200
+    microseconds per run, more than the three matrix products. (x - offset) * scale @ W + b
+    is x @ (scale[:, None] * W) + (b - (offset * scale) @ W): the first MatMul reads the
+    features directly. Returns the model unchanged when its graph is not that shape.
+    """
+    nodes = list(model.graph.node)
+    inits = {t.name: t for t in model.graph.initializer}
+    consumers = lambda name: [n for n in nodes if name in n.input]
+    scalers = [n for n in nodes if n.op_type == "Scaler"]
+    if len(scalers) != 1:
+        return model
+    scaler = scalers[0]
+    chain = consumers(scaler.output[0])
+    cast = chain[0] if len(chain) == 1 and chain[0].op_type == "Cast" else None
+    head = consumers(cast.output[0]) if cast else chain
+    if len(head) != 1 or head[0].op_type != "MatMul" or head[0].input[0] != (cast or scaler).output[0]:
+        return model
+    matmul = head[0]
+    adds = consumers(matmul.output[0])
+    if len(adds) != 1 or adds[0].op_type != "Add" or matmul.input[1] not in inits or adds[0].input[1] not in inits:
+        return model
+    add = adds[0]
+    attrs = {a.name: np.array(a.floats, dtype=np.float64) for a in scaler.attribute}
+    weights = numpy_helper.to_array(inits[matmul.input[1]]).astype(np.float64)
+    bias = numpy_helper.to_array(inits[add.input[1]]).astype(np.float64)
+    offset = np.broadcast_to(attrs.get("offset", np.zeros(1)), weights.shape[:1])
+    scale = np.broadcast_to(attrs.get("scale", np.ones(1)), weights.shape[:1])
+    if len(consumers(matmul.input[1])) != 1 or len(consumers(add.input[1])) != 1:
+        return model
+    folded = onnx.ModelProto.FromString(model.SerializeToString())
+    g_inits = {t.name: t for t in folded.graph.initializer}
+    g_inits[matmul.input[1]].CopyFrom(numpy_helper.from_array(
+        (scale[:, None] * weights).astype(np.float32), matmul.input[1]))
+    g_inits[add.input[1]].CopyFrom(numpy_helper.from_array(
+        (bias - (offset * scale) @ weights).astype(np.float32), add.input[1]))
+    # By position: the copy keeps the node order, and node names may be empty.
+    dropped = {nodes.index(scaler)} | ({nodes.index(cast)} if cast else set())
+    at = nodes.index(matmul)
+    kept = []
+    for i, node in enumerate(folded.graph.node):
+        if i in dropped:
+            continue
+        if i == at:
+            node.input[0] = scaler.input[0]
+        kept.append(node)
+    del folded.graph.node[:]
+    folded.graph.node.extend(kept)
+    onnx.checker.check_model(folded)
+    return folded

@@ -34,10 +34,14 @@ pub struct Shown {
 pub struct UserHistory {
     pub recent: VecDeque<UserEvent>,
     /// Item → time of its latest purchase.
-    pub purchased: HashMap<ItemIdx, i64>,
+    pub purchased: ItemMap<i64>,
     /// Item → impressions since the user's last event on it (an event on it resets this).
-    pub shown: HashMap<ItemIdx, Shown>,
+    pub shown: ItemMap<Shown>,
 }
+
+/// Per-user maps keyed by catalog index, read for every candidate of every answer (demotion):
+/// foldhash, not SipHash; the keys are indexes the gateway resolved, not caller input.
+pub type ItemMap<V> = HashMap<ItemIdx, V, foldhash::fast::RandomState>;
 
 /// Impressions remembered per user; the least recently shown go first.
 const MAX_SHOWN: usize = 1000;

@@ -9,6 +9,6 @@ mod history;
 mod query;
 mod trending;
 
-pub use history::{EventKind, InMemoryState, Shown, StateStore, UserEvent, UserHistory};
+pub use history::{EventKind, InMemoryState, ItemMap, Shown, StateStore, UserEvent, UserHistory};
 pub use query::{QueryConfig, query_vector};
 pub use trending::TrendingConfig;

@@ -39,7 +39,7 @@ impl Finisher<'_> {
     ) -> Vec<RecommendedItem> {
         let mut filter = plan.filter.clone();
         let mut checked: HashMap<ItemIdx, ItemAttributes> = HashMap::new();
-        let mut placed = self.apply(plan, &filter, ranked.clone(), prefer);
+        let mut placed = self.apply(plan, &filter, &ranked, prefer);
         for round in 0..=BACKFILL_CHECK_ROUNDS {
             let unchecked: Vec<ItemIdx> = placed
                 .iter()
@@ -88,7 +88,7 @@ impl Finisher<'_> {
                 placed.retain(|p| !gone.contains(&p.idx));
                 break;
             }
-            placed = self.apply(plan, &filter, ranked.clone(), prefer);
+            placed = self.apply(plan, &filter, &ranked, prefer);
         }
         placed
             .into_iter()
@@ -107,7 +107,7 @@ impl Finisher<'_> {
         plan: &Plan,
         prefer: &HashSet<u32>,
     ) -> Vec<RecommendedItem> {
-        self.apply(plan, &plan.filter, Vec::new(), prefer)
+        self.apply(plan, &plan.filter, &[], prefer)
             .into_iter()
             .map(|p| self.shown(p))
             .collect()
@@ -134,7 +134,7 @@ impl Finisher<'_> {
         &self,
         plan: &Plan,
         filter: &ItemFilter,
-        ranked: Vec<Placed>,
+        ranked: &[Placed],
         prefer: &HashSet<u32>,
     ) -> Vec<Placed> {
         let demote_after = self.rules.demote_after_shown;

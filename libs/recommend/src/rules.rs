@@ -93,35 +93,51 @@ impl Placed {
     }
 }
 
+/// Item-id sets and per-category counts of one request: a few hundred small keys, no
+/// untrusted input to defend against, so a fast hasher.
+type FastSet<T> = HashSet<T, foldhash::fast::FixedState>;
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
+
 /// Steps 2 to 6 on `ranked` (any order); `backfill` yields further admitted items best first.
+/// `ranked` is only read: the rules order indexes into it and copy the at most `k` items they
+/// place (and those the cap sets aside), not all the candidates.
 pub(crate) fn apply(
-    mut ranked: Vec<Placed>,
+    ranked: &[Placed],
     k: usize,
     max_per_category: usize,
     demoted: &dyn Fn(ItemIdx) -> bool,
     backfill: impl Iterator<Item = Placed>,
 ) -> Vec<Placed> {
-    ranked.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.idx.cmp(&b.idx)));
-    let mut seen = HashSet::with_capacity(ranked.len());
-    ranked.retain(|p| seen.insert(p.idx));
-    let (mut kept, mut moved): (Vec<Placed>, Vec<Placed>) =
-        ranked.into_iter().partition(|p| !demoted(p.idx));
-    for p in &mut moved {
-        p.effects.push(RuleEffect::Demoted);
-    }
-    kept.append(&mut moved);
+    let mut order: Vec<usize> = (0..ranked.len()).collect();
+    // Stable, as before: equal (score, id) pairs keep their input order.
+    order.sort_by(|&a, &b| {
+        let (a, b) = (&ranked[a], &ranked[b]);
+        b.score.total_cmp(&a.score).then(a.idx.cmp(&b.idx))
+    });
+    let mut seen = FastSet::with_capacity_and_hasher(ranked.len() + k, Default::default());
+    order.retain(|&i| seen.insert(ranked[i].idx));
+    let (kept, moved): (Vec<usize>, Vec<usize>) =
+        order.into_iter().partition(|&i| !demoted(ranked[i].idx));
 
     let cap = if max_per_category == 0 {
         usize::MAX
     } else {
         max_per_category
     };
-    let mut per_category: HashMap<Category, usize> = HashMap::new();
+    let mut per_category: FastMap<Category, usize> = FastMap::default();
     let mut out = Vec::with_capacity(k);
     let mut set_aside = Vec::new();
-    for p in kept {
+    let in_order = kept
+        .iter()
+        .map(|&i| (i, false))
+        .chain(moved.iter().map(|&i| (i, true)));
+    for (i, was_demoted) in in_order {
         if out.len() == k {
             break;
+        }
+        let mut p = ranked[i].clone();
+        if was_demoted {
+            p.effects.push(RuleEffect::Demoted);
         }
         let n = per_category
             .entry(p.attributes.category.clone())
@@ -201,20 +217,20 @@ mod tests {
         ];
         let demoted = |i: ItemIdx| i == a[1];
 
-        let plain = apply(ranked.clone(), 4, 0, &demoted, std::iter::empty());
+        let plain = apply(&ranked, 4, 0, &demoted, std::iter::empty());
         assert_eq!(
             ids(&plain),
             [a[0], a[2], a[3], b[0]],
             "deduped, a[1] demoted"
         );
-        let all = apply(ranked.clone(), 10, 0, &demoted, std::iter::empty());
+        let all = apply(&ranked, 10, 0, &demoted, std::iter::empty());
         assert_eq!(ids(&all), [a[0], a[2], a[3], b[0], a[1]]);
         assert_eq!(all[4].effects, [RuleEffect::Demoted]);
 
         // Cap 2: two of category 0, then b[0], then backfill from category 2, then the set-aside.
         let c = of(2);
         let fill = c.iter().map(|&i| placed(i, 0.0)).chain([placed(a[0], 0.0)]);
-        let capped = apply(ranked.clone(), 6, 2, &demoted, fill);
+        let capped = apply(&ranked, 6, 2, &demoted, fill);
         assert_eq!(ids(&capped)[..5], [a[0], a[2], b[0], c[0], c[1]]);
         assert_eq!(capped[3].effects, [RuleEffect::Backfill]);
         assert_eq!(

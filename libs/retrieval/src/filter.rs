@@ -166,10 +166,12 @@ impl ItemFilter {
         {
             return false;
         }
-        let price = catalog.price(idx);
-        if self.min_price.is_some_and(|lo| price < lo)
-            || self.max_price.is_some_and(|hi| price > hi)
-        {
+        // The price is read only when bounded: in a graph walk each read is a cache line.
+        if (self.min_price.is_some() || self.max_price.is_some()) && {
+            let price = catalog.price(idx);
+            self.min_price.is_some_and(|lo| price < lo)
+                || self.max_price.is_some_and(|hi| price > hi)
+        } {
             return false;
         }
         if self.in_stock_only && !catalog.in_stock(idx) {

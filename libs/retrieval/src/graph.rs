@@ -1,5 +1,5 @@
 //! A read-only copy of an HNSW graph laid out for search: vectors in one contiguous array,
-//! neighbour lists in flat per-layer `u32` arrays, a per-thread visited list with epochs and
+//! neighbour lists in flat per-layer `u32` arrays, a per-thread visited bitset and
 //! reusable heaps, so a query allocates nothing but its answer.
 //!
 //! hnsw_rs builds the graph (its construction is good); its search path allocates per step and
@@ -56,10 +56,15 @@ impl Ord for Scored {
 }
 
 /// Per-thread search state, reused across queries and graphs.
+///
+/// Visited nodes are bits, not hnswlib's per-node `u16` epochs: a query marks a few thousand
+/// nodes at random, and as bits they share a few cache lines (6 KiB for 50k nodes, 125 KiB
+/// per thread for 1M instead of 2 MiB) instead of dirtying one line each. The words a query
+/// set are cleared from `marked` when it ends.
 #[derive(Default)]
 struct Scratch {
-    visited: Vec<u16>,
-    epoch: u16,
+    visited: Vec<u64>,
+    marked: Vec<u32>,
     candidates: BinaryHeap<Reverse<Scored>>,
     results: BinaryHeap<Scored>,
     /// The unvisited neighbours of the node being expanded, their vectors prefetched.
@@ -67,15 +72,13 @@ struct Scratch {
 }
 
 impl Scratch {
-    /// Starts a new visit over `n` nodes: bumping the epoch clears the list in O(1).
+    /// Starts a new visit over `n` nodes.
     fn begin(&mut self, n: usize) {
-        if self.visited.len() < n {
-            self.visited.resize(n, 0);
-        }
-        self.epoch = self.epoch.wrapping_add(1);
-        if self.epoch == 0 {
-            self.visited.fill(0);
-            self.epoch = 1;
+        // A search that unwound left its bits behind.
+        self.end();
+        let words = n.div_ceil(64);
+        if self.visited.len() < words {
+            self.visited.resize(words, 0);
         }
         self.candidates.clear();
         self.results.clear();
@@ -84,13 +87,25 @@ impl Scratch {
     /// Marks a node; false if it was already visited in this search.
     #[inline]
     fn visit(&mut self, node: u32) -> bool {
-        let slot = &mut self.visited[node as usize];
-        if *slot == self.epoch {
+        let (word, bit) = (node as usize / 64, 1u64 << (node % 64));
+        let slot = &mut self.visited[word];
+        if *slot & bit != 0 {
             false
         } else {
-            *slot = self.epoch;
+            if *slot == 0 {
+                self.marked.push(word as u32);
+            }
+            *slot |= bit;
             true
         }
+    }
+
+    /// Clears the bits this search set.
+    fn end(&mut self) {
+        for &word in &self.marked {
+            self.visited[word as usize] = 0;
+        }
+        self.marked.clear();
     }
 }
 
@@ -119,6 +134,9 @@ pub(crate) struct Graph {
     vectors: Vec<f32>,
     /// Local id → row in the item store.
     rows: Vec<u32>,
+    /// `rows[i] == i` for every node (a graph over a whole catalog): the walk then skips
+    /// the lookup, one cache line per scored node.
+    identity_rows: bool,
     /// Level-0 links: per node a count then `max_links0` slots (hnswlib's layout).
     links0: Vec<u32>,
     max_links0: usize,
@@ -219,6 +237,7 @@ impl Graph {
         Self {
             stored_len,
             vectors,
+            identity_rows: is_identity(&rows),
             rows,
             links0,
             max_links0,
@@ -296,6 +315,7 @@ impl Graph {
         Ok(Self {
             stored_len,
             vectors,
+            identity_rows: is_identity(&p.rows),
             rows: p.rows,
             links0: p.links0,
             max_links0: m0,
@@ -326,6 +346,16 @@ impl Graph {
             + self.upper.len()
             + self.upper_start.len())
             + self.levels.len()
+    }
+
+    /// The item-store row of a node.
+    #[inline]
+    fn row(&self, local: u32) -> u32 {
+        if self.identity_rows {
+            local
+        } else {
+            self.rows[local as usize]
+        }
     }
 
     #[inline]
@@ -393,7 +423,7 @@ impl Graph {
                 id: current,
             };
             s.candidates.push(Reverse(entry));
-            if admit(self.rows[current as usize]) {
+            if admit(self.row(current)) {
                 s.results.push(entry);
             }
             let mut bound = s.results.peek().map_or(f32::INFINITY, |r| r.distance);
@@ -420,7 +450,7 @@ impl Graph {
                             id: nb,
                         };
                         s.candidates.push(Reverse(item));
-                        if admit(self.rows[nb as usize]) {
+                        if admit(self.row(nb)) {
                             s.results.push(item);
                             if s.results.len() > ef {
                                 s.results.pop();
@@ -437,6 +467,7 @@ impl Graph {
                 }
             }
             s.batch = batch;
+            s.end();
             stats.distance_evals += evals;
             stats.visited += visited;
             let mut out: Vec<Scored> = s
@@ -470,6 +501,12 @@ impl Graph {
             }
         }
     }
+}
+
+fn is_identity(rows: &[u32]) -> bool {
+    rows.iter()
+        .enumerate()
+        .all(|(local, row)| local as u32 == *row)
 }
 
 /// Writes a count and the neighbours into a list slot, keeping what fits.

@@ -6,6 +6,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+
+mod one_write;
+pub use one_write::OneWrite;
 use tonic::Status;
 use tonic::server::NamedService;
 use tonic::service::Routes;
@@ -152,7 +155,10 @@ pub async fn serve(
 ) -> Result<(), tonic::transport::Error> {
     // Nagle's algorithm with delayed ACKs adds ~40 ms to small unary calls; the builder's
     // tcp_nodelay only covers listeners tonic binds itself.
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = tokio_stream::StreamExt::map(
+        tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+        |accepted| accepted.map(OneWrite::new),
+    );
     let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
     let signal = async move {
         shutdown.await;
