@@ -60,7 +60,7 @@ impl Ord for Scored {
 /// Visited nodes are bits, not hnswlib's per-node `u16` epochs: a query marks a few thousand
 /// nodes at random, and as bits they share a few cache lines (6 KiB for 50k nodes, 125 KiB
 /// per thread for 1M instead of 2 MiB) instead of dirtying one line each. The words a query
-/// set are cleared from `marked` when it ends.
+/// set are cleared from `marked` when the next one begins.
 #[derive(Default)]
 struct Scratch {
     visited: Vec<u64>,
@@ -74,8 +74,7 @@ struct Scratch {
 impl Scratch {
     /// Starts a new visit over `n` nodes.
     fn begin(&mut self, n: usize) {
-        // A search that unwound left its bits behind.
-        self.end();
+        self.clear_marked();
         let words = n.div_ceil(64);
         if self.visited.len() < words {
             self.visited.resize(words, 0);
@@ -100,8 +99,8 @@ impl Scratch {
         }
     }
 
-    /// Clears the bits this search set.
-    fn end(&mut self) {
+    /// Clears the bits the previous search set.
+    fn clear_marked(&mut self) {
         for &word in &self.marked {
             self.visited[word as usize] = 0;
         }
@@ -467,7 +466,6 @@ impl Graph {
                 }
             }
             s.batch = batch;
-            s.end();
             stats.distance_evals += evals;
             stats.visited += visited;
             let mut out: Vec<Scored> = s

@@ -11,42 +11,24 @@
 
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, BufWriter, ReadBuf};
 use tokio::net::TcpStream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
-/// Bytes held before a write waits for the socket: h2 flushes after every batch of frames,
-/// so this only bounds a burst larger than any one answer's frames.
+/// Bytes held before a write goes to the socket unflushed: h2 flushes after every batch of
+/// frames, so this only bounds a burst larger than any one answer's frames.
 const HOLD_AT_MOST: usize = 64 * 1024;
 
-/// A TCP connection that gathers writes until flushed (see the module's comment).
+/// A TCP connection that gathers writes until flushed (see the module's comment): tokio's
+/// `BufWriter`, which would report vectored writes, reporting none.
 #[derive(Debug)]
-pub struct OneWrite {
-    io: TcpStream,
-    /// Accepted from the writer, not yet sent.
-    held: Vec<u8>,
-}
+pub struct OneWrite(BufWriter<TcpStream>);
 
 impl OneWrite {
     pub fn new(io: TcpStream) -> Self {
-        Self {
-            io,
-            held: Vec::new(),
-        }
-    }
-
-    /// Sends what is held.
-    fn poll_send_held(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while !self.held.is_empty() {
-            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.held))?;
-            if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
-            self.held.drain(..n);
-        }
-        Poll::Ready(Ok(()))
+        Self(BufWriter::with_capacity(HOLD_AT_MOST, io))
     }
 }
 
@@ -56,7 +38,7 @@ impl AsyncRead for OneWrite {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
+        Pin::new(&mut self.0).poll_read(cx, buf)
     }
 }
 
@@ -66,21 +48,15 @@ impl AsyncWrite for OneWrite {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        if self.held.len() >= HOLD_AT_MOST {
-            ready!(self.poll_send_held(cx))?;
-        }
-        self.held.extend_from_slice(buf);
-        Poll::Ready(Ok(buf.len()))
+        Pin::new(&mut self.0).poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        ready!(self.poll_send_held(cx))?;
-        Pin::new(&mut self.io).poll_flush(cx)
+        Pin::new(&mut self.0).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        ready!(self.poll_send_held(cx))?;
-        Pin::new(&mut self.io).poll_shutdown(cx)
+        Pin::new(&mut self.0).poll_shutdown(cx)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -92,7 +68,7 @@ impl Connected for OneWrite {
     type ConnectInfo = TcpConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.io.connect_info()
+        self.0.get_ref().connect_info()
     }
 }
 
