@@ -99,6 +99,7 @@ train-from-served: $(VENV)/.installed
 # The 1M catalog's index is built once, then restored from its snapshot in data/large/state.
 E2E_REQUESTS ?= 20000
 bench-e2e: $(VENV)/.installed data/demo/eval.json data/large/eval.json
+	command -v h2load >/dev/null || (apt-get update -q && apt-get install -y -q nghttp2-client)
 	ORT_DYLIB_PATH=$(ORT_DYLIB_PATH) TANDEM_E2E_DATA=data/demo TANDEM_E2E_REQUESTS=$(E2E_REQUESTS) \
 		cargo bench -p tandem-gateway --bench e2e
 	ORT_DYLIB_PATH=$(ORT_DYLIB_PATH) TANDEM_E2E_DATA=data/large TANDEM_E2E_REQUESTS=$(E2E_REQUESTS) \

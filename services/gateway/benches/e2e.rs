@@ -3,13 +3,20 @@
 //! candidates, and one minimal gRPC call (Health/Check). Prints the three, their sum and the
 //! ratio, on the catalog in `TANDEM_E2E_DATA` (default `data/demo`).
 //!
-//! Server CPU is the process's CPU (every thread's, from /proc) less the client thread's: the
-//! client runs on this thread, the gateway on its own runtime, so both are measured in one run
-//! with the same binary. `make bench-e2e` runs it on the demo and the 1M catalogs.
+//! Server CPU is the process's CPU (every thread's) less this thread's. The calls come from
+//! h2load (Debian `nghttp2-client`) when it is on PATH: a client in another process, as the
+//! issue measured, whose work neither shares this process's caches nor its runtime. Without
+//! it (or with `TANDEM_E2E_CLIENT=tonic`) a tonic client on this thread makes them, which
+//! costs the gateway more (its caches and cores are shared with the client). Either way the
+//! gateway and its stages are measured in one run with the same binary. `make bench-e2e` runs
+//! it on the demo and the 1M catalogs.
 
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use prost::Message;
 use tandem_catalog::testing::SplitMix;
 use tandem_proto::v1 as pb;
 use tandem_ranking::ScoreRequest;
@@ -22,6 +29,8 @@ const EVENTS_PER_USER: usize = 5;
 const K: u32 = 10;
 const NUM_CANDIDATES: usize = 200;
 const ROUNDS: usize = 9;
+const RECOMMEND: &str = "/tandem.v1.RecommenderService/Recommend";
+const HEALTH: &str = "/grpc.health.v1.Health/Check";
 
 /// CPU time of every thread of this process, in nanoseconds (`CLOCK_PROCESS_CPUTIME_ID`:
 /// exact, unlike `/proc/*/schedstat`, which lags for a running thread).
@@ -42,6 +51,57 @@ fn server_ns(from: usize, n: usize, mut f: impl FnMut(usize)) -> u64 {
     }
     let (p1, t1) = (process_cpu_ns(), thread_cpu_ns());
     (p1 - p0).saturating_sub(t1 - t0)
+}
+
+type BenchError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Server CPU of one h2load run (this thread only waits for it), in ns.
+fn server_ns_h2load(run: impl FnOnce() -> Result<(), BenchError>) -> Result<u64, BenchError> {
+    let (p0, t0) = (process_cpu_ns(), thread_cpu_ns());
+    run()?;
+    let (p1, t1) = (process_cpu_ns(), thread_cpu_ns());
+    Ok((p1 - p0).saturating_sub(t1 - t0))
+}
+
+/// h2load on PATH, unless `TANDEM_E2E_CLIENT=tonic` asks for the in-process client.
+fn h2load_binary() -> Option<PathBuf> {
+    if std::env::var("TANDEM_E2E_CLIENT").is_ok_and(|c| c == "tonic") {
+        return None;
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("h2load"))
+        .find(|p| p.is_file())
+}
+
+/// `n` calls of `url` with `body` (one gRPC frame), one connection, one call at a time.
+fn h2load(binary: &Path, url: &str, body: &Path, n: usize) -> Result<(), BenchError> {
+    let out = Command::new(binary)
+        .args(["-n", &n.to_string(), "-c", "1", "-m", "1", "-d"])
+        .arg(body)
+        .args([
+            "-H",
+            "content-type: application/grpc",
+            "-H",
+            "te: trailers",
+            url,
+        ])
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // h2load counts HTTP 200 as success: the answers' content is checked before (tonic).
+    if !out.status.success() || !stdout.contains(&format!("{n} succeeded")) {
+        return Err(format!("h2load {url}: not every call succeeded:\n{stdout}").into());
+    }
+    Ok(())
+}
+
+/// A gRPC length-prefixed message: uncompressed, 4-byte big-endian length.
+fn grpc_frame(message: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(5 + message.len());
+    frame.push(0);
+    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    frame.extend_from_slice(message);
+    frame
 }
 
 /// CPU per figure in one round: nanoseconds in total, then microseconds per call.
@@ -76,7 +136,7 @@ impl Figures<f64> {
     }
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+fn main() -> Result<(), BenchError> {
     // `cargo bench` passes `--bench`; nothing else to parse.
     // Relative to the workspace root: `cargo bench` runs in the package's directory.
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
@@ -166,6 +226,23 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         num_candidates: Some(NUM_CANDIDATES as u32),
         ..Default::default()
     };
+    // Every user's answer ranked by the model, not degraded: h2load sees only HTTP status.
+    for u in 0..USERS {
+        let answer = client.block_on(rec.recommend(request(u)))?.into_inner();
+        if answer.degraded || answer.items.len() != K as usize {
+            return Err(format!("bench-{u}: not a full, ranked answer: {answer:?}").into());
+        }
+    }
+    let h2load_client = h2load_binary();
+    let url = format!("http://{}", gateway.addr);
+    let bodies = scratch.path().join("bodies");
+    std::fs::create_dir_all(&bodies)?;
+    let body_of = |u: usize| bodies.join(format!("recommend-{u}.bin"));
+    for u in 0..ROUNDS {
+        std::fs::write(body_of(u), grpc_frame(&request(u).encode_to_vec()))?;
+    }
+    let health_body = bodies.join("health.bin");
+    std::fs::write(&health_body, grpc_frame(&[]))?;
     let mut recommend = |i: usize| {
         let answer = client.block_on(rec.recommend(request(i)));
         assert!(answer.is_ok_and(|a| a.get_ref().items.len() == K as usize));
@@ -224,12 +301,23 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         rank(i);
         check(i);
     }
+    if let Some(h2) = &h2load_client {
+        h2load(h2, &format!("{url}{RECOMMEND}"), &body_of(0), requests / 10)?;
+        h2load(h2, &format!("{url}{HEALTH}"), &health_body, requests / 10)?;
+    }
     let per_round = (requests / ROUNDS).max(1);
     let mut rounds = Vec::with_capacity(ROUNDS);
     for round in 0..ROUNDS {
         let from = round * per_round;
+        // h2load sends one body per run: each round asks for another user.
+        let recommend_cpu = match &h2load_client {
+            Some(h2) => server_ns_h2load(|| {
+                h2load(h2, &format!("{url}{RECOMMEND}"), &body_of(round), per_round)
+            })?,
+            None => server_ns(from, per_round, &mut recommend),
+        };
         let mut cpu = Figures {
-            recommend: server_ns(from, per_round, &mut recommend),
+            recommend: recommend_cpu,
             ..Figures::default()
         };
         // ANN: this thread's CPU (the search runs on it).
@@ -244,7 +332,12 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             rank(i);
         }
         cpu.rank = process_cpu_ns() - p0;
-        cpu.grpc = server_ns(from, per_round, &mut check);
+        cpu.grpc = match &h2load_client {
+            Some(h2) => {
+                server_ns_h2load(|| h2load(h2, &format!("{url}{HEALTH}"), &health_body, per_round))?
+            }
+            None => server_ns(from, per_round, &mut check),
+        };
         // The two stages taking turns, as a request runs them: each finds the caches as
         // the other left them.
         for i in from..from + per_round {
@@ -265,9 +358,13 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let in_turn = m.ann_in_turn + m.rank_in_turn + m.grpc;
     println!(
         "catalog: {} items ({}-d), {ROUNDS} rounds of {per_round} requests, k = {K}, \
-         num_candidates = {NUM_CANDIDATES}; the median round:",
+         num_candidates = {NUM_CANDIDATES}, client: {}; the median round:",
         catalog.len(),
         dim,
+        match &h2load_client {
+            Some(_) => "h2load (another process)",
+            None => "tonic on the bench's thread",
+        },
     );
     println!("in-process ANN (k = {NUM_CANDIDATES}):   {:8.1} us", m.ann);
     println!("in-process rank ({NUM_CANDIDATES} rows): {:8.1} us", m.rank);
