@@ -1,6 +1,6 @@
 # tandem: two commands do everything on a fresh machine.
 #   make run    venv + demo data/model (if missing) + build + embedded server on 127.0.0.1:50051
-#   make test   venv + test data + buf lint + fmt + clippy + the whole test suite
+#   make test   venv + test data + buf lint + fmt + clippy + the whole test suite + the image check
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
@@ -79,6 +79,7 @@ test: $(VENV)/.installed data/test/eval.json data/demo/eval.json lint
 	ORT_DYLIB_PATH=$(ORT_DYLIB_PATH) TANDEM_TEST_DATA=$(abspath data/test) \
 		TANDEM_DEMO_DATA=$(abspath data/demo) \
 		TANDEM_PYTHON=$(abspath $(PY)) cargo test --workspace
+	TANDEM_TEST_DATA=$(abspath data/test) $(PY) .ci/test_image.py
 
 bench:
 	cargo bench --workspace
