@@ -19,7 +19,7 @@ MODEL ?= ranker
 ORT_DYLIB_PATH = $$(ls $(CURDIR)/$(VENV)/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* 2>/dev/null | head -n1)
 PIPELINE_SRC := $(wildcard models/tandem_pipeline/*.py)
 
-.PHONY: help run run-split run-gpu gpu-venv build data test-data test lint buf-lint bench bench-e2e bench-e2e-h2load bench-ann bench-ann-large bench-ranking bench-ranking-gpu train-from-served clean
+.PHONY: helm-test help run run-split run-gpu gpu-venv build data test-data test lint buf-lint bench bench-e2e bench-e2e-h2load bench-ann bench-ann-large bench-ranking bench-ranking-gpu train-from-served clean
 
 help:
 	@echo "make run        start tandem (embedded) on $(LISTEN) with the demo catalog and model"
@@ -27,6 +27,7 @@ help:
 	@echo "make test       run every check and test"
 	@echo "make data       (re)generate the demo data: DEMO_ITEMS=1000000 for the large catalog"
 	@echo "make bench      criterion benches of the hot paths (cargo bench)"
+	@echo "make helm-test  lint, render and validate the Helm chart offline (part of make test)"
 	@echo "make bench-e2e  embedded Recommend server CPU vs its stages (demo and 1M catalogs)"
 	@echo "make bench-e2e-h2load  the release gateway binary from outside (h2load): server CPU per Recommend and Health"
 	@echo "make bench-ann  retrieval vs hnswlib vs faiss on the 50k demo catalog (bench-ann-large: 1M)"
@@ -75,7 +76,15 @@ lint: buf-lint
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 
-test: $(VENV)/.installed data/test/eval.json data/demo/eval.json lint
+# The Helm chart, offline: lint, render every shape, validate against the Kubernetes schemas.
+$(VENV)/.helm-installed: $(VENV)/.installed helm/requirements-test.txt
+	$(VENV)/bin/pip install --quiet -r helm/requirements-test.txt
+	touch $@
+
+helm-test: $(VENV)/.helm-installed
+	$(PY) helm/tests/test_chart.py
+
+test: $(VENV)/.installed data/test/eval.json data/demo/eval.json lint helm-test
 	ORT_DYLIB_PATH=$(ORT_DYLIB_PATH) TANDEM_TEST_DATA=$(abspath data/test) \
 		TANDEM_DEMO_DATA=$(abspath data/demo) \
 		TANDEM_PYTHON=$(abspath $(PY)) cargo test --workspace

@@ -49,23 +49,26 @@ impl Finisher<'_> {
             if unchecked.is_empty() {
                 break;
             }
-            let statuses =
-                match within(time_left(), "retrieval", self.retrieval.items(&unchecked)).await {
-                    Ok(statuses) if statuses.len() == unchecked.len() => statuses,
-                    Ok(statuses) => {
-                        tracing::warn!(
-                            asked = unchecked.len(),
-                            answered = statuses.len(),
-                            "retrieval's item status does not match the request; backfill unchecked"
-                        );
-                        break;
-                    }
-                    Err(e) => {
-                        // Late or down: the answer goes out as it is, in time.
-                        tracing::debug!(error = %e, "backfilled items unchecked");
-                        break;
-                    }
-                };
+            let statuses = match within(time_left(), "retrieval", |deadline| {
+                self.retrieval.items(&unchecked, deadline)
+            })
+            .await
+            {
+                Ok(statuses) if statuses.len() == unchecked.len() => statuses,
+                Ok(statuses) => {
+                    tracing::warn!(
+                        asked = unchecked.len(),
+                        answered = statuses.len(),
+                        "retrieval's item status does not match the request; backfill unchecked"
+                    );
+                    break;
+                }
+                Err(e) => {
+                    // Late or down: the answer goes out as it is, in time.
+                    tracing::debug!(error = %e, "backfilled items unchecked");
+                    break;
+                }
+            };
             let mut gone = Vec::new();
             for (idx, status) in unchecked.into_iter().zip(statuses) {
                 match status {

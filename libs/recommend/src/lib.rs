@@ -22,5 +22,5 @@ pub use pipeline::{
 pub use rules::{RuleEffect, RulesConfig};
 pub use stages::{
     Candidate, CandidateStage, InProcessRanking, InProcessRetrieval, ItemStatus, RemoteRanking,
-    RemoteRetrieval, Retrieved, Scored, ScoringStage,
+    RemoteRetrieval, Retrieved, Scored, ScoringStage, StageConnection,
 };

@@ -323,12 +323,10 @@ impl Recommender {
         let budget = self
             .time_left(deadline)
             .map(|left| left.mul_f64(self.budgets.retrieval_share.clamp(0.0, 1.0)));
-        within(
-            budget,
-            "retrieval",
+        within(budget, "retrieval", |deadline| {
             self.retrieval
-                .search(query, plan.num_candidates, &plan.filter),
-        )
+                .search(query, plan.num_candidates, &plan.filter, deadline)
+        })
         .await
     }
 
@@ -355,11 +353,9 @@ impl Recommender {
             context,
             version: req.model_version.clone().filter(|v| !v.is_empty()),
         };
-        let scoring = within(
-            self.time_left(req.deadline),
-            "ranking",
-            self.ranking.score(request, with_features),
-        );
+        let scoring = within(self.time_left(req.deadline), "ranking", |deadline| {
+            self.ranking.score(request, with_features, deadline)
+        });
         let why = match scoring.await {
             Ok(s) if s.scores.len() == candidates.len() => {
                 return Ok(Ranked {
@@ -458,21 +454,25 @@ impl Recommender {
 }
 
 /// Runs a stage call within `budget`; past it the call is dropped (a remote call is
-/// cancelled) and the stage counts as unavailable, so the pipeline degrades in time.
-pub(crate) async fn within<T>(
+/// cancelled) and the stage counts as unavailable, so the pipeline degrades in time. The call
+/// is told its deadline, so that a remote stage learns it too.
+pub(crate) async fn within<T, Call>(
     budget: Option<Duration>,
     stage: &str,
-    call: impl std::future::Future<Output = Result<T, StageError>>,
-) -> Result<T, StageError> {
+    call: impl FnOnce(Option<Instant>) -> Call,
+) -> Result<T, StageError>
+where
+    Call: std::future::Future<Output = Result<T, StageError>>,
+{
     let Some(budget) = budget else {
-        return call.await;
+        return call(None).await;
     };
     if budget.is_zero() {
         return Err(StageError::Unavailable(format!(
             "{stage} skipped: no time left before the deadline"
         )));
     }
-    tokio::time::timeout(budget, call)
+    tokio::time::timeout(budget, call(Instant::now().checked_add(budget)))
         .await
         .unwrap_or_else(|_| {
             Err(StageError::Unavailable(format!(

@@ -63,6 +63,7 @@ impl CandidateStage for FakeRetrieval {
         query: &[f32],
         k: usize,
         filter: &ItemFilter,
+        _deadline: Option<Instant>,
     ) -> Result<Retrieved, StageError> {
         self.searched.lock().expect("lock").push(filter.clone());
         tokio::time::sleep(self.delay).await;
@@ -92,7 +93,11 @@ impl CandidateStage for FakeRetrieval {
         })
     }
 
-    async fn items(&self, items: &[ItemIdx]) -> Result<Vec<ItemStatus>, StageError> {
+    async fn items(
+        &self,
+        items: &[ItemIdx],
+        _deadline: Option<Instant>,
+    ) -> Result<Vec<ItemStatus>, StageError> {
         self.asked.lock().expect("lock").extend(items);
         Ok(items
             .iter()
@@ -121,6 +126,7 @@ impl ScoringStage for FakeRanking {
         &self,
         request: ScoreRequest,
         _with_features: bool,
+        _deadline: Option<Instant>,
     ) -> Result<Scored, StageError> {
         tokio::time::sleep(self.delay).await;
         let scores = request.items.iter().map(|&i| i as f32).collect();

@@ -8,12 +8,16 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 mod one_write;
+#[cfg(feature = "test-util")]
+pub mod testing;
+mod transport;
 pub use one_write::OneWrite;
 use tonic::Status;
 use tonic::server::NamedService;
 use tonic::service::Routes;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
+pub use transport::{ServerTransport, TransportArgs};
 
 /// Every binary that links the servers' plumbing (the three services, their tests and the e2e
 /// bench) runs on mimalloc, not glibc's malloc: a Recommend costs about a tenth less server
@@ -78,6 +82,8 @@ impl<T> Ready<T> {
 pub struct Health {
     reporter: HealthReporter,
     services: Vec<&'static str>,
+    /// The health service alone, for the plaintext probe listener.
+    probe_routes: Routes,
 }
 
 impl std::fmt::Debug for Health {
@@ -110,6 +116,7 @@ pub async fn base_routes(
     let health = Health {
         reporter,
         services: services.to_vec(),
+        probe_routes: Routes::new(health_service.clone()),
     };
     health.set_serving(false).await;
     // Advertise what this server serves, not every service in the descriptor set.
@@ -146,19 +153,34 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)
 }
 
 /// Serves `routes` until `shutdown` resolves, then drains in-flight requests for at most
-/// [`SHUTDOWN_GRACE`].
+/// [`SHUTDOWN_GRACE`]. Health turns NOT_SERVING first, so that balancers stop sending.
 pub async fn serve(
     routes: Routes,
     listener: TcpListener,
     health: Health,
+    transport: ServerTransport,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), tonic::transport::Error> {
+) -> Result<(), ServeError> {
     // Nagle's algorithm with delayed ACKs adds ~40 ms to small unary calls; the builder's
     // tcp_nodelay only covers listeners tonic binds itself.
     let incoming = tokio_stream::StreamExt::map(
         tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
         |accepted| accepted.map(OneWrite::new),
     );
+    // Aborted when this returns: the probes go with the server.
+    let _probes = match transport.health_listen {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::Bind { addr, source })?;
+            tracing::info!(%addr, "health probes: plaintext, grpc.health.v1 only");
+            let probes = tonic::transport::Server::builder()
+                .add_routes(health.probe_routes.clone())
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener));
+            Some(AbortOnDrop(tokio::spawn(probes)))
+        }
+        None => None,
+    };
     let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
     let signal = async move {
         shutdown.await;
@@ -169,8 +191,8 @@ pub async fn serve(
         );
         let _ = draining_tx.send(());
     };
-    let server = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
+    let server = transport
+        .apply(tonic::transport::Server::builder().tcp_nodelay(true))?
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, signal);
     tokio::pin!(server);
@@ -182,11 +204,32 @@ pub async fn serve(
         }
     };
     tokio::select! {
-        result = &mut server => result,
+        result = &mut server => Ok(result?),
         () = grace_expired => {
             tracing::warn!("grace period over: dropping requests still in flight");
             Ok(())
         }
+    }
+}
+
+/// Why a server stopped serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Transport(#[from] tonic::transport::Error),
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A task that ends with its handle.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 use tandem_ranking_api::{ModelArgs, ModelSettings};
 use tandem_retrieval::IndexParams;
 use tandem_retrieval_api::IndexArgs;
-use tandem_server::AdminArgs;
+use tandem_server::{AdminArgs, TransportArgs};
 
 /// tandem gateway: personalized recommendations over gRPC. With no stage addresses it runs
 /// every stage in this process (embedded); `--retrieval-addr` / `--ranking-addr` split them out.
@@ -103,8 +103,18 @@ pub struct Config {
     /// Event ids remembered to recognise retries (the most recent ones).
     #[arg(long, env = "TANDEM_DEDUPE_WINDOW", default_value_t = 1_000_000)]
     pub dedupe_window: usize,
+    /// PEM CA bundle that the stages' certificates must chain to: calls to --retrieval-addr and
+    /// --ranking-addr use TLS and present --tls-cert/--tls-key (mutual TLS); unset = plaintext.
+    #[arg(long, env = "TANDEM_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Name to check the stages' certificates against, when it is not the address's host
+    /// (e.g. stages addressed by IP).
+    #[arg(long, env = "TANDEM_TLS_SERVER_NAME", requires = "tls_ca")]
+    pub tls_server_name: Option<String>,
     #[command(flatten)]
     pub admin: AdminArgs,
+    #[command(flatten)]
+    pub transport: TransportArgs,
     #[command(flatten)]
     pub index: IndexArgs,
     #[command(flatten)]
@@ -117,6 +127,9 @@ pub(crate) struct Checked {
     pub index: IndexParams,
     /// Present when ranking runs in-process.
     pub ranker: Option<ModelSettings>,
+    pub transport: tandem_server::ServerTransport,
+    /// How remote stages are dialled.
+    pub stages: tandem_recommend::StageConnection,
 }
 
 impl Config {
@@ -190,7 +203,22 @@ impl Config {
             Some(_) => None,
             None => Some(self.model.validate()?),
         };
-        Ok(Checked { index, ranker })
+        let transport = self.transport.load()?;
+        let tls = match &self.tls_ca {
+            Some(ca) => Some(transport.client_tls(ca, self.tls_server_name.as_deref())?),
+            None => None,
+        };
+        let stages = tandem_recommend::StageConnection {
+            timeout: self.stage_timeout(),
+            tls,
+            keepalive: transport.keepalive(),
+        };
+        Ok(Checked {
+            index,
+            ranker,
+            transport,
+            stages,
+        })
     }
 
     /// The retrieval addresses, one per shard; empty when retrieval runs in-process.

@@ -39,7 +39,7 @@ pub struct Gateway {
     pub ranker: Ready<tandem_ranking::Ranker>,
     /// Loads catalog, index and model; an error here means the gateway will never serve.
     pub loaded: JoinHandle<Result<(), BoxError>>,
-    pub server: JoinHandle<Result<(), tonic::transport::Error>>,
+    pub server: JoinHandle<Result<(), tandem_server::ServeError>>,
 }
 
 /// Binds, starts serving (NOT_SERVING) and loads the stages in the background.
@@ -99,6 +99,7 @@ pub async fn start(
         routes,
         listener,
         health.clone(),
+        checked.transport.clone(),
         shutdown,
     ));
 
@@ -113,7 +114,7 @@ pub async fn start(
             let retrieval: Arc<dyn CandidateStage> = match &config.retrieval_addr {
                 Some(_) => Arc::new(RemoteRetrieval::new(
                     &config.retrieval_shards(),
-                    config.stage_timeout(),
+                    checked.stages.clone(),
                     catalog.clone(),
                 )?),
                 None => {
@@ -130,7 +131,7 @@ pub async fn start(
             let ranking: Arc<dyn ScoringStage> = match (&config.ranking_addr, checked.ranker) {
                 (Some(addr), _) => Arc::new(RemoteRanking::new(
                     addr,
-                    config.stage_timeout(),
+                    checked.stages.clone(),
                     catalog.clone(),
                 )?),
                 (None, Some(ranker_config)) => {

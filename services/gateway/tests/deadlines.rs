@@ -171,3 +171,129 @@ async fn past_capacity_new_calls_are_shed_at_once() {
         .expect("served");
     assert_eq!(resp.into_inner().model_version, "slow/1");
 }
+
+/// What a ranking server learnt of one call: the `grpc-timeout` it was sent, and whether its
+/// handler ran to the end or was dropped when the caller went away.
+#[derive(Clone, Default)]
+struct Observed(std::sync::Arc<std::sync::Mutex<Vec<Call>>>);
+
+/// The `grpc-timeout` sent, and "running", "finished" or "dropped".
+type Call = (Option<String>, &'static str);
+
+#[derive(Clone)]
+struct ObservedRanking {
+    delay: Duration,
+    seen: Observed,
+}
+
+/// Records "dropped" unless the handler reached its end.
+struct Outcome(Observed, usize, &'static str);
+
+impl Drop for Outcome {
+    fn drop(&mut self) {
+        if let Some(call) = self.0.0.lock().expect("lock").get_mut(self.1) {
+            call.1 = self.2;
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::ranking_service_server::RankingService for ObservedRanking {
+    async fn rank(
+        &self,
+        request: Request<pb::RankRequest>,
+    ) -> Result<Response<pb::RankResponse>, Status> {
+        let timeout = request
+            .metadata()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let at = {
+            let mut seen = self.seen.0.lock().expect("lock");
+            seen.push((timeout, "running"));
+            seen.len() - 1
+        };
+        let mut outcome = Outcome(self.seen.clone(), at, "dropped");
+        tokio::time::sleep(self.delay).await;
+        outcome.2 = "finished";
+        let n = request.into_inner().candidates.len();
+        Ok(Response::new(pb::RankResponse {
+            scores: (0..n).map(|i| i as f32).collect(),
+            model_version: "observed/1".into(),
+            features: Vec::new(),
+        }))
+    }
+}
+
+/// `grpc-timeout` values are an integer and a unit (n u m S M H).
+fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "n" => Duration::from_nanos(n),
+        "u" => Duration::from_micros(n),
+        "m" => Duration::from_millis(n),
+        "S" => Duration::from_secs(n),
+        "M" => Duration::from_secs(n * 60),
+        "H" => Duration::from_secs(n * 3600),
+        _ => return None,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_stages_learn_the_deadline_and_stop_when_it_passes() {
+    let seen = Observed::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let ranking = listener.local_addr().expect("addr");
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(pb::ranking_service_server::RankingServiceServer::new(
+                ObservedRanking {
+                    delay: Duration::from_secs(5),
+                    seen: seen.clone(),
+                },
+            ))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let gw = start(config(&[
+        &format!("--ranking-addr={ranking}"),
+        "--stage-timeout-ms=10000",
+        "--deadline-reserve-ms=30",
+    ]))
+    .await;
+    let mut client = recommender(gw.addr).await;
+    clicks_in(&mut client, "timed", "kitchen", 3).await;
+    let mut request = Request::new(request("timed", 10));
+    request.set_timeout(Duration::from_millis(600));
+    let resp = client
+        .recommend(request)
+        .await
+        .expect("degraded")
+        .into_inner();
+    assert!(
+        resp.degraded && resp.model_version == "retrieval",
+        "{resp:?}"
+    );
+
+    // The stage was told how long it had: less than the caller's 600 ms (retrieval and the
+    // reserve took their share), far less than --stage-timeout-ms.
+    let calls = seen.0.lock().expect("lock").clone();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    let told = calls[0]
+        .0
+        .as_deref()
+        .and_then(parse_grpc_timeout)
+        .unwrap_or_else(|| panic!("no grpc-timeout sent: {calls:?}"));
+    assert!(
+        told > Duration::ZERO && told < Duration::from_millis(600),
+        "grpc-timeout {told:?}"
+    );
+    // ... and it stopped working for the caller that had gone, long before its 5 s.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while seen.0.lock().expect("lock")[0].1 == "running" && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(seen.0.lock().expect("lock")[0].1, "dropped");
+}

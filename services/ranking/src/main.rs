@@ -10,7 +10,7 @@ use tandem_catalog::Catalog;
 use tandem_proto::v1::ranking_admin_service_server::RankingAdminServiceServer;
 use tandem_proto::v1::ranking_service_server::RankingServiceServer;
 use tandem_ranking_api::{ModelArgs, RankingAdminApi, RankingApi, load_ranker};
-use tandem_server::{AdminArgs, Ready};
+use tandem_server::{AdminArgs, Ready, TransportArgs};
 
 /// Ranking server: scores candidates with the ONNX ranking model.
 #[derive(Debug, Parser)]
@@ -25,6 +25,8 @@ struct Config {
     #[command(flatten)]
     admin: AdminArgs,
     #[command(flatten)]
+    transport: TransportArgs,
+    #[command(flatten)]
     model: ModelArgs,
 }
 
@@ -32,6 +34,7 @@ struct Config {
 async fn main() -> anyhow::Result<()> {
     tandem_server::init_tracing();
     let config = Config::parse();
+    let transport = config.transport.load().map_err(anyhow::Error::msg)?;
     let settings = config.model.validate().map_err(anyhow::Error::msg)?;
     let admin = config.admin.token();
     admin.warn_if_open(config.listen);
@@ -64,6 +67,7 @@ async fn main() -> anyhow::Result<()> {
         routes,
         listener,
         health.clone(),
+        transport,
         tandem_server::shutdown_signal(),
     ));
     let (items, model_dir) = (config.items.clone(), config.model.model_dir.clone());

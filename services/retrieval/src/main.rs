@@ -8,7 +8,7 @@ use clap::Parser;
 use tandem_proto::v1::retrieval_service_server::RetrievalServiceServer;
 use tandem_retrieval::Shard;
 use tandem_retrieval_api::{IndexArgs, RetrievalApi, load_index};
-use tandem_server::{AdminArgs, Ready};
+use tandem_server::{AdminArgs, Ready, TransportArgs};
 
 /// Retrieval server: nearest catalog items to a query vector under a filter.
 #[derive(Debug, Parser)]
@@ -27,6 +27,8 @@ struct Config {
     #[command(flatten)]
     admin: AdminArgs,
     #[command(flatten)]
+    transport: TransportArgs,
+    #[command(flatten)]
     index: IndexArgs,
 }
 
@@ -34,6 +36,7 @@ struct Config {
 async fn main() -> anyhow::Result<()> {
     tandem_server::init_tracing();
     let config = Config::parse();
+    let transport = config.transport.load().map_err(anyhow::Error::msg)?;
     let mut params = config.index.validate().map_err(anyhow::Error::msg)?;
     params.shard = config.shard;
     anyhow::ensure!(
@@ -64,6 +67,7 @@ async fn main() -> anyhow::Result<()> {
         routes,
         listener,
         health.clone(),
+        transport,
         tandem_server::shutdown_signal(),
     ));
     let items = config.items.clone();

@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use std::time::Instant;
+
 use async_trait::async_trait;
 use tandem_catalog::{Catalog, Category, ItemAttributes, ItemIdx};
 use tandem_ranking::{Ranker, ScoreRequest};
@@ -73,6 +75,8 @@ impl CandidateStage for InProcessRetrieval {
         query: &[f32],
         k: usize,
         filter: &ItemFilter,
+        // A search runs on the caller's task and is done in well under a deadline.
+        _deadline: Option<Instant>,
     ) -> Result<Retrieved, StageError> {
         let changed = self.index.current_items()?.has_changes();
         let params = SearchParams { k, ef_search: None };
@@ -107,7 +111,11 @@ impl CandidateStage for InProcessRetrieval {
         })
     }
 
-    async fn items(&self, items: &[ItemIdx]) -> Result<Vec<ItemStatus>, StageError> {
+    async fn items(
+        &self,
+        items: &[ItemIdx],
+        _deadline: Option<Instant>,
+    ) -> Result<Vec<ItemStatus>, StageError> {
         let current = self.index.current_items()?;
         Ok(items
             .iter()
@@ -136,6 +144,9 @@ impl ScoringStage for InProcessRanking {
         &self,
         request: ScoreRequest,
         with_features: bool,
+        // The caller's future is dropped at its deadline; the batcher skips rows whose
+        // caller has gone.
+        _deadline: Option<Instant>,
     ) -> Result<Scored, StageError> {
         let (scores, features) = if with_features {
             self.0.rank_with_features(request).await?

@@ -6,6 +6,8 @@
 //! Both speak in the gateway catalog's item indexes: the implementations translate to the
 //! index's rows or to item ids on the wire, once, at their edge.
 
+use std::time::Instant;
+
 use async_trait::async_trait;
 use tandem_catalog::{ItemAttributes, ItemIdx};
 use tandem_ranking::{FeatureValues, ScoreRequest};
@@ -17,7 +19,7 @@ mod in_process;
 mod remote;
 
 pub use in_process::{InProcessRanking, InProcessRetrieval};
-pub use remote::{RemoteRanking, RemoteRetrieval};
+pub use remote::{RemoteRanking, RemoteRetrieval, StageConnection};
 
 /// An item retrieval found, as it holds it now.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,17 +52,23 @@ pub enum ItemStatus {
 pub trait CandidateStage: Send + Sync {
     /// The `k` items nearest `query` that `filter` admits on their current attributes, best
     /// first. Items this catalog does not hold (upserted since it was written) are left out:
-    /// nothing downstream could score or show them.
+    /// nothing downstream could score or show them. `deadline`: when the caller stops waiting
+    /// (a remote stage is told, as `grpc-timeout`, and stops too).
     async fn search(
         &self,
         query: &[f32],
         k: usize,
         filter: &ItemFilter,
+        deadline: Option<Instant>,
     ) -> Result<Retrieved, StageError>;
 
     /// `items` as the stage holds them now, one status each, in order: how the pipeline checks
     /// items that did not come from `search` (trending and popular backfill).
-    async fn items(&self, items: &[ItemIdx]) -> Result<Vec<ItemStatus>, StageError>;
+    async fn items(
+        &self,
+        items: &[ItemIdx],
+        deadline: Option<Instant>,
+    ) -> Result<Vec<ItemStatus>, StageError>;
 }
 
 /// What ranking answered.
@@ -77,6 +85,11 @@ pub struct Scored {
 pub trait ScoringStage: Send + Sync {
     /// One score per item of `request`, in order, and the model version that produced them;
     /// `with_features` also returns the model's input values (explain, served-feature log).
-    async fn score(&self, request: ScoreRequest, with_features: bool)
-    -> Result<Scored, StageError>;
+    /// `deadline` as for [`CandidateStage::search`].
+    async fn score(
+        &self,
+        request: ScoreRequest,
+        with_features: bool,
+        deadline: Option<Instant>,
+    ) -> Result<Scored, StageError>;
 }

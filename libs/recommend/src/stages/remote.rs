@@ -3,14 +3,14 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use tandem_catalog::{Catalog, ItemAttributes, ItemIdx};
 use tandem_proto::v1 as pb;
 use tandem_ranking::{FeatureValues, ScoreRequest};
 use tandem_retrieval::ItemFilter;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic_types::StatusExt;
 
 use super::{Candidate, CandidateStage, ItemStatus, Retrieved, Scored, ScoringStage};
@@ -18,17 +18,73 @@ use crate::StageError;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-fn channel(addr: &str, timeout: Duration) -> Result<Channel, BoxError> {
-    let uri = if addr.contains("://") {
-        addr.to_owned()
-    } else {
-        format!("http://{addr}")
-    };
-    Ok(Endpoint::from_shared(uri)?
-        .connect_timeout(timeout)
-        .timeout(timeout)
-        .tcp_nodelay(true)
-        .connect_lazy())
+/// How the gateway dials its stages.
+#[derive(Debug, Clone)]
+pub struct StageConnection {
+    /// The most one call may take, whatever time the caller left.
+    pub timeout: Duration,
+    /// TLS (and the gateway's client certificate) for `host:port` addresses; `None`: plaintext.
+    pub tls: Option<ClientTlsConfig>,
+    /// HTTP/2 PING interval on idle connections; `None`: off.
+    pub keepalive: Option<Duration>,
+}
+
+impl StageConnection {
+    /// Plaintext, no keepalive.
+    pub fn plaintext(timeout: Duration) -> Self {
+        Self {
+            timeout,
+            tls: None,
+            keepalive: None,
+        }
+    }
+
+    fn channel(&self, addr: &str) -> Result<Channel, BoxError> {
+        let uri = match (addr.contains("://"), self.tls.is_some()) {
+            (true, _) => addr.to_owned(),
+            (false, true) => format!("https://{addr}"),
+            (false, false) => format!("http://{addr}"),
+        };
+        let mut endpoint = Endpoint::from_shared(uri)?
+            .connect_timeout(self.timeout)
+            .timeout(self.timeout)
+            .tcp_nodelay(true);
+        if let Some(interval) = self.keepalive {
+            endpoint = endpoint
+                .http2_keep_alive_interval(interval)
+                .keep_alive_timeout(interval)
+                .keep_alive_while_idle(true);
+        }
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint.tls_config(tls.clone())?;
+        }
+        Ok(endpoint.connect_lazy())
+    }
+
+    /// The time a call may take: what the caller left, at most `timeout`.
+    fn time_left(&self, deadline: Option<Instant>) -> Duration {
+        deadline.map_or(self.timeout, |d| {
+            d.saturating_duration_since(Instant::now())
+                .min(self.timeout)
+        })
+    }
+}
+
+/// Whether `status` is the call running out of `left` (tonic's client gives up at the
+/// `grpc-timeout` it sent, the stage at the one it received), told by the clock, not the text.
+fn ran_out(status: &tonic::Status, started: Instant, left: Duration) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Cancelled | tonic::Code::DeadlineExceeded
+    ) && started.elapsed() >= left
+}
+
+/// `message` with `left` sent as `grpc-timeout` (tonic's `Endpoint::timeout` only bounds the
+/// call here; the header is what lets the stage stop working for a caller that has gone).
+fn with_timeout<T>(message: T, left: Duration) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(left);
+    request
 }
 
 /// A stage's status back to the domain error the stage made it from, by its code and
@@ -94,20 +150,21 @@ type RetrievalClient = pb::retrieval_service_client::RetrievalServiceClient<Chan
 pub struct RemoteRetrieval {
     shards: Vec<(String, RetrievalClient)>,
     catalog: Arc<Catalog>,
-    deadline: Duration,
+    connection: StageConnection,
 }
 
 impl RemoteRetrieval {
-    /// `timeout`: the most one call to a shard may take before the shard counts as failed.
+    /// `connection.timeout`: the most one call to a shard may take before the shard counts as
+    /// failed.
     pub fn new(
         addrs: &[String],
-        timeout: Duration,
+        connection: StageConnection,
         catalog: Arc<Catalog>,
     ) -> Result<Self, BoxError> {
         let shards = addrs
             .iter()
             .map(|addr| {
-                let client = RetrievalClient::new(channel(addr, timeout)?)
+                let client = RetrievalClient::new(connection.channel(addr)?)
                     .max_decoding_message_size(tandem_server::MAX_MESSAGE_BYTES)
                     .max_encoding_message_size(tandem_server::MAX_MESSAGE_BYTES);
                 Ok((addr.clone(), client))
@@ -116,15 +173,16 @@ impl RemoteRetrieval {
         Ok(Self {
             shards,
             catalog,
-            deadline: timeout,
+            connection,
         })
     }
 
-    /// Runs `call` on every shard in parallel, each within the stage deadline (`None`: no
-    /// answer came), and returns the answers by shard address.
+    /// Runs `call` on every shard in parallel, each within the time left (`None`: no answer
+    /// came), and returns the answers by shard address. `call` gets the time left to send.
     async fn each_shard<T, Fut>(
         &self,
-        call: impl Fn(RetrievalClient) -> Fut,
+        left: Duration,
+        call: impl Fn(RetrievalClient, Duration) -> Fut,
     ) -> Result<Vec<(String, Option<Result<T, tonic::Status>>)>, StageError>
     where
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>
@@ -132,24 +190,28 @@ impl RemoteRetrieval {
             + 'static,
         T: Send + 'static,
     {
+        let started = Instant::now();
+        // Out of time is no answer, whichever side noticed first.
+        let in_time = move |answer: Option<Result<tonic::Response<T>, tonic::Status>>| match answer
+        {
+            Some(Err(status)) if ran_out(&status, started, left) => None,
+            answer => answer.map(|a| a.map(tonic::Response::into_inner)),
+        };
         if let [(addr, client)] = &self.shards[..] {
             // One server: no task to spawn.
-            let answer = tokio::time::timeout(self.deadline, call(client.clone()))
+            let answer = tokio::time::timeout(left, call(client.clone(), left))
                 .await
                 .ok();
-            return Ok(vec![(
-                addr.clone(),
-                answer.map(|a| a.map(tonic::Response::into_inner)),
-            )]);
+            return Ok(vec![(addr.clone(), in_time(answer))]);
         }
         let calls: Vec<_> = self
             .shards
             .iter()
             .map(|(addr, client)| {
-                let (answer, deadline, addr) = (call(client.clone()), self.deadline, addr.clone());
+                let (answer, addr) = (call(client.clone(), left), addr.clone());
                 tokio::spawn(async move {
-                    let answer = tokio::time::timeout(deadline, answer).await.ok();
-                    (addr, answer.map(|a| a.map(tonic::Response::into_inner)))
+                    let answer = tokio::time::timeout(left, answer).await.ok();
+                    (addr, in_time(answer))
                 })
             })
             .collect();
@@ -190,7 +252,9 @@ impl CandidateStage for RemoteRetrieval {
         query: &[f32],
         k: usize,
         filter: &ItemFilter,
+        deadline: Option<Instant>,
     ) -> Result<Retrieved, StageError> {
+        let left = self.connection.time_left(deadline);
         let request = pb::SearchRequest {
             vector: query.to_vec(),
             k: k as u32,
@@ -200,8 +264,8 @@ impl CandidateStage for RemoteRetrieval {
             ef_search: None,
         };
         let answers = self
-            .each_shard(move |mut client| {
-                let request = request.clone();
+            .each_shard(left, move |mut client, left| {
+                let request = with_timeout(request.clone(), left);
                 async move { client.search(request).await }
             })
             .await?;
@@ -217,10 +281,7 @@ impl CandidateStage for RemoteRetrieval {
                     }
                     StageError::Unavailable(why) => failed.push(format!("{addr}: {why}")),
                 },
-                None => failed.push(format!(
-                    "{addr}: no answer within {} ms",
-                    self.deadline.as_millis()
-                )),
+                None => failed.push(format!("{addr}: no answer within {} ms", left.as_millis())),
             }
         }
         if failed.len() == self.shards.len() {
@@ -259,7 +320,12 @@ impl CandidateStage for RemoteRetrieval {
 
     /// Asks every shard at once: an item is present where a shard holds it, gone where its
     /// own shard (or every shard) answered without it, unknown while its shard is down.
-    async fn items(&self, items: &[ItemIdx]) -> Result<Vec<ItemStatus>, StageError> {
+    async fn items(
+        &self,
+        items: &[ItemIdx],
+        deadline: Option<Instant>,
+    ) -> Result<Vec<ItemStatus>, StageError> {
+        let left = self.connection.time_left(deadline);
         let request = pb::GetItemsRequest {
             item_ids: items
                 .iter()
@@ -267,8 +333,8 @@ impl CandidateStage for RemoteRetrieval {
                 .collect(),
         };
         let answers = self
-            .each_shard(move |mut client| {
-                let request = request.clone();
+            .each_shard(left, move |mut client, left| {
+                let request = with_timeout(request.clone(), left);
                 async move { client.get_items(request).await }
             })
             .await?;
@@ -328,14 +394,24 @@ impl CandidateStage for RemoteRetrieval {
 pub struct RemoteRanking {
     client: pb::ranking_service_client::RankingServiceClient<Channel>,
     catalog: Arc<Catalog>,
+    connection: StageConnection,
 }
 
 impl RemoteRanking {
-    pub fn new(addr: &str, timeout: Duration, catalog: Arc<Catalog>) -> Result<Self, BoxError> {
-        let client = pb::ranking_service_client::RankingServiceClient::new(channel(addr, timeout)?)
-            .max_decoding_message_size(tandem_server::MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(tandem_server::MAX_MESSAGE_BYTES);
-        Ok(Self { client, catalog })
+    pub fn new(
+        addr: &str,
+        connection: StageConnection,
+        catalog: Arc<Catalog>,
+    ) -> Result<Self, BoxError> {
+        let client =
+            pb::ranking_service_client::RankingServiceClient::new(connection.channel(addr)?)
+                .max_decoding_message_size(tandem_server::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(tandem_server::MAX_MESSAGE_BYTES);
+        Ok(Self {
+            client,
+            catalog,
+            connection,
+        })
     }
 }
 
@@ -345,7 +421,9 @@ impl ScoringStage for RemoteRanking {
         &self,
         request: ScoreRequest,
         with_features: bool,
+        deadline: Option<Instant>,
     ) -> Result<Scored, StageError> {
+        let left = self.connection.time_left(deadline);
         let catalog = &self.catalog;
         let request = pb::RankRequest {
             user: Some(pb::UserContext {
@@ -370,12 +448,22 @@ impl ScoringStage for RemoteRanking {
                 })
                 .collect(),
         };
+        let started = Instant::now();
         let response = self
             .client
             .clone()
-            .rank(request)
+            .rank(with_timeout(request, left))
             .await
-            .map_err(|s| stage_error("ranking", &s))?
+            .map_err(|s| {
+                if ran_out(&s, started, left) {
+                    StageError::Unavailable(format!(
+                        "ranking timed out after its {} ms budget",
+                        left.as_millis()
+                    ))
+                } else {
+                    stage_error("ranking", &s)
+                }
+            })?
             .into_inner();
         Ok(Scored {
             features: features_by_name(&response.features),
