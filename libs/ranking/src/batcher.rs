@@ -212,6 +212,12 @@ impl Batcher {
             followers,
             started,
         } = *led;
+        // The leader did not wait; its followers waited from their arrival.
+        let queue_wait = metrics::histogram!("tandem_ranking_queue_wait_seconds");
+        queue_wait.record(0.0);
+        for job in &followers {
+            queue_wait.record(started.saturating_duration_since(job.queued).as_secs_f64());
+        }
         let mut requests: Vec<&ScoreRequest> = Vec::with_capacity(1 + followers.len());
         requests.push(&request);
         requests.extend(followers.iter().map(|j| &j.request));
@@ -340,8 +346,10 @@ impl Batcher {
             return;
         }
         let started = Instant::now();
+        let queue_wait = metrics::histogram!("tandem_ranking_queue_wait_seconds");
         for job in &batch {
             self.stats.queue_wait.record(started - job.queued);
+            queue_wait.record((started - job.queued).as_secs_f64());
         }
         let requests: Vec<&ScoreRequest> = batch.iter().map(|j| &j.request).collect();
         match self.run_counted(session, &requests, started) {
@@ -368,6 +376,9 @@ impl Batcher {
         let rows: usize = requests.iter().map(|r| r.items.len()).sum();
         self.stats
             .record_run(requests.len(), rows, started.elapsed(), result.is_ok());
+        metrics::histogram!("tandem_ranking_batch_rows").record(rows as f64);
+        metrics::histogram!("tandem_ranking_batch_requests").record(requests.len() as f64);
+        metrics::histogram!("tandem_ranking_run_seconds").record(started.elapsed().as_secs_f64());
         result
     }
 

@@ -29,6 +29,30 @@ pub struct SplitEntry {
     pub weight: u32,
 }
 
+/// `tandem_model_loaded{version}` (1 loaded, 0 unloaded since) and
+/// `tandem_traffic_split_share{version}` (the share of users routed to it), for dashboards
+/// that compare versions.
+fn publish(routing: &Routing, replaced: Option<&Routing>) {
+    let total: f64 = routing.split.iter().map(|e| f64::from(e.weight)).sum();
+    for version in replaced.iter().flat_map(|r| r.versions.keys()) {
+        if !routing.versions.contains_key(version) {
+            metrics::gauge!("tandem_model_loaded", "version" => version.clone()).set(0.0);
+            metrics::gauge!("tandem_traffic_split_share", "version" => version.clone()).set(0.0);
+        }
+    }
+    for version in routing.versions.keys() {
+        let weight: f64 = routing
+            .split
+            .iter()
+            .filter(|e| &e.version == version)
+            .map(|e| f64::from(e.weight))
+            .sum();
+        let share = if total > 0.0 { weight / total } else { 0.0 };
+        metrics::gauge!("tandem_model_loaded", "version" => version.clone()).set(1.0);
+        metrics::gauge!("tandem_traffic_split_share", "version" => version.clone()).set(share);
+    }
+}
+
 /// Parses `1=90,2=10` (or `2`, meaning all traffic).
 pub fn parse_split(text: &str) -> Result<Vec<SplitEntry>, String> {
     let entries = text
@@ -218,7 +242,10 @@ impl Ranker {
             root,
             catalog,
             config,
-            routing: RwLock::new(Arc::new(routing)),
+            routing: RwLock::new(Arc::new({
+                publish(&routing, None);
+                routing
+            })),
             admin: Mutex::new(AdminState {
                 follow_latest,
                 ..AdminState::default()
@@ -380,6 +407,7 @@ impl Ranker {
     }
 
     fn swap(&self, routing: Routing) {
+        publish(&routing, Some(&self.routing()));
         let replaced = {
             let mut current = self.routing.write().unwrap_or_else(|e| e.into_inner());
             std::mem::replace(&mut *current, Arc::new(routing))

@@ -61,6 +61,7 @@ impl pb::recommender_service_server::RecommenderService for RecommenderApi {
     ) -> Result<Response<pb::RecommendResponse>, Status> {
         let received = Instant::now();
         let Ok(_permit) = self.in_flight.try_acquire() else {
+            metrics::counter!("tandem_requests_shed_total", "method" => "Recommend").increment(1);
             return Err(Status::resource_exhausted(format!(
                 "{} Recommend calls in flight, the most this gateway takes (--max-in-flight); \
                  retry with backoff",

@@ -189,7 +189,11 @@ impl EventIntake {
                     RecommendError::invalid(format!("events[{i}].{field}"), reason)
                 })
             })
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Vec<_>, _>>()
+            .inspect_err(|_| {
+                metrics::counter!("tandem_events_total", "outcome" => "rejected")
+                    .increment(events.len() as u64);
+            })?;
         self.commit(valid).await
     }
 
@@ -220,6 +224,8 @@ impl EventIntake {
                 }),
             }
         }
+        metrics::counter!("tandem_events_total", "outcome" => "rejected")
+            .increment(rejections.len() as u64);
         Ok((self.commit(valid).await?, rejections))
     }
 
@@ -232,6 +238,8 @@ impl EventIntake {
                 .map(|v| (v.logged.user_id.as_str(), v.logged.event_id.as_str())),
         );
         let duplicates = fresh.iter().filter(|f| !**f).count();
+        metrics::counter!("tandem_events_total", "outcome" => "duplicate")
+            .increment(duplicates as u64);
         let new: Vec<Valid> = valid
             .into_iter()
             .zip(&fresh)
@@ -260,6 +268,8 @@ impl EventIntake {
         for (user, events) in by_user {
             self.history.record(user, &events);
         }
+        metrics::counter!("tandem_events_total", "outcome" => "accepted")
+            .increment(new.len() as u64);
         Ok(Recorded {
             accepted: new.len(),
             duplicates,

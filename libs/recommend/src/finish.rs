@@ -49,7 +49,7 @@ impl Finisher<'_> {
             if unchecked.is_empty() {
                 break;
             }
-            let statuses = match within(time_left(), "retrieval", |deadline| {
+            let statuses = match within(time_left(), ("retrieval", "items"), |deadline| {
                 self.retrieval.items(&unchecked, deadline)
             })
             .await

@@ -263,6 +263,7 @@ impl Recommender {
             Ok(retrieved) => (retrieved.candidates, retrieved.partial),
             Err(StageError::Unavailable(why)) => {
                 tracing::warn!(%why, "retrieval failed; answering with trending items");
+                count_degraded("retrieval_unavailable");
                 let answer = Recommendation {
                     // Nor can retrieval be asked about the backfilled items.
                     items: self.finisher().finish_unchecked(&plan, &HashSet::new()),
@@ -296,6 +297,9 @@ impl Recommender {
         if req.explain {
             explain(&mut items, &ranked.features);
         }
+        if partial.is_some() {
+            count_degraded("partial_retrieval");
+        }
         let degraded = match (partial, ranked.degraded) {
             (None, d) => d,
             (Some(p), None) => Some(format!("partial retrieval: {p}")),
@@ -323,7 +327,7 @@ impl Recommender {
         let budget = self
             .time_left(deadline)
             .map(|left| left.mul_f64(self.budgets.retrieval_share.clamp(0.0, 1.0)));
-        within(budget, "retrieval", |deadline| {
+        within(budget, ("retrieval", "search"), |deadline| {
             self.retrieval
                 .search(query, plan.num_candidates, &plan.filter, deadline)
         })
@@ -353,9 +357,11 @@ impl Recommender {
             context,
             version: req.model_version.clone().filter(|v| !v.is_empty()),
         };
-        let scoring = within(self.time_left(req.deadline), "ranking", |deadline| {
-            self.ranking.score(request, with_features, deadline)
-        });
+        let scoring = within(
+            self.time_left(req.deadline),
+            ("ranking", "rank"),
+            |deadline| self.ranking.score(request, with_features, deadline),
+        );
         let why = match scoring.await {
             Ok(s) if s.scores.len() == candidates.len() => {
                 return Ok(Ranked {
@@ -365,13 +371,17 @@ impl Recommender {
                     degraded: None,
                 });
             }
-            Ok(s) => format!(
-                "ranking failed: {} scores for {} candidates",
-                s.scores.len(),
-                candidates.len()
-            ),
+            Ok(s) => {
+                count_degraded("ranking_failed");
+                format!(
+                    "ranking failed: {} scores for {} candidates",
+                    s.scores.len(),
+                    candidates.len()
+                )
+            }
             Err(StageError::Unavailable(why)) => {
                 tracing::warn!(%why, "ranking failed; answering in retrieval order");
+                count_degraded("ranking_unavailable");
                 format!("ranking unavailable: {why}")
             }
             Err(e) => return Err(e.into()),
@@ -456,30 +466,48 @@ impl Recommender {
 /// Runs a stage call within `budget`; past it the call is dropped (a remote call is
 /// cancelled) and the stage counts as unavailable, so the pipeline degrades in time. The call
 /// is told its deadline, so that a remote stage learns it too.
+/// `tandem_stage_seconds{stage, call, outcome}` records each (outcome: ok, error, timeout,
+/// skipped).
 pub(crate) async fn within<T, Call>(
     budget: Option<Duration>,
-    stage: &str,
+    (stage, name): (&'static str, &'static str),
     call: impl FnOnce(Option<Instant>) -> Call,
 ) -> Result<T, StageError>
 where
     Call: std::future::Future<Output = Result<T, StageError>>,
 {
-    let Some(budget) = budget else {
-        return call(None).await;
+    let started = Instant::now();
+    let record = |outcome: &'static str| {
+        metrics::histogram!("tandem_stage_seconds", "stage" => stage, "call" => name, "outcome" => outcome)
+            .record(started.elapsed().as_secs_f64());
     };
-    if budget.is_zero() {
-        return Err(StageError::Unavailable(format!(
-            "{stage} skipped: no time left before the deadline"
-        )));
-    }
-    tokio::time::timeout(budget, call(Instant::now().checked_add(budget)))
-        .await
-        .unwrap_or_else(|_| {
-            Err(StageError::Unavailable(format!(
-                "{stage} timed out after its {} ms budget",
-                budget.as_millis()
-            )))
-        })
+    let result = match budget {
+        None => call(None).await,
+        Some(budget) if budget.is_zero() => {
+            record("skipped");
+            return Err(StageError::Unavailable(format!(
+                "{stage} skipped: no time left before the deadline"
+            )));
+        }
+        Some(budget) => match tokio::time::timeout(budget, call(started.checked_add(budget))).await
+        {
+            Ok(result) => result,
+            Err(_) => {
+                record("timeout");
+                return Err(StageError::Unavailable(format!(
+                    "{stage} timed out after its {} ms budget",
+                    budget.as_millis()
+                )));
+            }
+        },
+    };
+    record(if result.is_ok() { "ok" } else { "error" });
+    result
+}
+
+/// `tandem_recommend_degraded_total{reason}`: answers that a fallback made, by why.
+fn count_degraded(reason: &'static str) {
+    metrics::counter!("tandem_recommend_degraded_total", "reason" => reason).increment(1);
 }
 
 /// Puts each ranked item's model inputs beside it.

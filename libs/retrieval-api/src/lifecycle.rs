@@ -17,6 +17,7 @@ pub fn load_index(
     state: Option<&StateArgs>,
 ) -> Result<Arc<Index>, BoxError> {
     if let Some(index) = restore(params, state)? {
+        spawn_metrics(&index);
         return Ok(index);
     }
     let mut catalog = Catalog::open(items)?;
@@ -28,7 +29,9 @@ pub fn load_index(
         catalog = catalog.select(&rows);
         tracing::info!(%shard, items = catalog.len(), "serving one shard of the catalog");
     }
-    build(Arc::new(catalog), params, state)
+    let index = build(Arc::new(catalog), params, state)?;
+    spawn_metrics(&index);
+    Ok(index)
 }
 
 /// As `load_index` with the catalog already loaded (the embedded gateway shares it).
@@ -37,9 +40,42 @@ pub fn open_index(
     params: IndexParams,
     state: Option<&StateArgs>,
 ) -> Result<Arc<Index>, BoxError> {
-    match restore(params, state)? {
-        Some(index) => Ok(index),
-        None => build(catalog, params, state),
+    let index = match restore(params, state)? {
+        Some(index) => index,
+        None => build(catalog, params, state)?,
+    };
+    spawn_metrics(&index);
+    Ok(index)
+}
+
+/// How often the index's gauges are refreshed (Prometheus scrapes every 15-60 s).
+const METRICS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Keeps `tandem_index_*` gauges current while the index lives: live rows, tombstones, rows
+/// in the fresh segments, and the age of the last snapshot (absent until one is written).
+fn spawn_metrics(index: &Arc<Index>) {
+    let index = Arc::downgrade(index);
+    let spawned = std::thread::Builder::new()
+        .name("index-metrics".into())
+        .spawn(move || {
+            while let Some(index) = index.upgrade() {
+                let counts = index.counts();
+                drop(index);
+                metrics::gauge!("tandem_index_rows").set(counts.live as f64);
+                metrics::gauge!("tandem_index_tombstones").set(counts.tombstones as f64);
+                metrics::gauge!("tandem_index_fresh_rows").set(counts.fresh as f64);
+                if counts.last_snapshot_unix_ms > 0 {
+                    let now_ms = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as u64);
+                    let age = now_ms.saturating_sub(counts.last_snapshot_unix_ms);
+                    metrics::gauge!("tandem_index_snapshot_age_seconds").set(age as f64 / 1e3);
+                }
+                std::thread::sleep(METRICS_INTERVAL);
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the index metrics thread");
     }
 }
 

@@ -232,7 +232,22 @@ struct State {
     dead_indexed: usize,
 }
 
+/// Sizes of an index's parts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IndexCounts {
+    /// Items a search can return.
+    pub live: usize,
+    /// Deleted or replaced rows still in the graph or the fresh segments.
+    pub tombstones: usize,
+    /// Rows written since the graph was built, searched in the fresh segments.
+    pub fresh: usize,
+    /// When the last snapshot was written (0: none by this process).
+    pub last_snapshot_unix_ms: u64,
+}
+
 pub struct Index {
+    /// Set when a snapshot is written.
+    last_snapshot_ms: std::sync::atomic::AtomicU64,
     catalog: Arc<Catalog>,
     space: Space,
     params: IndexParams,
@@ -309,6 +324,7 @@ impl Index {
             }),
             writer: Mutex::new(None),
             rebuilding: AtomicBool::new(false),
+            last_snapshot_ms: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -404,6 +420,10 @@ impl Index {
         };
         let started = Instant::now();
         let path = snapshot::write(dir, &data)?;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.last_snapshot_ms.store(now_ms, Ordering::Relaxed);
         if let Some(through) = snapshot::log_needed_after(dir)
             && let Some(wal) = self.writer.lock().map_err(|_| poisoned())?.as_mut()
         {
@@ -480,6 +500,18 @@ impl Index {
         Ok(CurrentItems {
             state: self.read()?,
         })
+    }
+
+    /// What the index holds, for its metrics.
+    pub fn counts(&self) -> IndexCounts {
+        self.read()
+            .map(|s| IndexCounts {
+                live: s.rows.live(),
+                tombstones: s.dead_indexed,
+                fresh: s.fresh.len() + s.sealed.as_ref().map_or(0, |f| f.len()),
+                last_snapshot_unix_ms: self.last_snapshot_ms.load(Ordering::Relaxed),
+            })
+            .unwrap_or_default()
     }
 
     /// Items a search can return.

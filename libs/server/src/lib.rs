@@ -7,10 +7,12 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
+mod metrics;
 mod one_write;
 #[cfg(feature = "test-util")]
 pub mod testing;
 mod transport;
+pub use metrics::{GrpcMetricsLayer, MetricsArgs, ROWS_BUCKETS, SECONDS_BUCKETS};
 pub use one_write::OneWrite;
 use tonic::Status;
 use tonic::server::NamedService;
@@ -193,6 +195,7 @@ pub async fn serve(
     };
     let server = transport
         .apply(tonic::transport::Server::builder().tcp_nodelay(true))?
+        .layer(GrpcMetricsLayer::new())
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, signal);
     tokio::pin!(server);

@@ -5,7 +5,7 @@ use std::time::Duration;
 use tandem_ranking_api::{ModelArgs, ModelSettings};
 use tandem_retrieval::IndexParams;
 use tandem_retrieval_api::IndexArgs;
-use tandem_server::{AdminArgs, TransportArgs};
+use tandem_server::{AdminArgs, MetricsArgs, TransportArgs};
 
 /// tandem gateway: personalized recommendations over gRPC. With no stage addresses it runs
 /// every stage in this process (embedded); `--retrieval-addr` / `--ranking-addr` split them out.
@@ -115,6 +115,8 @@ pub struct Config {
     pub admin: AdminArgs,
     #[command(flatten)]
     pub transport: TransportArgs,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
     #[command(flatten)]
     pub index: IndexArgs,
     #[command(flatten)]

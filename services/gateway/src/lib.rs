@@ -48,6 +48,7 @@ pub async fn start(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<Gateway, BoxError> {
     let checked = config.validate()?;
+    config.metrics.install()?;
     let mut names = vec![service_name::<RecommenderServiceServer<RecommenderApi>>()];
     if config.retrieval_addr.is_none() {
         names.push(service_name::<RetrievalServiceServer<RetrievalApi>>());

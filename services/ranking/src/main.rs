@@ -10,7 +10,7 @@ use tandem_catalog::Catalog;
 use tandem_proto::v1::ranking_admin_service_server::RankingAdminServiceServer;
 use tandem_proto::v1::ranking_service_server::RankingServiceServer;
 use tandem_ranking_api::{ModelArgs, RankingAdminApi, RankingApi, load_ranker};
-use tandem_server::{AdminArgs, Ready, TransportArgs};
+use tandem_server::{AdminArgs, MetricsArgs, Ready, TransportArgs};
 
 /// Ranking server: scores candidates with the ONNX ranking model.
 #[derive(Debug, Parser)]
@@ -27,6 +27,8 @@ struct Config {
     #[command(flatten)]
     transport: TransportArgs,
     #[command(flatten)]
+    metrics: MetricsArgs,
+    #[command(flatten)]
     model: ModelArgs,
 }
 
@@ -35,6 +37,7 @@ async fn main() -> anyhow::Result<()> {
     tandem_server::init_tracing();
     let config = Config::parse();
     let transport = config.transport.load().map_err(anyhow::Error::msg)?;
+    config.metrics.install().map_err(anyhow::Error::msg)?;
     let settings = config.model.validate().map_err(anyhow::Error::msg)?;
     let admin = config.admin.token();
     admin.warn_if_open(config.listen);

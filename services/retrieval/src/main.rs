@@ -8,7 +8,7 @@ use clap::Parser;
 use tandem_proto::v1::retrieval_service_server::RetrievalServiceServer;
 use tandem_retrieval::Shard;
 use tandem_retrieval_api::{IndexArgs, RetrievalApi, load_index};
-use tandem_server::{AdminArgs, Ready, TransportArgs};
+use tandem_server::{AdminArgs, MetricsArgs, Ready, TransportArgs};
 
 /// Retrieval server: nearest catalog items to a query vector under a filter.
 #[derive(Debug, Parser)]
@@ -29,6 +29,8 @@ struct Config {
     #[command(flatten)]
     transport: TransportArgs,
     #[command(flatten)]
+    metrics: MetricsArgs,
+    #[command(flatten)]
     index: IndexArgs,
 }
 
@@ -37,6 +39,7 @@ async fn main() -> anyhow::Result<()> {
     tandem_server::init_tracing();
     let config = Config::parse();
     let transport = config.transport.load().map_err(anyhow::Error::msg)?;
+    config.metrics.install().map_err(anyhow::Error::msg)?;
     let mut params = config.index.validate().map_err(anyhow::Error::msg)?;
     params.shard = config.shard;
     anyhow::ensure!(
