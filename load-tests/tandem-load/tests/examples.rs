@@ -34,6 +34,7 @@ fn every_example_config_is_valid() -> Result<(), Box<dyn std::error::Error>> {
         "recommend-warm.json",
         "record-events.json",
         "search.json",
+        "warm-users.json",
     ] {
         assert!(
             names.iter().any(|n| n == expected),
