@@ -169,7 +169,7 @@ fn code_name(code: &[u8]) -> &'static str {
 /// `grpc_server_handling_seconds` (until the last frame).
 #[derive(Clone)]
 pub struct GrpcMetricsLayer {
-    methods: Arc<HashMap<String, MethodMetrics>>,
+    methods: Arc<HashMap<String, Arc<MethodMetrics>>>,
 }
 
 impl std::fmt::Debug for GrpcMetricsLayer {
@@ -188,7 +188,7 @@ impl GrpcMetricsLayer {
             .into_iter()
             .filter_map(|(path, kind)| {
                 let (service, method) = path.trim_start_matches('/').split_once('/')?;
-                let metrics = MethodMetrics::new(kind, service, method);
+                let metrics = Arc::new(MethodMetrics::new(kind, service, method));
                 Some((path, metrics))
             })
             .collect();
@@ -218,7 +218,7 @@ impl<S> tower_layer::Layer<S> for GrpcMetricsLayer {
 #[derive(Clone)]
 pub struct GrpcMetrics<S> {
     inner: S,
-    methods: Arc<HashMap<String, MethodMetrics>>,
+    methods: Arc<HashMap<String, Arc<MethodMetrics>>>,
 }
 
 impl<S> std::fmt::Debug for GrpcMetrics<S> {
@@ -229,8 +229,7 @@ impl<S> std::fmt::Debug for GrpcMetrics<S> {
 
 /// The method being called and when it started, until its answer is done.
 struct InFlight {
-    methods: Arc<HashMap<String, MethodMetrics>>,
-    path: String,
+    method: Arc<MethodMetrics>,
     started: Instant,
     done: bool,
 }
@@ -239,9 +238,7 @@ impl InFlight {
     fn finish(&mut self, code: &'static str) {
         if !self.done {
             self.done = true;
-            if let Some(m) = self.methods.get(&self.path) {
-                m.finish(code, self.started);
-            }
+            self.method.finish(code, self.started);
         }
     }
 }
@@ -270,12 +267,10 @@ where
     }
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
-        let path = request.uri().path();
-        let in_flight = self.methods.get(path).map(|m| {
+        let in_flight = self.methods.get(request.uri().path()).map(|m| {
             m.started.increment(1);
             InFlight {
-                methods: self.methods.clone(),
-                path: path.to_owned(),
+                method: m.clone(),
                 started: Instant::now(),
                 done: false,
             }

@@ -271,6 +271,14 @@ mod tests {
         assert!(p.next(Duration::from_secs(1)).is_none());
     }
 
+    /// Send times in [a, b) seconds.
+    fn count_in(times: &[f64], a: f64, b: f64) -> usize {
+        times
+            .iter()
+            .filter(|t| **t >= a - 1e-9 && **t < b - 1e-9)
+            .count()
+    }
+
     #[test]
     fn step_schedule_follows_ghz() {
         // 10 rps for 1s, 20 for 1s, then capped at 25.
@@ -279,12 +287,7 @@ mod tests {
                "load-step-duration": "1s", "duration": "4s""#,
         );
         let times = all_times(&mut p);
-        let in_window = |a: f64, b: f64| {
-            times
-                .iter()
-                .filter(|t| **t >= a - 1e-9 && **t < b - 1e-9)
-                .count()
-        };
+        let in_window = |a: f64, b: f64| count_in(&times, a, b);
         assert_eq!(in_window(0.0, 1.0), 10);
         assert_eq!(in_window(1.0, 2.0), 20);
         assert_eq!(in_window(2.0, 3.0), 25);
@@ -299,12 +302,7 @@ mod tests {
                "load-max-duration": "2s", "duration": "4s""#,
         );
         let times = all_times(&mut p);
-        let in_window = |a: f64, b: f64| {
-            times
-                .iter()
-                .filter(|t| **t >= a - 1e-9 && **t < b - 1e-9)
-                .count()
-        };
+        let in_window = |a: f64, b: f64| count_in(&times, a, b);
         assert_eq!(in_window(0.0, 1.0), 5);
         assert_eq!(in_window(1.0, 2.0), 10);
         assert_eq!(in_window(2.0, 3.0), 15);

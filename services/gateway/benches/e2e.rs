@@ -44,24 +44,20 @@ fn thread_cpu_ns() -> u64 {
 }
 
 /// Server CPU of calls `from..from + n` of `f` (process CPU less this thread's), in ns.
-fn server_ns(from: usize, n: usize, mut f: impl FnMut(usize)) -> u64 {
+fn server_ns(
+    from: usize,
+    n: usize,
+    mut f: impl FnMut(usize) -> Result<(), BenchError>,
+) -> Result<u64, BenchError> {
     let (p0, t0) = (process_cpu_ns(), thread_cpu_ns());
     for i in from..from + n {
-        f(i);
+        f(i)?;
     }
-    let (p1, t1) = (process_cpu_ns(), thread_cpu_ns());
-    (p1 - p0).saturating_sub(t1 - t0)
-}
-
-type BenchError = Box<dyn std::error::Error + Send + Sync>;
-
-/// Server CPU of one h2load run (this thread only waits for it), in ns.
-fn server_ns_h2load(run: impl FnOnce() -> Result<(), BenchError>) -> Result<u64, BenchError> {
-    let (p0, t0) = (process_cpu_ns(), thread_cpu_ns());
-    run()?;
     let (p1, t1) = (process_cpu_ns(), thread_cpu_ns());
     Ok((p1 - p0).saturating_sub(t1 - t0))
 }
+
+type BenchError = Box<dyn std::error::Error + Send + Sync>;
 
 /// h2load on PATH, unless `TANDEM_E2E_CLIENT=tonic` asks for the in-process client.
 fn h2load_binary() -> Option<PathBuf> {
@@ -243,9 +239,10 @@ fn main() -> Result<(), BenchError> {
     }
     let health_body = bodies.join("health.bin");
     std::fs::write(&health_body, grpc_frame(&[]))?;
-    let mut recommend = |i: usize| {
+    let mut recommend = |i: usize| -> Result<(), BenchError> {
         let answer = client.block_on(rec.recommend(request(i)));
         assert!(answer.is_ok_and(|a| a.get_ref().items.len() == K as usize));
+        Ok(())
     };
 
     // The stages on their own: the users' queries as the mean of their items (the pipeline
@@ -288,18 +285,19 @@ fn main() -> Result<(), BenchError> {
         let scored = client.block_on(ranker.rank(prepared[i % USERS].clone()));
         assert!(scored.is_ok());
     };
-    let mut check = |_: usize| {
+    let mut check = |_: usize| -> Result<(), BenchError> {
         let answer = client.block_on(health.check(HealthCheckRequest::default()));
         assert!(answer.is_ok());
+        Ok(())
     };
 
     // Warm-up, then rounds that take turns, so that drift on a shared machine (other tenants,
     // frequency) weighs on every figure alike.
     for i in 0..requests / 10 {
-        recommend(i);
+        recommend(i)?;
         search(i)?;
         rank(i);
-        check(i);
+        check(i)?;
     }
     if let Some(h2) = &h2load_client {
         h2load(h2, &format!("{url}{RECOMMEND}"), &body_of(0), requests / 10)?;
@@ -311,10 +309,11 @@ fn main() -> Result<(), BenchError> {
         let from = round * per_round;
         // h2load sends one body per run: each round asks for another user.
         let recommend_cpu = match &h2load_client {
-            Some(h2) => server_ns_h2load(|| {
+            // One h2load run of `per_round` calls; this thread only waits for it.
+            Some(h2) => server_ns(0, 1, |_| {
                 h2load(h2, &format!("{url}{RECOMMEND}"), &body_of(round), per_round)
             })?,
-            None => server_ns(from, per_round, &mut recommend),
+            None => server_ns(from, per_round, &mut recommend)?,
         };
         let mut cpu = Figures {
             recommend: recommend_cpu,
@@ -333,10 +332,10 @@ fn main() -> Result<(), BenchError> {
         }
         cpu.rank = process_cpu_ns() - p0;
         cpu.grpc = match &h2load_client {
-            Some(h2) => {
-                server_ns_h2load(|| h2load(h2, &format!("{url}{HEALTH}"), &health_body, per_round))?
-            }
-            None => server_ns(from, per_round, &mut check),
+            Some(h2) => server_ns(0, 1, |_| {
+                h2load(h2, &format!("{url}{HEALTH}"), &health_body, per_round)
+            })?,
+            None => server_ns(from, per_round, &mut check)?,
         };
         // The two stages taking turns, as a request runs them: each finds the caches as
         // the other left them.

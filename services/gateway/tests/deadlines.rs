@@ -33,7 +33,10 @@ impl pb::ranking_service_server::RankingService for SlowRanking {
     }
 }
 
-async fn slow_ranking(delay: Duration) -> SocketAddr {
+/// A ranking server on loopback answering with `service`.
+async fn serve_ranking(
+    service: impl pb::ranking_service_server::RankingService + 'static,
+) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -41,11 +44,15 @@ async fn slow_ranking(delay: Duration) -> SocketAddr {
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(pb::ranking_service_server::RankingServiceServer::new(
-                SlowRanking { delay },
+                service,
             ))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
     addr
+}
+
+async fn slow_ranking(delay: Duration) -> SocketAddr {
+    serve_ranking(SlowRanking { delay }).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -243,20 +250,11 @@ fn parse_grpc_timeout(value: &str) -> Option<Duration> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remote_stages_learn_the_deadline_and_stop_when_it_passes() {
     let seen = Observed::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let ranking = listener.local_addr().expect("addr");
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(pb::ranking_service_server::RankingServiceServer::new(
-                ObservedRanking {
-                    delay: Duration::from_secs(5),
-                    seen: seen.clone(),
-                },
-            ))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
+    let ranking = serve_ranking(ObservedRanking {
+        delay: Duration::from_secs(5),
+        seen: seen.clone(),
+    })
+    .await;
     let gw = start(config(&[
         &format!("--ranking-addr={ranking}"),
         "--stage-timeout-ms=10000",

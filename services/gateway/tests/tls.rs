@@ -46,26 +46,16 @@ async fn start_tls(
     config: tandem_gateway::Config,
     ca: &Path,
     identity: Option<(&Path, &Path)>,
-) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let gateway = tandem_gateway::start(config, async {
-        let _ = stopped.await;
-    })
-    .await
-    .expect("start");
-    gateway
-        .loaded
-        .await
-        .expect("load task")
-        .expect("stages load");
-    let status = HealthClient::new(tls_channel(gateway.addr, ca, identity).await)
+) -> Running {
+    let running = start_loaded(config).await;
+    let status = HealthClient::new(tls_channel(running.addr, ca, identity).await)
         .check(HealthCheckRequest::default())
         .await
         .expect("health over TLS")
         .into_inner()
         .status();
     assert_eq!(status, ServingStatus::Serving);
-    (gateway.addr, stop)
+    running
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -77,7 +67,7 @@ async fn split_stages_over_mutual_tls_serve_certified_gateways_only() {
     let (front_cert, front_key) = ca.leaf("gateway", &["localhost"]).expect("gateway cert");
     let flag = |name: &str, path: &Path| format!("--{name}={}", path.display());
 
-    let (stages, _stop_stages) = start_tls(
+    let stages = start_tls(
         config(&[
             &flag("tls-cert", &stage_cert),
             &flag("tls-key", &stage_key),
@@ -87,7 +77,7 @@ async fn split_stages_over_mutual_tls_serve_certified_gateways_only() {
         Some((&front_cert, &front_key)),
     )
     .await;
-    let stage_addr = format!("localhost:{}", stages.port());
+    let stage_addr = format!("localhost:{}", stages.addr.port());
     let split = |extra: &[String]| {
         let mut flags = vec![
             format!("--retrieval-addr={stage_addr}"),
@@ -101,14 +91,14 @@ async fn split_stages_over_mutual_tls_serve_certified_gateways_only() {
     };
 
     // With its certificate: the stages answer, the model ranks.
-    let (front, _stop_front) = start_tls(
+    let front = start_tls(
         split(&[flag("tls-cert", &front_cert), flag("tls-key", &front_key)]),
         &ca_file,
         None,
     )
     .await;
     let mut client = pb::recommender_service_client::RecommenderServiceClient::new(
-        tls_channel(front, &ca_file, None).await,
+        tls_channel(front.addr, &ca_file, None).await,
     );
     clicks_in(&mut client, "secure", "kitchen", 3).await;
     let answer = client

@@ -69,8 +69,9 @@ pub struct Running {
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
-/// Starts a gateway and waits until it is SERVING.
-pub async fn start(config: Config) -> Running {
+/// Starts a gateway and waits until its stages are loaded (health not checked: the caller
+/// knows how to reach it, e.g. over TLS).
+pub async fn start_loaded(config: Config) -> Running {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let gateway: Gateway = tandem_gateway::start(config, async {
         let _ = stopped.await;
@@ -82,9 +83,17 @@ pub async fn start(config: Config) -> Running {
         .await
         .expect("load task")
         .expect("stages load");
-    let addr = gateway.addr;
-    assert_eq!(health(addr, "").await, ServingStatus::Serving);
-    Running { addr, _stop: stop }
+    Running {
+        addr: gateway.addr,
+        _stop: stop,
+    }
+}
+
+/// Starts a gateway and waits until it is SERVING.
+pub async fn start(config: Config) -> Running {
+    let running = start_loaded(config).await;
+    assert_eq!(health(running.addr, "").await, ServingStatus::Serving);
+    running
 }
 
 pub async fn channel(addr: SocketAddr) -> Channel {
