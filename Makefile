@@ -19,7 +19,7 @@ MODEL ?= ranker
 ORT_DYLIB_PATH = $$(ls $(CURDIR)/$(VENV)/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* 2>/dev/null | head -n1)
 PIPELINE_SRC := $(wildcard models/tandem_pipeline/*.py)
 
-.PHONY: helm-test help run run-split run-gpu gpu-venv build data test-data test lint buf-lint bench bench-e2e bench-e2e-h2load bench-ann bench-ann-large bench-ranking bench-ranking-gpu train-from-served clean
+.PHONY: loadtest helm-test help run run-split run-gpu gpu-venv build data test-data test lint buf-lint bench bench-e2e bench-e2e-h2load bench-ann bench-ann-large bench-ranking bench-ranking-gpu train-from-served clean
 
 help:
 	@echo "make run        start tandem (embedded) on $(LISTEN) with the demo catalog and model"
@@ -27,6 +27,7 @@ help:
 	@echo "make test       run every check and test"
 	@echo "make data       (re)generate the demo data: DEMO_ITEMS=1000000 for the large catalog"
 	@echo "make bench      criterion benches of the hot paths (cargo bench)"
+	@echo "make loadtest   throughput at p99 <= 10/50 ms (tandem-load): demo and 1M, embedded and split"
 	@echo "make helm-test  lint, render and validate the Helm chart offline (part of make test)"
 	@echo "make bench-e2e  embedded Recommend server CPU vs its stages (demo and 1M catalogs)"
 	@echo "make bench-e2e-h2load  the release gateway binary from outside (h2load): server CPU per Recommend and Health"
@@ -89,9 +90,17 @@ test: $(VENV)/.installed data/test/eval.json data/demo/eval.json lint helm-test
 		TANDEM_DEMO_DATA=$(abspath data/demo) \
 		TANDEM_PYTHON=$(abspath $(PY)) cargo test --workspace
 	TANDEM_TEST_DATA=$(abspath data/test) $(PY) .ci/test_image.py
+	ORT_DYLIB_PATH=$(ORT_DYLIB_PATH) $(PY) load-tests/loadtest.py --quick --bin-dir target/debug \
+		--catalog test --topology embedded --rps 100 --seconds 5 --max-p99 50
 
 bench:
 	cargo bench --workspace
+
+# Throughput at p99 <= 10 ms and <= 50 ms: demo and 1M catalogs, embedded and split, driven by
+# tandem-load from outside; tables and every step in load-tests/results/.
+loadtest: $(VENV)/.installed data/demo/eval.json data/large/eval.json
+	cargo build --release --bins --locked
+	ORT_DYLIB_PATH=$(ORT_DYLIB_PATH) $(PY) load-tests/loadtest.py
 
 $(VENV)/.bench-installed: $(VENV)/.installed load-tests/ann/requirements.txt
 	$(VENV)/bin/pip install --quiet -r load-tests/ann/requirements.txt

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use tandem_catalog::{Catalog, ItemIdx};
 use tandem_personalization::{QueryConfig, StateStore};
 use tandem_retrieval::FilterSpec;
+use tracing::Instrument as _;
 
 use tandem_events::{ServedCandidate, ServedFeature, ServedLog, ServedRecord};
 use tandem_ranking::{FeatureValues, ScoreRequest};
@@ -236,14 +237,18 @@ impl Recommender {
         req: &RecommendRequest,
     ) -> Result<Recommendation, RecommendError> {
         let now = now_ms();
-        let plan = plan(
-            &self.catalog,
-            &self.rules,
-            &self.query,
-            req,
-            self.state.user(&req.user_id),
-            now,
-        )?;
+        // The steps' spans (plan, retrieve, rank, rules) sit under the call's server span;
+        // they cost nothing while no trace is exported.
+        let plan = tracing::info_span!("plan").in_scope(|| {
+            plan(
+                &self.catalog,
+                &self.rules,
+                &self.query,
+                req,
+                self.state.user(&req.user_id),
+                now,
+            )
+        })?;
         let deadline = req.deadline;
         let Some(query) = &plan.query else {
             // Nothing to personalize on: trending items, those of the page's categories first.
@@ -251,6 +256,7 @@ impl Recommender {
             let items = self
                 .finisher()
                 .finish(&plan, Vec::new(), &prefer, || self.time_left(deadline))
+                .instrument(rules_span())
                 .await;
             let answer = Recommendation {
                 items,
@@ -259,10 +265,27 @@ impl Recommender {
             };
             return Ok(self.served(&req.user_id, now, plan, answer));
         };
-        let (candidates, partial) = match self.retrieve(&plan, query, deadline).await {
-            Ok(retrieved) => (retrieved.candidates, retrieved.partial),
+        let retrieve_span = tracing::info_span!(
+            "retrieve",
+            tandem.candidates = tracing::field::Empty,
+            tandem.partial = tracing::field::Empty,
+        );
+        let retrieved = self
+            .retrieve(&plan, query, deadline)
+            .instrument(retrieve_span.clone())
+            .await;
+        let (candidates, partial) = match retrieved {
+            Ok(retrieved) => {
+                retrieve_span.record("tandem.candidates", retrieved.candidates.len());
+                if let Some(partial) = &retrieved.partial {
+                    retrieve_span.record("tandem.partial", partial.as_str());
+                }
+                (retrieved.candidates, retrieved.partial)
+            }
             Err(StageError::Unavailable(why)) => {
-                tracing::warn!(%why, "retrieval failed; answering with trending items");
+                retrieve_span.in_scope(|| {
+                    tracing::warn!(%why, "retrieval failed; answering with trending items");
+                });
                 count_degraded("retrieval_unavailable");
                 let answer = Recommendation {
                     // Nor can retrieval be asked about the backfilled items.
@@ -275,9 +298,19 @@ impl Recommender {
             Err(e) => return Err(e.into()),
         };
         let log_this = self.sampled(&req.request_id);
+        let rank_span = tracing::info_span!(
+            "rank",
+            tandem.model_version = tracing::field::Empty,
+            tandem.degraded = tracing::field::Empty,
+        );
         let ranked = self
             .score(&plan, req, query, &candidates, req.explain || log_this)
+            .instrument(rank_span.clone())
             .await?;
+        rank_span.record("tandem.model_version", ranked.model_version.as_str());
+        if let Some(degraded) = &ranked.degraded {
+            rank_span.record("tandem.degraded", degraded.as_str());
+        }
         let placed: Vec<Placed> = candidates
             .iter()
             .zip(&ranked.scores)
@@ -290,6 +323,7 @@ impl Recommender {
         let mut items = self
             .finisher()
             .finish(&plan, placed, &HashSet::new(), || self.time_left(deadline))
+            .instrument(rules_span())
             .await;
         if log_this {
             self.log_served(req, &ranked, &candidates, &items);
@@ -503,6 +537,11 @@ where
     };
     record(if result.is_ok() { "ok" } else { "error" });
     result
+}
+
+/// The span of the last step: business rules, backfill and the backfill's check.
+fn rules_span() -> tracing::Span {
+    tracing::info_span!("rules")
 }
 
 /// `tandem_recommend_degraded_total{reason}`: answers that a fallback made, by why.

@@ -1,5 +1,8 @@
 //! `tandem.v1.RetrievalService` handlers: wire types in, index calls, wire types out.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use tandem_proto::v1 as pb;
 use tandem_retrieval::{FilterSpec, Index, ItemUpdate, RetrievalError, SearchParams};
 use tandem_server::{AdminToken, Ready};
@@ -78,6 +81,25 @@ impl RetrievalApi {
     }
 }
 
+/// True while the call's handler lives; cleared when it is dropped.
+struct CallerWaiting(Arc<AtomicBool>);
+
+impl CallerWaiting {
+    fn new() -> Self {
+        Self(Arc::new(AtomicBool::new(true)))
+    }
+
+    fn flag(&self) -> Arc<AtomicBool> {
+        self.0.clone()
+    }
+}
+
+impl Drop for CallerWaiting {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Relaxed);
+    }
+}
+
 #[tonic::async_trait]
 impl pb::retrieval_service_server::RetrievalService for RetrievalApi {
     async fn search(
@@ -93,9 +115,18 @@ impl pb::retrieval_service_server::RetrievalService for RetrievalApi {
             k: req.k as usize,
             ef_search: req.ef_search.map(|e| e as usize),
         };
+        // The handler is dropped when its caller goes (cancelled, or its `grpc-timeout`
+        // passed); a search still waiting for a blocking thread then never starts.
+        let caller = CallerWaiting::new();
+        let span = tracing::info_span!("ann.search", tandem.k = params.k);
         let found = tokio::task::spawn_blocking({
-            let index = index.clone();
-            move || index.search(&req.vector, &filter, params)
+            let (index, waiting) = (index.clone(), caller.flag());
+            move || {
+                if !waiting.load(Ordering::Relaxed) {
+                    return Ok(Vec::new());
+                }
+                span.in_scope(|| index.search(&req.vector, &filter, params))
+            }
         })
         .await
         .map_err(|e| Status::internal(format!("search task failed: {e}")))?

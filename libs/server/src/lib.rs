@@ -11,14 +11,16 @@ mod metrics;
 mod one_write;
 #[cfg(feature = "test-util")]
 pub mod testing;
+mod traces;
 mod transport;
-pub use metrics::{GrpcMetricsLayer, MetricsArgs, ROWS_BUCKETS, SECONDS_BUCKETS};
+pub use metrics::{GrpcTelemetryLayer, MetricsArgs, ROWS_BUCKETS, SECONDS_BUCKETS};
 pub use one_write::OneWrite;
 use tonic::Status;
 use tonic::server::NamedService;
 use tonic::service::Routes;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
+pub use traces::{Telemetry, TelemetryError, client_span, init_telemetry, record_client_status};
 pub use transport::{ServerTransport, TransportArgs};
 
 /// Every binary that links the servers' plumbing (the three services, their tests and the e2e
@@ -33,17 +35,6 @@ pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
 /// How long in-flight requests may run after a shutdown signal.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-
-/// Logs to stderr; `RUST_LOG` filters (default `info`).
-pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,ort=warn,hnsw_rs=warn"));
-    // A second init (tests starting several servers) is harmless.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
-}
 
 /// State loaded after the server starts listening; handlers answer UNAVAILABLE until then.
 #[derive(Debug)]
@@ -195,7 +186,7 @@ pub async fn serve(
     };
     let server = transport
         .apply(tonic::transport::Server::builder().tcp_nodelay(true))?
-        .layer(GrpcMetricsLayer::new())
+        .layer(GrpcTelemetryLayer::new())
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, signal);
     tokio::pin!(server);

@@ -163,24 +163,25 @@ fn code_name(code: &[u8]) -> &'static str {
     }
 }
 
-/// go-grpc-prometheus's server metrics for every call: `grpc_server_started_total`,
+/// go-grpc-prometheus's server metrics and the server span (see [`crate::traces`]) of every
+/// call. Metrics: `grpc_server_started_total`,
 /// `grpc_server_handled_total` (by code: from the trailers, or from the headers of a
 /// trailers-only answer; "Canceled" when the client went away first) and
 /// `grpc_server_handling_seconds` (until the last frame).
 #[derive(Clone)]
-pub struct GrpcMetricsLayer {
+pub struct GrpcTelemetryLayer {
     methods: Arc<HashMap<String, Arc<MethodMetrics>>>,
 }
 
-impl std::fmt::Debug for GrpcMetricsLayer {
+impl std::fmt::Debug for GrpcTelemetryLayer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GrpcMetricsLayer")
+        f.debug_struct("GrpcTelemetryLayer")
             .field("methods", &self.methods.len())
             .finish()
     }
 }
 
-impl GrpcMetricsLayer {
+impl GrpcTelemetryLayer {
     /// One set of handles per known method; calls to unknown paths are not counted (they get
     /// UNIMPLEMENTED, and counting them would let callers mint label values).
     pub fn new() -> Self {
@@ -198,17 +199,17 @@ impl GrpcMetricsLayer {
     }
 }
 
-impl Default for GrpcMetricsLayer {
+impl Default for GrpcTelemetryLayer {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl<S> tower_layer::Layer<S> for GrpcMetricsLayer {
-    type Service = GrpcMetrics<S>;
+impl<S> tower_layer::Layer<S> for GrpcTelemetryLayer {
+    type Service = GrpcTelemetry<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        GrpcMetrics {
+        GrpcTelemetry {
             inner,
             methods: self.methods.clone(),
         }
@@ -216,29 +217,36 @@ impl<S> tower_layer::Layer<S> for GrpcMetricsLayer {
 }
 
 #[derive(Clone)]
-pub struct GrpcMetrics<S> {
+pub struct GrpcTelemetry<S> {
     inner: S,
     methods: Arc<HashMap<String, Arc<MethodMetrics>>>,
 }
 
-impl<S> std::fmt::Debug for GrpcMetrics<S> {
+impl<S> std::fmt::Debug for GrpcTelemetry<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("GrpcMetrics")
+        f.write_str("GrpcTelemetry")
     }
 }
 
-/// The method being called and when it started, until its answer is done.
+/// The method being called, when it started and its server span, until its answer is done.
 struct InFlight {
     method: Arc<MethodMetrics>,
     started: Instant,
+    span: tracing::Span,
     done: bool,
 }
 
 impl InFlight {
-    fn finish(&mut self, code: &'static str) {
+    /// `code`: the `grpc-status` value.
+    fn finish(&mut self, code: &[u8]) {
         if !self.done {
             self.done = true;
-            self.method.finish(code, self.started);
+            self.method.finish(code_name(code), self.started);
+            let code = std::str::from_utf8(code)
+                .ok()
+                .and_then(|c| c.parse().ok())
+                .map_or(tonic::Code::Unknown, tonic::Code::from_i32);
+            crate::traces::record_server_status(&self.span, code);
         }
     }
 }
@@ -246,11 +254,11 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         // Dropped before the status went out: the client cancelled (or the connection died).
-        self.finish("Canceled");
+        self.finish(b"1");
     }
 }
 
-impl<S, ReqBody, ResBody> tower_service::Service<http::Request<ReqBody>> for GrpcMetrics<S>
+impl<S, ReqBody, ResBody> tower_service::Service<http::Request<ReqBody>> for GrpcTelemetry<S>
 where
     S: tower_service::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
     S::Future: Send + 'static,
@@ -272,10 +280,14 @@ where
             InFlight {
                 method: m.clone(),
                 started: Instant::now(),
+                span: crate::traces::server_span(&m.labels[1].1, &m.labels[2].1, request.headers()),
                 done: false,
             }
         });
-        let answer = self.inner.call(request);
+        let span = in_flight
+            .as_ref()
+            .map_or_else(tracing::Span::none, |f| f.span.clone());
+        let answer = tracing::Instrument::instrument(self.inner.call(request), span);
         Box::pin(async move {
             let response = answer.await?;
             let mut in_flight = in_flight;
@@ -283,7 +295,7 @@ where
             if let (Some(flight), Some(code)) =
                 (in_flight.as_mut(), response.headers().get("grpc-status"))
             {
-                flight.finish(code_name(code.as_bytes()));
+                flight.finish(code.as_bytes());
             }
             Ok(response.map(|body| MeteredBody { body, in_flight }))
         })
@@ -313,10 +325,7 @@ impl<B: Body> Body for MeteredBody<B> {
             && let Some(trailers) = frame.trailers_ref()
             && let Some(flight) = this.in_flight.as_mut()
         {
-            let code = trailers
-                .get("grpc-status")
-                .map_or("Unknown", |c| code_name(c.as_bytes()));
-            flight.finish(code);
+            flight.finish(trailers.get("grpc-status").map_or(b"2", |c| c.as_bytes()));
         }
         frame
     }

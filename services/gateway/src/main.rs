@@ -5,7 +5,7 @@ use tandem_gateway::Config;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tandem_server::init_tracing();
+    let _telemetry = tandem_server::init_telemetry("tandem-gateway")?;
     let config = Config::parse();
     let gateway = tandem_gateway::start(config, tandem_server::shutdown_signal())
         .await

@@ -34,7 +34,7 @@ struct Config {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tandem_server::init_tracing();
+    let _telemetry = tandem_server::init_telemetry("tandem-ranking")?;
     let config = Config::parse();
     let transport = config.transport.load().map_err(anyhow::Error::msg)?;
     config.metrics.install().map_err(anyhow::Error::msg)?;

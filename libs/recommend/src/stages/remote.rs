@@ -12,6 +12,7 @@ use tandem_ranking::{FeatureValues, ScoreRequest};
 use tandem_retrieval::ItemFilter;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic_types::StatusExt;
+use tracing::Instrument as _;
 
 use super::{Candidate, CandidateStage, ItemStatus, Retrieved, Scored, ScoringStage};
 use crate::StageError;
@@ -79,13 +80,37 @@ fn ran_out(status: &tonic::Status, started: Instant, left: Duration) -> bool {
     ) && started.elapsed() >= left
 }
 
-/// `message` with `left` sent as `grpc-timeout` (tonic's `Endpoint::timeout` only bounds the
-/// call here; the header is what lets the stage stop working for a caller that has gone).
-fn with_timeout<T>(message: T, left: Duration) -> tonic::Request<T> {
+/// `message` as a call to `service/method` at `peer`, with `left` sent as `grpc-timeout`
+/// (tonic's `Endpoint::timeout` only bounds the call here; the header is what lets the stage
+/// stop working for a caller that has gone) and the call's client span, whose trace context
+/// the metadata carries to the stage.
+fn outgoing<T>(
+    message: T,
+    left: Duration,
+    (service, method): (&'static str, &'static str),
+    peer: &str,
+) -> (tonic::Request<T>, tracing::Span) {
     let mut request = tonic::Request::new(message);
     request.set_timeout(left);
-    request
+    let span = tandem_server::client_span(&mut request, service, method, peer);
+    (request, span)
 }
+
+/// Runs an outgoing call in its client span and records how it ended.
+async fn traced<T>(
+    span: tracing::Span,
+    call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<tonic::Response<T>, tonic::Status> {
+    let answer = call.instrument(span.clone()).await;
+    let code = answer
+        .as_ref()
+        .map_or_else(tonic::Status::code, |_| tonic::Code::Ok);
+    tandem_server::record_client_status(&span, code);
+    answer
+}
+
+const RETRIEVAL_SERVICE: &str = "tandem.v1.RetrievalService";
+const RANKING_SERVICE: &str = "tandem.v1.RankingService";
 
 /// A stage's status back to the domain error the stage made it from, by its code and
 /// `google.rpc` details, never by its text: the caller's mistakes stay the caller's, anything
@@ -182,7 +207,7 @@ impl RemoteRetrieval {
     async fn each_shard<T, Fut>(
         &self,
         left: Duration,
-        call: impl Fn(RetrievalClient, Duration) -> Fut,
+        call: impl Fn(RetrievalClient, &str, Duration) -> Fut,
     ) -> Result<Vec<(String, Option<Result<T, tonic::Status>>)>, StageError>
     where
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>
@@ -199,7 +224,7 @@ impl RemoteRetrieval {
         };
         if let [(addr, client)] = &self.shards[..] {
             // One server: no task to spawn.
-            let answer = tokio::time::timeout(left, call(client.clone(), left))
+            let answer = tokio::time::timeout(left, call(client.clone(), addr, left))
                 .await
                 .ok();
             return Ok(vec![(addr.clone(), in_time(answer))]);
@@ -208,7 +233,7 @@ impl RemoteRetrieval {
             .shards
             .iter()
             .map(|(addr, client)| {
-                let (answer, addr) = (call(client.clone(), left), addr.clone());
+                let (answer, addr) = (call(client.clone(), addr, left), addr.clone());
                 tokio::spawn(async move {
                     let answer = tokio::time::timeout(left, answer).await.ok();
                     (addr, in_time(answer))
@@ -264,9 +289,10 @@ impl CandidateStage for RemoteRetrieval {
             ef_search: None,
         };
         let answers = self
-            .each_shard(left, move |mut client, left| {
-                let request = with_timeout(request.clone(), left);
-                async move { client.search(request).await }
+            .each_shard(left, move |mut client, peer, left| {
+                let (request, span) =
+                    outgoing(request.clone(), left, (RETRIEVAL_SERVICE, "Search"), peer);
+                traced(span, async move { client.search(request).await })
             })
             .await?;
         let mut merged = Vec::new();
@@ -333,9 +359,10 @@ impl CandidateStage for RemoteRetrieval {
                 .collect(),
         };
         let answers = self
-            .each_shard(left, move |mut client, left| {
-                let request = with_timeout(request.clone(), left);
-                async move { client.get_items(request).await }
+            .each_shard(left, move |mut client, peer, left| {
+                let (request, span) =
+                    outgoing(request.clone(), left, (RETRIEVAL_SERVICE, "GetItems"), peer);
+                traced(span, async move { client.get_items(request).await })
             })
             .await?;
         let mut statuses: Vec<Option<ItemStatus>> = vec![None; items.len()];
@@ -393,6 +420,8 @@ impl CandidateStage for RemoteRetrieval {
 #[derive(Debug, Clone)]
 pub struct RemoteRanking {
     client: pb::ranking_service_client::RankingServiceClient<Channel>,
+    /// Where it is, as configured (the client span's `server.address`).
+    addr: String,
     catalog: Arc<Catalog>,
     connection: StageConnection,
 }
@@ -409,6 +438,7 @@ impl RemoteRanking {
                 .max_encoding_message_size(tandem_server::MAX_MESSAGE_BYTES);
         Ok(Self {
             client,
+            addr: addr.to_owned(),
             catalog,
             connection,
         })
@@ -449,10 +479,9 @@ impl ScoringStage for RemoteRanking {
                 .collect(),
         };
         let started = Instant::now();
-        let response = self
-            .client
-            .clone()
-            .rank(with_timeout(request, left))
+        let (request, span) = outgoing(request, left, (RANKING_SERVICE, "Rank"), &self.addr);
+        let mut client = self.client.clone();
+        let response = traced(span, client.rank(request))
             .await
             .map_err(|s| {
                 if ran_out(&s, started, left) {
