@@ -91,7 +91,7 @@ test: $(VENV)/.installed data/test/eval.json data/demo/eval.json lint helm-test
 		TANDEM_PYTHON=$(abspath $(PY)) cargo test --workspace
 	TANDEM_TEST_DATA=$(abspath data/test) $(PY) .ci/test_image.py
 	ORT_DYLIB_PATH=$(ORT_DYLIB_PATH) $(PY) load-tests/loadtest.py --quick --bin-dir target/debug \
-		--catalog test --topology embedded --rps 100 --seconds 5 --max-p99 50
+		--catalog test --topology embedded --workload hot --rps 100 --seconds 5 --max-p99 50
 
 bench:
 	cargo bench --workspace

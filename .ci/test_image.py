@@ -2,7 +2,7 @@
 
 1. hadolint on the Dockerfile (one file for both variants).
 2. The image's filesystem built by the script the Dockerfile's build stage runs
-   (.ci/image-rootfs.sh), with this checkout's debug binaries.
+   (.ci/image-rootfs.sh), with this checkout's debug binaries (those `cargo test` builds).
 3. The gateway started from that layout as the image starts it: the Dockerfile's ENTRYPOINT,
    ENV and HEALTHCHECK, read from the Dockerfile itself, with /opt, /var/lib/tandem and /data
    mapped into the layout and the test catalog; /opt made read-only.
@@ -89,7 +89,10 @@ def main() -> int:
     subprocess.run([str(VENV_BIN / "hadolint"), str(ROOT / "Dockerfile")], check=True)
     print("test_image: hadolint Dockerfile: clean")
 
-    subprocess.run(["cargo", "build", "--bins", "--locked"], cwd=ROOT, check=True)
+    # The binaries `cargo test --workspace` built (every server has integration tests, so it
+    # builds them all): a no-op after make test's run. `cargo build --bins` would resolve
+    # features without the dev-dependencies and compile much of the tree a second time.
+    subprocess.run(["cargo", "test", "--workspace", "--no-run", "--locked"], cwd=ROOT, check=True)
     scratch = Path(tempfile.mkdtemp(prefix="tandem-image-"))
     rootfs = scratch / "rootfs"
     subprocess.run([str(ROOT / ".ci/image-rootfs.sh"), "--binaries", str(ROOT / "target/debug"), str(rootfs)],

@@ -1,5 +1,7 @@
 """Throughput at a latency target, from outside: tandem's release servers on loopback, driven
-by `tandem-load` (the ghz-compatible generator) with `load-tests/ghz/recommend-warm.json`.
+by `tandem-load` (the ghz-compatible generator) with the ghz configs of `load-tests/ghz/`:
+10,000 shoppers given history by `warm-many.json`, then `recommend-many.json` (a random one of
+them per call); `--workload hot` uses the 16 users of `warm-users.json`/`recommend-warm.json`.
 
 For each catalog (demo 50k, large 1M) and topology (embedded: one process; split: gateway,
 retrieval, ranking), the rate steps up (open loop, latency from the intended send time) until
@@ -30,6 +32,16 @@ ROOT = Path(__file__).resolve().parents[1]
 GHZ = ROOT / "load-tests" / "ghz"
 RESULTS = ROOT / "load-tests" / "results"
 TARGETS_MS = (10, 50)
+# (history config, Recommend config, what it is)
+WORKLOADS = {
+    "many": ("warm-many.json", "recommend-many.json",
+             "10,000 shoppers with 5 events each (warm-many.json), a random one per Recommend "
+             "(recommend-many.json), k = 10, 200 candidates ranked by the MLP"),
+    "hot": ("warm-users.json", "recommend-warm.json",
+            "16 users round-robin (warm-users.json, recommend-warm.json): each is shown the same "
+            "items again and again, so demotion and backfill (and its check with retrieval) "
+            "run on most calls, k = 10, 200 candidates ranked by the MLP"),
+}
 
 
 def fail(message: str) -> None:
@@ -153,13 +165,14 @@ def errors(report: dict) -> int:
     return sum(n for code, n in (report.get("statusCodeDistribution") or {}).items() if code != "OK")
 
 
-def step_up(bin_dir: Path, servers: Servers, seconds: int, start: int, factor: float) -> list:
+def step_up(bin_dir: Path, servers: Servers, recommend: Path, seconds: int, start: int,
+            factor: float) -> list:
     """Rates from `start` up by `factor` until p99 > the loosest target or calls fail."""
     steps = []
     rps = start
     while True:
         cpu_before = servers.cpu_seconds()
-        report = load(bin_dir, GHZ / "recommend-warm.json", servers.gateway,
+        report = load(bin_dir, recommend, servers.gateway,
                       ["--rps", str(rps), "-z", f"{seconds}s", "-c", "200", "--connections", "4"])
         cpu = servers.cpu_seconds() - cpu_before
         step = {
@@ -171,6 +184,7 @@ def step_up(bin_dir: Path, servers: Servers, seconds: int, start: int, factor: f
             "p90_ms": round(percentile(report, 90), 3),
             "p99_ms": round(percentile(report, 99), 3),
             "server_cpu_us_per_call": round(cpu / max(report["count"], 1) * 1e6, 1),
+            "error_distribution": report.get("errorDistribution") or {},
         }
         steps.append(step)
         print(f"  {rps:>6} rps offered: {step['achieved_rps']:>8} achieved, p50 {step['p50_ms']} ms, "
@@ -190,13 +204,14 @@ def best(steps: list, target_ms: float):
 
 def quick(args, bin_dir: Path) -> None:
     catalog = catalog_paths(args.catalog)
+    history, recommend, _ = WORKLOADS[args.workload]
     with tempfile.TemporaryDirectory(prefix="tandem-loadtest-") as scratch:
         servers = Servers(bin_dir, args.topology, catalog, Path(scratch))
         try:
-            warm = load(bin_dir, GHZ / "warm-users.json", servers.gateway, [])
+            warm = load(bin_dir, GHZ / history, servers.gateway, [])
             if errors(warm):
                 fail(f"warming users failed: {warm.get('statusCodeDistribution')}")
-            report = load(bin_dir, GHZ / "recommend-warm.json", servers.gateway,
+            report = load(bin_dir, GHZ / recommend, servers.gateway,
                           ["--rps", str(args.rps), "-z", f"{args.seconds}s",
                            "--max-p99", f"{args.max_p99}ms", "--max-error-rate", "0"])
         finally:
@@ -210,6 +225,7 @@ def quick(args, bin_dir: Path) -> None:
 
 def full(args, bin_dir: Path) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
+    history, recommend, described = WORKLOADS[args.workload]
     rows = []
     for catalog_name in args.catalogs:
         catalog = catalog_paths(catalog_name)
@@ -220,31 +236,31 @@ def full(args, bin_dir: Path) -> None:
                 servers = Servers(bin_dir, topology, catalog, Path(scratch))
                 ready_s = time.monotonic() - started
                 try:
-                    warm = load(bin_dir, GHZ / "warm-users.json", servers.gateway, [])
+                    warm = load(bin_dir, GHZ / history, servers.gateway, [])
                     if errors(warm):
                         fail(f"warming users failed: {warm.get('statusCodeDistribution')}")
                     # A short run first: pages the index and the model in.
-                    load(bin_dir, GHZ / "recommend-warm.json", servers.gateway,
-                         ["--rps", "100", "-z", "3s"])
-                    steps = step_up(bin_dir, servers, args.seconds, args.start, args.factor)
+                    load(bin_dir, GHZ / recommend, servers.gateway, ["--rps", "100", "-z", "3s"])
+                    steps = step_up(bin_dir, servers, GHZ / recommend, args.seconds, args.start,
+                                    args.factor)
                 finally:
                     servers.stop()
             result = {
                 "catalog": catalog_name,
                 "topology": topology,
                 "ready_s": round(ready_s, 1),
-                "workload": "load-tests/ghz/recommend-warm.json (16 warm users round-robin, k=10, "
-                            "200 candidates), after warm-users.json",
+                "workload": described,
                 "step_seconds": args.seconds,
                 "steps": steps,
                 **{f"max_rps_p99_le_{t}ms": best(steps, t) for t in TARGETS_MS},
             }
-            (RESULTS / f"{catalog_name}-{topology}.json").write_text(json.dumps(result, indent=2) + "\n")
+            name = f"{catalog_name}-{topology}" + ("" if args.workload == "many" else f"-{args.workload}")
+            (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
             rows.append(result)
-    write_table(rows)
+    write_table(rows, described, args.workload)
 
 
-def write_table(rows: list) -> None:
+def write_table(rows: list, described: str, workload: str) -> None:
     cpu = "unknown CPU"
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name"):
@@ -255,10 +271,10 @@ def write_table(rows: list) -> None:
         "",
         f"`make loadtest`, {datetime.date.today().isoformat()}, on {os.cpu_count()} cores ({cpu}), "
         f"{platform.system()} {platform.release()}; client (`tandem-load`, release) and servers "
-        "(release) on the same machine, loopback. Workload: `load-tests/ghz/recommend-warm.json` "
-        "(16 warm users round-robin, k = 10, 200 candidates ranked by the MLP), open loop, "
-        "rates stepped up until p99 > 50 ms or calls fail. A rate counts when p99 meets the "
-        "target, no call failed and >= 95 % of it was achieved.",
+        f"(release) on the same machine, loopback. Workload `{workload}`: {described}. Open loop, "
+        "rates stepped up (x1.3 every step) until p99 > 50 ms or calls fail. A rate counts when "
+        "p99 meets the target, no call failed and >= 95 % of it was achieved. Server CPU is all "
+        "server processes' user + system time over the calls of that step.",
         "",
         "| catalog | topology | max rps, p99 <= 10 ms | max rps, p99 <= 50 ms | p50 / p99 at the 10 ms rate | server CPU per call | ready after |",
         "|---|---|---|---|---|---|---|",
@@ -270,7 +286,8 @@ def write_table(rows: list) -> None:
         lines.append(f"| {r['catalog']} | {r['topology']} | {r['max_rps_p99_le_10ms'] or '-'} | "
                      f"{r['max_rps_p99_le_50ms'] or '-'} | {lat} | {cpu_call} | {r['ready_s']} s |")
     lines += ["", "Every step of each run is in the JSON files beside this one.", ""]
-    (RESULTS / "README.md").write_text("\n".join(lines))
+    suffix = "" if workload == "many" else f"-{workload}"
+    (RESULTS / f"README{suffix}.md").write_text("\n".join(lines))
     print("\n".join(lines[6:]))
 
 
@@ -282,6 +299,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=8, help="length of each rate step")
     parser.add_argument("--start", type=int, default=200, help="first rate (rps)")
     parser.add_argument("--factor", type=float, default=1.3, help="rate multiplier per step")
+    parser.add_argument("--workload", default="many", choices=sorted(WORKLOADS))
     parser.add_argument("--quick", action="store_true", help="one gated run (make test)")
     parser.add_argument("--catalog", default="test", choices=["test", "demo", "large"])
     parser.add_argument("--topology", default="embedded", choices=["embedded", "split"])

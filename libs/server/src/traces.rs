@@ -26,6 +26,11 @@ const SPAN_TARGET_PREFIX: &str = "tandem";
 pub enum TelemetryError {
     #[error("{var}={value:?}: expected `http/protobuf` (the default), `http/json` or `grpc`")]
     Protocol { var: &'static str, value: String },
+    #[error(
+        "{var}={value}: OTLP export is plaintext (an in-cluster collector or node agent); \
+         TLS to the collector is not built in"
+    )]
+    Tls { var: &'static str, value: String },
     #[error("OTLP trace exporter: {0}")]
     Exporter(String),
 }
@@ -130,6 +135,16 @@ fn resource(default_service_name: &str) -> opentelemetry_sdk::Resource {
 /// every span without a word); gRPC export needs tonic, so its batches run on this runtime.
 fn provider(default_service_name: &str) -> Result<SdkTracerProvider, TelemetryError> {
     use opentelemetry_otlp::{SpanExporter, WithExportConfig};
+    for var in [
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+    ] {
+        if let Some(value) = env_value(var)
+            && value.to_ascii_lowercase().starts_with("https://")
+        {
+            return Err(TelemetryError::Tls { var, value });
+        }
+    }
     let builder = SdkTracerProvider::builder().with_resource(resource(default_service_name));
     let exporter_error =
         |e: opentelemetry_otlp::ExporterBuildError| TelemetryError::Exporter(e.to_string());

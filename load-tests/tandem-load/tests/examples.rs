@@ -31,9 +31,11 @@ fn every_example_config_is_valid() -> Result<(), Box<dyn std::error::Error>> {
     for expected in [
         "rank.json",
         "recommend-cold.json",
+        "recommend-many.json",
         "recommend-warm.json",
         "record-events.json",
         "search.json",
+        "warm-many.json",
         "warm-users.json",
     ] {
         assert!(

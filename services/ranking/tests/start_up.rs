@@ -63,3 +63,17 @@ fn an_unknown_otlp_protocol_is_refused_naming_the_variable() {
         "{stderr}"
     );
 }
+
+#[test]
+fn an_https_collector_is_refused_rather_than_silently_unreached() {
+    let (ok, stderr) = ranking(
+        &["--listen=127.0.0.1:0"],
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4318")],
+    );
+    assert!(!ok);
+    assert!(
+        stderr.contains("OTEL_EXPORTER_OTLP_ENDPOINT=https://collector:4318")
+            && stderr.contains("plaintext"),
+        "{stderr}"
+    );
+}
