@@ -202,15 +202,20 @@ def best(steps: list, target_ms: float):
     return max(ok) if ok else None
 
 
+def give_history(bin_dir: Path, servers: Servers, history: str) -> None:
+    """Records the workload's users' events, so that their Recommends are personalized."""
+    warm = load(bin_dir, GHZ / history, servers.gateway, [])
+    if errors(warm):
+        fail(f"warming users failed: {warm.get('statusCodeDistribution')}")
+
+
 def quick(args, bin_dir: Path) -> None:
     catalog = catalog_paths(args.catalog)
     history, recommend, _ = WORKLOADS[args.workload]
     with tempfile.TemporaryDirectory(prefix="tandem-loadtest-") as scratch:
         servers = Servers(bin_dir, args.topology, catalog, Path(scratch))
         try:
-            warm = load(bin_dir, GHZ / history, servers.gateway, [])
-            if errors(warm):
-                fail(f"warming users failed: {warm.get('statusCodeDistribution')}")
+            give_history(bin_dir, servers, history)
             report = load(bin_dir, GHZ / recommend, servers.gateway,
                           ["--rps", str(args.rps), "-z", f"{args.seconds}s",
                            "--max-p99", f"{args.max_p99}ms", "--max-error-rate", "0"])
@@ -236,9 +241,7 @@ def full(args, bin_dir: Path) -> None:
                 servers = Servers(bin_dir, topology, catalog, Path(scratch))
                 ready_s = time.monotonic() - started
                 try:
-                    warm = load(bin_dir, GHZ / history, servers.gateway, [])
-                    if errors(warm):
-                        fail(f"warming users failed: {warm.get('statusCodeDistribution')}")
+                    give_history(bin_dir, servers, history)
                     # A short run first: pages the index and the model in.
                     load(bin_dir, GHZ / recommend, servers.gateway, ["--rps", "100", "-z", "3s"])
                     steps = step_up(bin_dir, servers, GHZ / recommend, args.seconds, args.start,

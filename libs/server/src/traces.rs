@@ -133,7 +133,10 @@ fn resource(default_service_name: &str) -> opentelemetry_sdk::Resource {
 /// The tracer provider for the configured protocol. HTTP export runs on the SDK's batch
 /// thread with a blocking client (an async client there, without a Tokio runtime, would drop
 /// every span without a word); gRPC export needs tonic, so its batches run on this runtime.
-fn provider(default_service_name: &str) -> Result<SdkTracerProvider, TelemetryError> {
+fn provider(
+    protocol: Protocol,
+    default_service_name: &str,
+) -> Result<SdkTracerProvider, TelemetryError> {
     use opentelemetry_otlp::{SpanExporter, WithExportConfig};
     for var in [
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
@@ -148,7 +151,7 @@ fn provider(default_service_name: &str) -> Result<SdkTracerProvider, TelemetryEr
     let builder = SdkTracerProvider::builder().with_resource(resource(default_service_name));
     let exporter_error =
         |e: opentelemetry_otlp::ExporterBuildError| TelemetryError::Exporter(e.to_string());
-    let builder = match protocol()? {
+    let builder = match protocol {
         protocol @ (Protocol::HttpProtobuf | Protocol::HttpJson) => {
             let exporter = SpanExporter::builder()
                 .with_http()
@@ -193,8 +196,8 @@ pub fn init_telemetry(default_service_name: &str) -> Result<Telemetry, Telemetry
         let _ = tracing_subscriber::registry().with(logs).try_init();
         return Ok(Telemetry { provider: None });
     }
-    let provider = provider(default_service_name)?;
-    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    let protocol = protocol()?;
+    let provider = provider(protocol, default_service_name)?;
     let tracer = provider.tracer("tandem");
     let spans = tracing_opentelemetry::layer()
         .with_tracer(tracer)
@@ -213,10 +216,7 @@ pub fn init_telemetry(default_service_name: &str) -> Result<Telemetry, Telemetry
         let _ = provider.shutdown();
         return Ok(Telemetry { provider: None });
     }
-    tracing::info!(
-        protocol = ?protocol()?,
-        "exporting traces by OTLP (OTEL_* environment)"
-    );
+    tracing::info!(?protocol, "exporting traces by OTLP (OTEL_* environment)");
     Ok(Telemetry {
         provider: Some(provider),
     })
@@ -260,22 +260,28 @@ pub(crate) fn server_span(service: &str, method: &str, headers: &http::HeaderMap
     if untraced(service) {
         return Span::none();
     }
-    let span = tracing::info_span!(
-        target: "tandem::rpc",
-        "rpc.server",
-        otel.name = format_args!("{service}/{method}"),
-        otel.kind = "server",
-        otel.status_code = tracing::field::Empty,
-        rpc.system = "grpc",
-        rpc.service = service,
-        rpc.method = method,
-        rpc.grpc.status_code = tracing::field::Empty,
-    );
+    let span = rpc_span("server", service, method);
     if !span.is_disabled() {
         let parent = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
         let _ = span.set_parent(parent);
     }
     span
+}
+
+/// One call's span with the RPC semantic conventions; `kind` is `server` or `client`.
+fn rpc_span(kind: &'static str, service: &str, method: &str) -> Span {
+    tracing::info_span!(
+        target: "tandem::rpc",
+        "rpc",
+        otel.name = format_args!("{service}/{method}"),
+        otel.kind = kind,
+        otel.status_code = tracing::field::Empty,
+        rpc.system = "grpc",
+        rpc.service = service,
+        rpc.method = method,
+        rpc.grpc.status_code = tracing::field::Empty,
+        server.address = tracing::field::Empty,
+    )
 }
 
 /// Records a server call's status: codes that are the server's fault mark the span an error
@@ -304,19 +310,9 @@ pub fn client_span<T>(
     method: &'static str,
     peer: &str,
 ) -> Span {
-    let span = tracing::info_span!(
-        target: "tandem::rpc",
-        "rpc.client",
-        otel.name = format_args!("{service}/{method}"),
-        otel.kind = "client",
-        otel.status_code = tracing::field::Empty,
-        rpc.system = "grpc",
-        rpc.service = service,
-        rpc.method = method,
-        rpc.grpc.status_code = tracing::field::Empty,
-        server.address = peer,
-    );
+    let span = rpc_span("client", service, method);
     if !span.is_disabled() {
+        span.record("server.address", peer);
         TraceContextPropagator::new().inject_context(
             &span.context(),
             &mut MetadataInjector(request.metadata_mut()),
