@@ -6,6 +6,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .features import assemble
+from .features import user_vector
 from .ranker import block_rows, group_by_user, top_n, user_vectors
 from .world import CLICK, PURCHASE, Events
 
@@ -70,3 +71,45 @@ def print_report(result: dict) -> None:
     print(f"  {'recall@100':<14}{result['recall100']:>10.4f}{result['pop_recall100']:>12.4f}{'':>17}")
     print(f"  {'NDCG@10':<14}{result['ndcg10']:>10.4f}{result['pop_ndcg10']:>12.4f}{result['dot_ndcg10']:>17.4f}")
     print(f"  {'HR@10':<14}{result['hr10']:>10.4f}{result['pop_hr10']:>12.4f}{result['dot_hr10']:>17.4f}")
+
+
+def tandem_methods(catalog: dict, spec: dict, model_path, train: Events, num_candidates: int = 200) -> dict:
+    """tandem's retrieval order and its ranker, as `baselines.compare` methods.
+
+    Each answers as the service does: the query vector from the user's events before the cut,
+    the top `num_candidates` by inner product among items not excluded, then the model.
+    """
+    from .baselines import Split
+    emb = catalog["embedding"].astype(np.float32)
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    out_name, out_col = spec["output"]["name"], spec["output"]["column"]
+
+    def method(rank: bool):
+        def build(split: Split, task_name: str):
+            task = getattr(split, task_name)
+            excluded = {int(u): e for u, e in zip(task.users, task.exclude)}
+            groups = group_by_user(split.hist.events)
+            ev = split.hist.events
+
+            def score(users):
+                s = np.full((users.size, emb.shape[0]), -np.inf)
+                for j, u in enumerate(users):
+                    rows = groups.get(int(u))
+                    if rows is None:
+                        continue
+                    known = rows[ev.item[rows] >= 0]
+                    v = user_vector(emb, ev.item[known], ev.type[known], ev.ts[known])
+                    if v is None:
+                        continue
+                    dots = emb @ v
+                    dots[excluded.get(int(u), [])] = -np.inf
+                    cands = np.argpartition(-dots, num_candidates)[:num_candidates]
+                    if not rank:
+                        s[j, cands] = dots[cands]
+                        continue
+                    feats = assemble(spec, catalog, np.repeat(v[None], cands.size, axis=0), cands, dots[cands])
+                    s[j, cands] = session.run([out_name], feats)[0][:, out_col]
+                return s
+            return score
+        return build
+    return {"tandem retrieval order": method(False), "tandem ranker (MLP)": method(True)}

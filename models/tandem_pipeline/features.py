@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .history import HISTORY_SOURCES, UserHistory, history_features
+
 # Must match libs/personalization/src/query.rs (QueryConfig::default).
 TYPE_WEIGHTS = {1: 1.0, 2: 2.0, 3: 4.0, 4: 8.0}
 HALF_LIFE_MS = 24 * 3_600_000
@@ -19,14 +21,15 @@ def normalize(x: np.ndarray) -> np.ndarray:
     return np.where(n > 0, x / np.maximum(n, 1e-30), 0.0).astype(np.float32)
 
 
-def user_vector(emb: np.ndarray, items: np.ndarray, types: np.ndarray, ts: np.ndarray) -> np.ndarray | None:
+def user_vector(emb: np.ndarray, items: np.ndarray, types: np.ndarray, ts: np.ndarray,
+                half_life_ms: int = HALF_LIFE_MS, max_events: int = MAX_EVENTS) -> np.ndarray | None:
     """Recency- and type-weighted mean of the embeddings of a user's most recent events."""
     if items.size == 0:
         return None
-    order = np.argsort(ts, kind="stable")[-MAX_EVENTS:]
+    order = np.argsort(ts, kind="stable")[-max_events:]
     items, types, ts = items[order], types[order], ts[order]
     latest = ts.max()
-    w = np.array([TYPE_WEIGHTS[int(t)] for t in types]) * np.power(0.5, (latest - ts) / HALF_LIFE_MS)
+    w = np.array([TYPE_WEIGHTS[int(t)] for t in types]) * np.power(0.5, (latest - ts) / half_life_ms)
     v = (w[:, None] * emb[items].astype(np.float64)).sum(axis=0)
     n = np.linalg.norm(v)
     return (v / n).astype(np.float32) if n > 0 else None
@@ -76,11 +79,13 @@ def vocabulary_id(vocabulary: list[str], value) -> int:
 
 def assemble(spec: dict, catalog: dict, user_vecs: np.ndarray, item_idx: np.ndarray,
              retrieval_scores: np.ndarray | None = None, recent: list | None = None,
-             context: list[dict] | None = None) -> dict[str, np.ndarray]:
+             context: list[dict] | None = None, histories: list | None = None,
+             now_ms: int = 0) -> dict[str, np.ndarray]:
     """Model inputs for rows (user_vecs[i], item_idx[i]), driven by the spec.
 
-    recent[i]: the row's user's recent item rows, newest first; context[i]: its request context.
-    Rows of one user may share the same objects: sequences are encoded once per object.
+    recent[i]: the row's user's recent item rows, newest first; context[i]: its request context;
+    histories[i]: its user's `history.UserHistory` at `now_ms`. Rows of one user may share the
+    same objects: sequences and history features are computed once per object.
     """
     n = len(item_idx)
     emb = catalog["embedding"][item_idx]
@@ -132,6 +137,15 @@ def assemble(spec: dict, catalog: dict, user_vecs: np.ndarray, item_idx: np.ndar
                 vals = [(c or {}).get(f["key"]) for c in (context or [None] * n)]
                 cols.append(np.array([vocabulary_id(f["vocabulary"], v) if v is not None else 0 for v in vals],
                                      dtype=np.int64)[:, None])
+            elif src in HISTORY_SOURCES:
+                vals = np.zeros((n, f["width"]), np.float32)
+                groups: dict[int, list[int]] = {}
+                for i in range(n):
+                    groups.setdefault(id(histories[i]) if histories is not None else 0, []).append(i)
+                for rows in groups.values():
+                    h = histories[rows[0]] if histories is not None else UserHistory.empty()
+                    vals[rows] = history_features(f, h, np.asarray(item_idx)[rows], now_ms, catalog)
+                cols.append(vals)
             else:
                 raise ValueError(f"unknown feature source {src!r}")
         dtype = np.int64 if inp["dtype"] == "int64" else np.float32

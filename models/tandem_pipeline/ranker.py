@@ -105,11 +105,12 @@ def training_rows(rows: CandidateRows, catalog: dict, spec: dict):
     return x, rows.y
 
 
-def train_and_export(x: np.ndarray, y: np.ndarray, hidden: list[int], max_iter: int, seed: int) -> bytes:
+def train_and_export(x: np.ndarray, y: np.ndarray, hidden: list[int], max_iter: int, seed: int,
+                     early_stopping: bool = True, alpha: float = 1e-4, batch_size: int = 512) -> bytes:
     model = make_pipeline(
         StandardScaler(),
-        MLPClassifier(hidden_layer_sizes=tuple(hidden), batch_size=512, max_iter=max_iter,
-                      early_stopping=True, n_iter_no_change=3, random_state=seed),
+        MLPClassifier(hidden_layer_sizes=tuple(hidden), batch_size=batch_size, max_iter=max_iter,
+                      early_stopping=early_stopping, n_iter_no_change=3, alpha=alpha, random_state=seed),
     )
     model.fit(x, y)
     onx = to_onnx(

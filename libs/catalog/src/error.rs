@@ -22,6 +22,10 @@ pub enum CatalogError {
         column: &'static str,
         reason: String,
     },
+    #[error("catalog column `{column}`: {reason}")]
+    ExtraColumn { column: String, reason: String },
+    #[error("co-occurrence table {path}: {reason}")]
+    Related { path: PathBuf, reason: String },
     #[error("catalog has duplicate item id `{0}`")]
     DuplicateItemId(String),
     #[error("catalog {0} has no items")]

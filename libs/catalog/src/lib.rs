@@ -7,6 +7,7 @@
 mod attributes;
 mod error;
 mod load;
+mod related;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
 
@@ -18,6 +19,7 @@ use tandem_memory::HugeArray;
 
 pub use attributes::{Category, ItemAttributes};
 pub use error::CatalogError;
+pub use related::{RELATED_FILE, Related};
 
 /// Dense id of an item: its row in the catalog.
 pub type ItemIdx = u32;
@@ -48,6 +50,10 @@ pub struct Catalog {
     by_item_id: HashMap<String, ItemIdx>,
     /// All items, most popular first: the fallback when a user has no history.
     by_popularity: Vec<ItemIdx>,
+    /// Any other numeric column of the file (trend figures a model reads), by name.
+    extra_numeric: Vec<(String, Float32Array)>,
+    /// Items bought or used together (`co_occurrence.parquet` beside the catalog file).
+    related: Related,
 }
 
 impl std::fmt::Debug for Catalog {
@@ -61,9 +67,25 @@ impl std::fmt::Debug for Catalog {
 }
 
 impl Catalog {
-    /// Reads and validates `items.parquet`.
+    /// Reads and validates `items.parquet`, and `co_occurrence.parquet` beside it if present.
     pub fn open(path: &Path) -> Result<Self, CatalogError> {
-        load::read_parquet(path)
+        let mut catalog = load::read_parquet(path)?;
+        let related = path.with_file_name(RELATED_FILE);
+        if related.exists() {
+            catalog.related = Related::open(&related, &catalog)?;
+        }
+        Ok(catalog)
+    }
+
+    /// Items that co-occur with `idx` in users' histories, strongest first, with their weights.
+    #[inline]
+    pub fn related(&self, idx: ItemIdx) -> (&[ItemIdx], &[f32]) {
+        self.related.of(idx)
+    }
+
+    /// Whether a co-occurrence table was loaded.
+    pub fn has_related(&self) -> bool {
+        !self.related.is_empty()
     }
 
     #[inline]
@@ -149,16 +171,21 @@ impl Catalog {
             columns::PRICE => Some(self.price(idx)),
             columns::POPULARITY => Some(self.popularity(idx)),
             columns::IN_STOCK => Some(if self.in_stock(idx) { 1.0 } else { 0.0 }),
-            _ => None,
+            _ => self
+                .extra_numeric
+                .iter()
+                .find(|(name, _)| name == column)
+                .map(|(_, values)| values.value(idx as usize)),
         }
     }
 
+    const BUILT_IN_NUMERIC: [&'static str; 3] =
+        [columns::PRICE, columns::POPULARITY, columns::IN_STOCK];
+
     /// Whether `numeric` knows the column.
-    pub fn has_numeric(column: &str) -> bool {
-        matches!(
-            column,
-            columns::PRICE | columns::POPULARITY | columns::IN_STOCK
-        )
+    pub fn has_numeric(&self, column: &str) -> bool {
+        Self::BUILT_IN_NUMERIC.contains(&column)
+            || self.extra_numeric.iter().any(|(name, _)| name == column)
     }
 
     /// Items by descending popularity (ties by id).
@@ -185,7 +212,19 @@ impl Catalog {
             .map(|(i, &r)| (self.item_id(r).to_owned(), i as ItemIdx))
             .collect();
         let by_popularity = popularity_order(&popularity);
+        let extra_numeric = self
+            .extra_numeric
+            .iter()
+            .map(|(name, values)| {
+                let picked = rows.iter().map(|&r| values.value(r as usize));
+                (name.clone(), Float32Array::from_iter_values(picked))
+            })
+            .collect();
         Catalog {
+            extra_numeric,
+            // Co-occurrence serves the gateway's candidate sources and ranking, which read
+            // the whole catalog; a shard does not need it.
+            related: Related::default(),
             item_ids,
             embeddings: HugeArray::from(values),
             dim: self.dim,
@@ -260,6 +299,9 @@ impl Catalog {
         let popularity = Float32Array::from(parts.popularity);
         let by_popularity = popularity_order(&popularity);
         Ok(Catalog {
+            // A snapshot keeps what retrieval reads; ranking opens the catalog file itself.
+            extra_numeric: Vec::new(),
+            related: Related::default(),
             item_ids: StringArray::from_iter_values(parts.item_ids.iter()),
             embeddings: HugeArray::from(parts.embeddings),
             dim: parts.dim,

@@ -167,7 +167,54 @@ pub(crate) fn from_batch(batch: &RecordBatch) -> Result<Catalog, CatalogError> {
     }
     let by_popularity = crate::popularity_order(&popularity);
 
+    // Every other numeric column, for model features (`item_numeric`).
+    let known = [
+        columns::ITEM_ID,
+        columns::EMBEDDING,
+        columns::CATEGORY,
+        columns::PRICE,
+        columns::IN_STOCK,
+        columns::POPULARITY,
+    ];
+    let mut extra_numeric = Vec::new();
+    for field in batch.schema().fields() {
+        let name = field.name();
+        if known.contains(&name.as_str()) || !field.data_type().is_numeric() {
+            continue;
+        }
+        let Some(col) = batch.column_by_name(name) else {
+            continue;
+        };
+        let reason = if col.null_count() > 0 {
+            Some(format!("{} null values", col.null_count()))
+        } else {
+            None
+        };
+        let values = cast(col, &DataType::Float32).map_err(|e| CatalogError::ExtraColumn {
+            column: name.clone(),
+            reason: e.to_string(),
+        })?;
+        let values = values.as_primitive::<Float32Type>().clone();
+        let reason = reason.or_else(|| {
+            values
+                .values()
+                .iter()
+                .position(|v| !v.is_finite())
+                .map(|row| format!("non-finite value in row {row}"))
+        });
+        if let Some(reason) = reason {
+            return Err(CatalogError::ExtraColumn {
+                column: name.clone(),
+                reason,
+            });
+        }
+        extra_numeric.push((name.clone(), values));
+    }
+    extra_numeric.sort_by(|a, b| a.0.cmp(&b.0));
+
     Ok(Catalog {
+        extra_numeric,
+        related: crate::Related::default(),
         item_ids,
         embeddings: HugeArray::from_slice(embeddings.values()),
         dim,

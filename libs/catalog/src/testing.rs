@@ -107,3 +107,41 @@ pub fn write_parquet(batch: &RecordBatch, path: &Path) -> Result<(), Box<dyn std
     writer.close()?;
     Ok(())
 }
+
+/// Writes `co_occurrence.parquet` rows (item, related item, weight) as the pipeline does; put
+/// each item's rows strongest first.
+pub fn write_related(
+    pairs: &[(&str, &str, f32)],
+    path: &Path,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("item_id", DataType::Utf8, false),
+        Field::new("related_id", DataType::Utf8, false),
+        Field::new("weight", DataType::Float32, false),
+    ]));
+    let arrays: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(pairs.iter().map(|p| p.0))),
+        Arc::new(StringArray::from_iter_values(pairs.iter().map(|p| p.1))),
+        Arc::new(Float32Array::from_iter_values(pairs.iter().map(|p| p.2))),
+    ];
+    let batch = RecordBatch::try_new(schema, arrays)?;
+    let mut writer = ArrowWriter::try_new(File::create(path)?, batch.schema(), None)?;
+    writer.write(&batch)?;
+    writer.close()?;
+    Ok(())
+}
+
+/// `batch` with one more float column (an extra numeric column such as `buyers_7d`).
+pub fn with_numeric(batch: &RecordBatch, name: &str, values: Vec<f32>) -> RecordBatch {
+    let mut fields: Vec<Field> = batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.push(Field::new(name, DataType::Float32, false));
+    let mut arrays = batch.columns().to_vec();
+    arrays.push(Arc::new(Float32Array::from(values)));
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)
+        .expect("one value per row of the batch")
+}

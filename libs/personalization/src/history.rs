@@ -28,13 +28,21 @@ pub struct Shown {
     pub last_ms: i64,
 }
 
+/// How often a user bought an item, and when last.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Purchases {
+    pub count: u32,
+    pub last_ms: i64,
+}
+
 /// One user's state: the most recent events in time order, purchases, and what was shown to
 /// them and ignored.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct UserHistory {
     pub recent: VecDeque<UserEvent>,
-    /// Item → time of its latest purchase.
-    pub purchased: ItemMap<i64>,
+    /// Every item the user bought (not bounded by `capacity`: repeat purchases are the
+    /// strongest signal a shop has).
+    pub purchased: ItemMap<Purchases>,
     /// Item → impressions since the user's last event on it (an event on it resets this).
     pub shown: ItemMap<Shown>,
 }
@@ -58,18 +66,19 @@ impl UserHistory {
     pub fn purchased_since(&self, since_ms: i64) -> impl Iterator<Item = ItemIdx> + '_ {
         self.purchased
             .iter()
-            .filter(move |(_, t)| **t >= since_ms)
+            .filter(move |(_, p)| p.last_ms >= since_ms)
             .map(|(i, _)| *i)
     }
 
     /// Inserts in time order (late events land where they belong) and keeps the newest `capacity`.
     fn record(&mut self, event: UserEvent, capacity: usize) {
         if event.kind == EventKind::Purchase {
-            let at = self
-                .purchased
-                .entry(event.item)
-                .or_insert(event.timestamp_ms);
-            *at = (*at).max(event.timestamp_ms);
+            let p = self.purchased.entry(event.item).or_insert(Purchases {
+                count: 0,
+                last_ms: event.timestamp_ms,
+            });
+            p.count += 1;
+            p.last_ms = p.last_ms.max(event.timestamp_ms);
         }
         self.shown.remove(&event.item);
         let at = self
@@ -232,8 +241,20 @@ mod tests {
         assert_eq!(items, [3, 2, 4], "oldest dropped, late event in place");
         assert_eq!(
             h.purchased.get(&1),
-            Some(&10),
+            Some(&Purchases {
+                count: 1,
+                last_ms: 10
+            }),
             "purchase outlives the window"
+        );
+        store.record("u", &[ev(1, EventKind::Purchase, 5)]);
+        assert_eq!(
+            store.user("u").purchased.get(&1),
+            Some(&Purchases {
+                count: 2,
+                last_ms: 10
+            }),
+            "a late purchase counts and keeps the latest time"
         );
         assert_eq!(h.purchased_since(11).count(), 0);
         assert!(store.user("other").is_empty());

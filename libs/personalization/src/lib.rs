@@ -9,6 +9,8 @@ mod history;
 mod query;
 mod trending;
 
-pub use history::{EventKind, InMemoryState, ItemMap, Shown, StateStore, UserEvent, UserHistory};
+pub use history::{
+    EventKind, InMemoryState, ItemMap, Purchases, Shown, StateStore, UserEvent, UserHistory,
+};
 pub use query::{QueryConfig, query_vector};
 pub use trending::TrendingConfig;

@@ -2,7 +2,7 @@
 
 use tandem_catalog::{Catalog, ItemIdx};
 use tandem_proto::v1 as pb;
-use tandem_ranking::{ModelVersion, Ranker, RankingError, ScoreRequest, SplitEntry};
+use tandem_ranking::{ItemHistory, ModelVersion, Ranker, RankingError, ScoreRequest, SplitEntry};
 use tandem_server::{AdminToken, Ready};
 use tonic::{Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
@@ -51,6 +51,9 @@ pub fn status(err: RankingError) -> Status {
     }
 }
 
+/// History entries a Rank request may carry: a user's distinct items, far above any shopper's.
+const MAX_HISTORY: usize = 20_000;
+
 /// A wire request in catalog terms: unknown candidates are NOT_FOUND, unknown recent items
 /// are skipped (the page may know newer items than this catalog).
 pub fn score_request(catalog: &Catalog, req: pb::RankRequest) -> Result<ScoreRequest, Status> {
@@ -76,7 +79,63 @@ pub fn score_request(catalog: &Catalog, req: pb::RankRequest) -> Result<ScoreReq
             })
         })
         .collect::<Result<Vec<ItemIdx>, Status>>()?;
+    if user.history.len() > MAX_HISTORY {
+        return Err(Status::with_error_details(
+            tonic::Code::InvalidArgument,
+            format!(
+                "user.history: at most {MAX_HISTORY} entries, got {}",
+                user.history.len()
+            ),
+            ErrorDetails::with_bad_request_violation(
+                "user.history",
+                format!("at most {MAX_HISTORY} entries"),
+            ),
+        ));
+    }
+    if let Some(at) = user
+        .history
+        .iter()
+        .position(|h| h.last_purchase_ms < 0 || h.last_event_ms < 0)
+    {
+        return Err(Status::with_error_details(
+            tonic::Code::InvalidArgument,
+            format!("user.history[{at}]: times are ms since the Unix epoch, not negative"),
+            ErrorDetails::with_bad_request_violation(
+                format!("user.history[{at}]"),
+                "negative time",
+            ),
+        ));
+    }
+    if user.now_ms < 0 {
+        return Err(Status::with_error_details(
+            tonic::Code::InvalidArgument,
+            "user.now_ms: ms since the Unix epoch, not negative",
+            ErrorDetails::with_bad_request_violation("user.now_ms", "negative time"),
+        ));
+    }
+    let now_ms = if user.now_ms > 0 {
+        user.now_ms
+    } else {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    };
+    let history = user
+        .history
+        .iter()
+        .filter_map(|h| {
+            Some(ItemHistory {
+                item: catalog.idx_of(&h.item_id)?,
+                purchases: h.purchases,
+                last_purchase_ms: h.last_purchase_ms,
+                events: h.events,
+                last_event_ms: h.last_event_ms,
+            })
+        })
+        .collect();
     Ok(ScoreRequest {
+        history,
+        now_ms,
         user_id: user.user_id,
         user_vector: user.query_vector,
         items,

@@ -57,6 +57,8 @@ fn request(catalog: &Catalog, rows: usize) -> ScoreRequest {
         recent_items: (0..20).collect(),
         context: [("hour_of_day".to_owned(), "14".to_owned())].into(),
         version: None,
+        history: Vec::new(),
+        now_ms: 0,
     }
 }
 

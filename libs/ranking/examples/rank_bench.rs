@@ -423,6 +423,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     recent_items: r.recent_items.clone(),
                     context: [("hour_of_day".to_owned(), r.hour.to_string())].into(),
                     version: None,
+                    history: Vec::new(),
+                    now_ms: 0,
                 })
                 .collect();
             let dylib_path = std::path::Path::new(&dylib);

@@ -8,6 +8,7 @@ use tandem_catalog::{Catalog, ItemIdx};
 use tandem_memory::HugeArray;
 
 use crate::RankingError;
+use crate::history::{HistoryFeature, ItemHistory, UserSummary};
 use crate::spec::{FeatureSource, FeatureSpec, InputDtype, Transform};
 
 /// One request to score: one user, many candidates.
@@ -25,6 +26,11 @@ pub struct ScoreRequest {
     pub context: BTreeMap<String, String>,
     /// Score with this version (`VERSION` or `NAME/VERSION`) instead of the split's choice.
     pub version: Option<String>,
+    /// What the user did with items, one entry per item: read by the `user_*` and
+    /// `co_occurrence` features.
+    pub history: Vec<ItemHistory>,
+    /// When the request was made (ms since the epoch): "days since" features count from it.
+    pub now_ms: i64,
 }
 
 /// A model input's values for a whole batch.
@@ -239,6 +245,8 @@ struct RowPlan {
     one_hot: Vec<(usize, usize)>,
     /// `(offset, word)`: an id in the item table.
     ids: Vec<(usize, usize)>,
+    /// Features of the user's history, computed per request.
+    history: Vec<(usize, HistoryFeature)>,
 }
 
 impl RowPlan {
@@ -252,6 +260,7 @@ impl RowPlan {
                 Compiled::Numeric { word } => plan.numeric.push((at, word)),
                 Compiled::OneHot { word } => plan.one_hot.push((at, word)),
                 Compiled::Categorical { word } => plan.ids.push((at, word)),
+                Compiled::History(feature) => plan.history.push((at, feature)),
                 Compiled::UserVector
                 | Compiled::RecentItems { .. }
                 | Compiled::ContextNumeric { .. }
@@ -292,6 +301,7 @@ enum Compiled {
         key: String,
         vocabulary: Vec<String>,
     },
+    History(HistoryFeature),
 }
 
 impl Assembler {
@@ -392,6 +402,23 @@ impl Assembler {
                                 key: key.clone(),
                                 vocabulary: vocabulary.clone(),
                             },
+                            FeatureSource::UserItemHistory { .. } => {
+                                Compiled::History(HistoryFeature::Item)
+                            }
+                            FeatureSource::UserCategoryHistory { .. } => {
+                                Compiled::History(HistoryFeature::Category)
+                            }
+                            FeatureSource::CoOccurrence { half_life_days, .. } => {
+                                Compiled::History(HistoryFeature::CoOccurrence {
+                                    half_life_days: *half_life_days,
+                                })
+                            }
+                            FeatureSource::UserPrice { .. } => {
+                                Compiled::History(HistoryFeature::Price)
+                            }
+                            FeatureSource::UserActivity { .. } => {
+                                Compiled::History(HistoryFeature::Activity)
+                            }
                         };
                         (at, compiled)
                     })
@@ -556,6 +583,9 @@ fn float_rows(
         embeddings.get(at..at + dim).unwrap_or(&[])
     };
     out.reserve(req.items.len() * width);
+    let history_features: Vec<HistoryFeature> = plan.history.iter().map(|h| h.1).collect();
+    let summary =
+        (!plan.history.is_empty()).then(|| UserSummary::new(req, catalog, &history_features));
     for (row, &item) in req.items.iter().enumerate() {
         if let Some(&ahead) = req.items.get(row + PREFETCH_AHEAD) {
             prefetch_item(embedding(ahead), items.record(ahead));
@@ -581,6 +611,11 @@ fn float_rows(
             let slot = ItemTable::word(record, word) as usize;
             if slot > 0 {
                 dst[at + slot - 1] = 1.0;
+            }
+        }
+        if let Some(summary) = &summary {
+            for &(at, feature) in &plan.history {
+                summary.write(feature, catalog, item, &mut dst[at..at + feature.width()]);
             }
         }
     }
@@ -736,6 +771,8 @@ mod tests {
             ]
             .into(),
             version: None,
+            history: Vec::new(),
+            now_ms: 0,
         };
         validate(&spec, &catalog, &req).expect("valid");
         let inputs = Assembler::new(&spec, &catalog).assemble(&catalog, &[&req]);

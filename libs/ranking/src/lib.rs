@@ -10,6 +10,7 @@
 mod batcher;
 mod error;
 mod features;
+mod history;
 mod model;
 mod prune;
 mod registry;
@@ -20,6 +21,7 @@ mod stats;
 pub use batcher::BatchConfig;
 pub use error::RankingError;
 pub use features::{AssembledInput, Assembler, FeatureValues, InputValues, ScoreRequest, assemble};
+pub use history::ItemHistory;
 pub use model::{ModelVersion, RankerConfig};
 pub use registry::{Ranker, RankerInfo, Rejection, Scores, SplitEntry, parse_split};
 pub use session::{ActiveProvider, ExecutionProvider, init_runtime};

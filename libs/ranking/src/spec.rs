@@ -100,6 +100,23 @@ pub enum FeatureSource {
         vocabulary: Vec<String>,
         width: usize,
     },
+    /// float32 × 4, from the user's history of this item: ln(1 + purchases), ln(1 + days since
+    /// the last purchase), ln(1 + events among the recent ones), ln(1 + days since the last of
+    /// them). "Never" counts as 365 days, days are capped there.
+    UserItemHistory { width: usize },
+    /// float32 × 3, the same over the items of the candidate's category: ln(1 + purchases),
+    /// ln(1 + days since the last purchase), ln(1 + recent events).
+    UserCategoryHistory { width: usize },
+    /// float32 × 2: Σ over the user's items of similarity(item, candidate) from the catalog's
+    /// co-occurrence table, weighted by 2^(-days since the user last touched the item /
+    /// half_life_days); and the same sum over the items of the user's latest moment (basket).
+    CoOccurrence { half_life_days: f64, width: usize },
+    /// float32: ln(candidate price) − the mean ln(price) of the items the user bought (of
+    /// those they touched if none); 0 without history.
+    UserPrice { width: usize },
+    /// float32 × 2: ln(1 + distinct items in the history), ln(1 + days since the user's latest
+    /// event or purchase).
+    UserActivity { width: usize },
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -125,7 +142,12 @@ impl FeatureSource {
             | Self::ItemCategorical { width, .. }
             | Self::RecentItems { width, .. }
             | Self::ContextNumeric { width, .. }
-            | Self::ContextCategorical { width, .. } => *width,
+            | Self::ContextCategorical { width, .. }
+            | Self::UserItemHistory { width }
+            | Self::UserCategoryHistory { width }
+            | Self::CoOccurrence { width, .. }
+            | Self::UserPrice { width }
+            | Self::UserActivity { width } => *width,
         }
     }
 
@@ -142,6 +164,11 @@ impl FeatureSource {
             Self::RecentItems { .. } => "recent_items",
             Self::ContextNumeric { .. } => "context_numeric",
             Self::ContextCategorical { .. } => "context_categorical",
+            Self::UserItemHistory { .. } => "user_item_history",
+            Self::UserCategoryHistory { .. } => "user_category_history",
+            Self::CoOccurrence { .. } => "co_occurrence",
+            Self::UserPrice { .. } => "user_price",
+            Self::UserActivity { .. } => "user_activity",
         }
     }
 
@@ -162,6 +189,9 @@ impl FeatureSource {
             Self::UserVector { .. } | Self::ItemEmbedding { .. } => Some(dim),
             Self::ItemCategoryOneHot { vocabulary, .. } => Some(vocabulary.len()),
             Self::RecentItems { .. } => None,
+            Self::UserItemHistory { .. } => Some(4),
+            Self::UserCategoryHistory { .. } => Some(3),
+            Self::CoOccurrence { .. } | Self::UserActivity { .. } => Some(2),
             _ => Some(1),
         }
     }
@@ -234,6 +264,14 @@ impl FeatureSpec {
                             .map_or("a positive number".to_owned(), |w| w.to_string())
                     )));
                 }
+                if let FeatureSource::CoOccurrence { half_life_days, .. } = f
+                    && !(half_life_days.is_finite() && *half_life_days > 0.0)
+                {
+                    return Err(err(format!(
+                        "input `{}`: co_occurrence half_life_days must be a positive number",
+                        input.name
+                    )));
+                }
                 if let FeatureSource::RecentItems { num_ids, .. } = f
                     && *num_ids < 1
                 {
@@ -269,7 +307,7 @@ impl FeatureSpec {
         }
         for f in self.inputs.iter().flat_map(|i| &i.features) {
             match f {
-                FeatureSource::ItemNumeric { column, .. } if !Catalog::has_numeric(column) => {
+                FeatureSource::ItemNumeric { column, .. } if !catalog.has_numeric(column) => {
                     return Err(err(format!(
                         "item_numeric column `{column}` is not a numeric catalog column"
                     )));

@@ -35,6 +35,8 @@ fn random_request(rng: &mut StdRng, n_items: u32, dim: usize, user: usize) -> Sc
         .into(),
         items,
         version: None,
+        history: Vec::new(),
+        now_ms: 0,
     }
 }
 

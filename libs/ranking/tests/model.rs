@@ -38,6 +38,45 @@ fn multi_input_model_scores_equal_python_onnxruntime() {
 }
 
 #[test]
+fn history_model_scores_equal_python_onnxruntime() {
+    parity("history-ranker", "history_rank_reference.json");
+}
+
+/// The history features are model inputs: the same candidates score differently without the
+/// user's history, or a year later.
+#[test]
+fn the_users_history_and_the_time_change_the_history_model_scores() {
+    let catalog = catalog();
+    let ranker = Ranker::open(
+        &test_data().join("models/history-ranker"),
+        catalog.clone(),
+        config(unbatched()),
+        None,
+    )
+    .expect("load");
+    let case = &reference("history_rank_reference.json").cases[0];
+    assert!(!case.history.is_empty());
+    let full = ranker.rank_blocking(case.request(&catalog)).expect("rank");
+    let forgotten = ranker
+        .rank_blocking(ScoreRequest {
+            history: Vec::new(),
+            ..case.request(&catalog)
+        })
+        .expect("rank");
+    assert_ne!(full.scores, forgotten.scores, "history is a model input");
+    let later = ranker
+        .rank_blocking(ScoreRequest {
+            now_ms: case.now_ms + 365 * 86_400_000,
+            ..case.request(&catalog)
+        })
+        .expect("rank");
+    assert_ne!(
+        full.scores, later.scores,
+        "the request time is a model input"
+    );
+}
+
+#[test]
 fn the_sequence_and_context_change_the_multi_input_scores() {
     let catalog = catalog();
     let ranker = Ranker::open(

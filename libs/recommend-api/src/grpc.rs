@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tandem_personalization::EventKind;
 use tandem_proto::v1 as pb;
-use tandem_recommend::{IncomingEvent, RecommendRequest, Recommender};
+use tandem_recommend::{IncomingEvent, RecommendRequest, Recommender, RepeatPurchases};
 use tandem_retrieval_api::filter_from_proto;
 use tandem_server::Ready;
 
@@ -86,6 +86,18 @@ impl pb::recommender_service_server::RecommenderService for RecommenderApi {
             deadline: Some(received + timeout),
             explain: req.explain,
             request_id: request_id.clone(),
+            repeat_purchases: match pb::RepeatPurchases::try_from(req.repeat_purchases) {
+                Ok(pb::RepeatPurchases::Unspecified) => RepeatPurchases::AfterWindow,
+                Ok(pb::RepeatPurchases::Exclude) => RepeatPurchases::Never,
+                Ok(pb::RepeatPurchases::Allow) => RepeatPurchases::Allowed,
+                Err(_) => {
+                    return Err(Status::invalid_argument(format!(
+                        "repeat_purchases: unknown value {}",
+                        req.repeat_purchases
+                    )));
+                }
+            },
+            reasons: req.reasons,
         };
         let result = recommender.recommend(&domain).await.map_err(|e| {
             tracing::debug!(%request_id, error = %e, "recommend rejected");
@@ -121,7 +133,9 @@ impl pb::recommender_service_server::RecommenderService for RecommenderApi {
                             })
                             .collect(),
                         rules: it.effects.iter().map(|e| e.as_str().to_owned()).collect(),
+                        reason: it.reason.clone(),
                     }),
+                    reason: it.reason.clone(),
                 })
                 .collect(),
             model_version: result.model_version,

@@ -130,6 +130,7 @@ impl Finisher<'_> {
             effects: p.effects,
             features: Vec::new(),
             candidate: p.candidate,
+            reason: String::new(),
         }
     }
 

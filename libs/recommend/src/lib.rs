@@ -9,7 +9,9 @@ mod events;
 mod finish;
 mod pipeline;
 mod plan;
+mod reasons;
 mod rules;
+mod sources;
 mod stages;
 
 pub use error::{RecommendError, StageError};
@@ -17,9 +19,10 @@ pub use events::{EventIntake, IncomingEvent, Recorded, Rejection};
 pub use pipeline::{
     Budgets, DEFAULT_K, DEFAULT_NUM_CANDIDATES, MAX_EVENTS_PER_BATCH, MAX_K, MAX_NUM_CANDIDATES,
     RETRIEVAL_ORDER_VERSION, RecommendRequest, Recommendation, RecommendedItem, Recommender,
-    Settings, Stages, TRENDING_VERSION,
+    RepeatPurchases, Settings, Stages, TRENDING_VERSION,
 };
 pub use rules::{RuleEffect, RulesConfig};
+pub use sources::CandidateSources;
 pub use stages::{
     Candidate, CandidateStage, InProcessRanking, InProcessRetrieval, ItemStatus, RemoteRanking,
     RemoteRetrieval, Retrieved, Scored, ScoringStage, StageConnection,

@@ -14,10 +14,15 @@ use tracing::Instrument as _;
 use tandem_events::{ServedCandidate, ServedFeature, ServedLog, ServedRecord};
 use tandem_ranking::{FeatureValues, ScoreRequest};
 
+use crate::ItemStatus;
 use crate::events::{EventIntake, IncomingEvent, Recorded, Rejection};
 use crate::finish::{Finisher, time_left};
 use crate::plan::{Plan, plan};
+use crate::reasons;
 use crate::rules::{Placed, RuleEffect, RulesConfig};
+use crate::sources::{
+    CandidateSources, by_weekly_buyers, own_items, related_items, related_strength,
+};
 use crate::stages::Candidate;
 use crate::{CandidateStage, RecommendError, ScoringStage, StageError};
 
@@ -28,6 +33,9 @@ pub const MAX_NUM_CANDIDATES: usize = 5000;
 pub const MAX_EVENTS_PER_BATCH: usize = 10_000;
 /// `model_version` of answers that no model scored: users with no history (and fallbacks).
 pub const TRENDING_VERSION: &str = "trending";
+/// Context key the pipeline sets for the ranking model: "1" when the request allows repeat
+/// purchases, else "0".
+pub const REPEATS_ALLOWED: &str = "repeats_allowed";
 /// `model_version` of answers in retrieval order because ranking could not answer.
 pub const RETRIEVAL_ORDER_VERSION: &str = "retrieval";
 
@@ -52,6 +60,22 @@ pub struct RecommendRequest {
     pub explain: bool,
     /// Names the request in logs and the served-feature log.
     pub request_id: String,
+    /// Which of the user's purchases may be recommended again.
+    pub repeat_purchases: RepeatPurchases,
+    /// Return a short reason per item (implied by `explain`).
+    pub reasons: bool,
+}
+
+/// Which purchases may come back in an answer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RepeatPurchases {
+    /// Not within the rules' purchase exclusion window.
+    #[default]
+    AfterWindow,
+    /// Never an item the user bought.
+    Never,
+    /// Bought items may come back, and the user's own items are candidates.
+    Allowed,
 }
 
 /// How the time a caller gives is shared between the stages.
@@ -78,6 +102,7 @@ pub struct Settings {
     pub query: QueryConfig,
     pub rules: RulesConfig,
     pub budgets: Budgets,
+    pub sources: CandidateSources,
 }
 
 /// The UTC hour, as the `hour_of_day` context value.
@@ -111,6 +136,8 @@ pub struct RecommendedItem {
     /// says.
     pub category: String,
     pub price: f32,
+    /// With `reasons` or `explain`: why this item, in a few words.
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -131,6 +158,12 @@ pub struct Recommender {
     query: QueryConfig,
     rules: RulesConfig,
     budgets: Budgets,
+    sources: CandidateSources,
+    /// `buyers_7d` at or above this is "trending" in a reason (the catalog's 90th
+    /// percentile); `None` when the catalog has no such column.
+    trending_buyers: Option<f32>,
+    /// The trending source's order (empty when it is off).
+    weekly_buyers: Vec<ItemIdx>,
     /// Where a sample of answers is logged, and the sampled share.
     served: Option<(Arc<ServedLog>, f64)>,
 }
@@ -168,6 +201,12 @@ impl Recommender {
         stages: Stages,
         settings: Settings,
     ) -> Self {
+        let trending_buyers = reasons::trending_threshold(&catalog);
+        let weekly_buyers = if settings.sources.trending > 0 {
+            by_weekly_buyers(&catalog)
+        } else {
+            Vec::new()
+        };
         Self {
             catalog,
             state,
@@ -175,8 +214,11 @@ impl Recommender {
             retrieval: stages.retrieval,
             ranking: stages.ranking,
             query: settings.query,
+            trending_buyers,
+            weekly_buyers,
             rules: settings.rules,
             budgets: settings.budgets,
+            sources: settings.sources,
             served: None,
         }
     }
@@ -253,11 +295,14 @@ impl Recommender {
         let Some(query) = &plan.query else {
             // Nothing to personalize on: trending items, those of the page's categories first.
             let prefer = plan.context_categories(&self.catalog);
-            let items = self
+            let mut items = self
                 .finisher()
                 .finish(&plan, Vec::new(), &prefer, || self.time_left(deadline))
                 .instrument(rules_span())
                 .await;
+            if req.reasons || req.explain {
+                self.give_reasons(&plan, &mut items, now);
+            }
             let answer = Recommendation {
                 items,
                 model_version: TRENDING_VERSION.into(),
@@ -271,7 +316,7 @@ impl Recommender {
             tandem.partial = tracing::field::Empty,
         );
         let retrieved = self
-            .retrieve(&plan, query, deadline)
+            .retrieve(&plan, query, deadline, now)
             .instrument(retrieve_span.clone())
             .await;
         let (candidates, partial) = match retrieved {
@@ -304,7 +349,7 @@ impl Recommender {
             tandem.degraded = tracing::field::Empty,
         );
         let ranked = self
-            .score(&plan, req, query, &candidates, req.explain || log_this)
+            .score(&plan, req, query, &candidates, req.explain || log_this, now)
             .instrument(rank_span.clone())
             .await?;
         rank_span.record("tandem.model_version", ranked.model_version.as_str());
@@ -331,6 +376,9 @@ impl Recommender {
         if req.explain {
             explain(&mut items, &ranked.features);
         }
+        if req.reasons || req.explain {
+            self.give_reasons(&plan, &mut items, now);
+        }
         if partial.is_some() {
             count_degraded("partial_retrieval");
         }
@@ -351,21 +399,95 @@ impl Recommender {
         ))
     }
 
-    /// Step 2: candidates within retrieval's share of the time left.
+    /// Step 2: candidates within retrieval's share of the time left: the ANN search, then the
+    /// other sources (the user's own items, related items) checked with retrieval.
     async fn retrieve(
         &self,
         plan: &Plan,
         query: &[f32],
         deadline: Option<Instant>,
+        now_ms: i64,
     ) -> Result<crate::Retrieved, StageError> {
         let budget = self
             .time_left(deadline)
             .map(|left| left.mul_f64(self.budgets.retrieval_share.clamp(0.0, 1.0)));
-        within(budget, ("retrieval", "search"), |deadline| {
+        let started = Instant::now();
+        let mut retrieved = within(budget, ("retrieval", "search"), |deadline| {
             self.retrieval
                 .search(query, plan.num_candidates, &plan.filter, deadline)
         })
+        .await?;
+        let extra = self.other_sources(plan, &retrieved.candidates, now_ms);
+        if extra.is_empty() {
+            return Ok(retrieved);
+        }
+        let budget = budget.map(|b| b.saturating_sub(started.elapsed()));
+        match within(budget, ("retrieval", "items"), |deadline| {
+            self.retrieval.items(&extra, deadline)
+        })
         .await
+        {
+            Ok(statuses) if statuses.len() == extra.len() => {
+                for (idx, status) in extra.into_iter().zip(statuses) {
+                    if let ItemStatus::Present(attributes) = status
+                        && plan.filter.admits_item(idx, &attributes)
+                    {
+                        retrieved.candidates.push(Candidate {
+                            idx,
+                            score: dot(query, self.catalog.embedding(idx)),
+                            attributes,
+                        });
+                    }
+                }
+            }
+            // The ANN candidates alone still make an answer.
+            Ok(_) | Err(_) => {
+                tracing::debug!("other candidate sources unchecked; left out");
+            }
+        }
+        Ok(retrieved)
+    }
+
+    /// Candidates the ANN search did not return: the user's own items when repeats are
+    /// allowed, the items most related to their history, and this week's most bought.
+    fn other_sources(&self, plan: &Plan, found: &[Candidate], now_ms: i64) -> Vec<ItemIdx> {
+        let mut seen: HashSet<ItemIdx> = found.iter().map(|c| c.idx).collect();
+        let mut extra = Vec::new();
+        let admit = |idx: ItemIdx| plan.filter.admits(self.catalog.as_ref(), idx);
+        if plan.repeats == RepeatPurchases::Allowed {
+            for idx in own_items(&plan.items, self.sources.own_items) {
+                if admit(idx) && seen.insert(idx) {
+                    extra.push(idx);
+                }
+            }
+        }
+        if self.sources.related > 0 && self.catalog.has_related() {
+            let strength = related_strength(
+                &self.catalog,
+                &plan.items,
+                now_ms,
+                self.sources.related_half_life_days,
+            );
+            for idx in related_items(&strength, self.sources.related, admit) {
+                if seen.insert(idx) {
+                    extra.push(idx);
+                }
+            }
+        }
+        let trending = self
+            .weekly_buyers
+            .iter()
+            .copied()
+            .filter(|&idx| admit(idx))
+            .take(self.sources.trending);
+        for idx in trending {
+            if seen.insert(idx) {
+                extra.push(idx);
+            }
+        }
+        // One Rank call carries at most MAX_NUM_CANDIDATES (the ranking tier's default limit).
+        extra.truncate(MAX_NUM_CANDIDATES.saturating_sub(found.len()));
+        extra
     }
 
     /// Step 3: the model's scores, or retrieval's order (degraded) when ranking cannot answer
@@ -377,11 +499,16 @@ impl Recommender {
         query: &[f32],
         candidates: &[Candidate],
         with_features: bool,
+        now_ms: i64,
     ) -> Result<Ranked, RecommendError> {
         let mut context = req.context.clone();
         context
             .entry("hour_of_day".to_owned())
             .or_insert_with(hour_of_day_now);
+        // Whether the user's own items compete: a model may read it (the history ranker does).
+        context
+            .entry(REPEATS_ALLOWED.to_owned())
+            .or_insert_with(|| u8::from(plan.repeats == RepeatPurchases::Allowed).to_string());
         let request = ScoreRequest {
             user_id: req.user_id.clone(),
             user_vector: query.to_vec(),
@@ -390,6 +517,8 @@ impl Recommender {
             recent_items: plan.history.recent.iter().rev().map(|e| e.item).collect(),
             context,
             version: req.model_version.clone().filter(|v| !v.is_empty()),
+            history: plan.items.clone(),
+            now_ms,
         };
         let scoring = within(
             self.time_left(req.deadline),
@@ -426,6 +555,19 @@ impl Recommender {
             features: Vec::new(),
             degraded: Some(why),
         })
+    }
+
+    fn give_reasons(&self, plan: &Plan, items: &mut [RecommendedItem], now_ms: i64) {
+        let why = reasons::Reasons {
+            catalog: &self.catalog,
+            history: &plan.items,
+            now_ms,
+            related_half_life_days: self.sources.related_half_life_days,
+            trending_buyers: self.trending_buyers,
+        };
+        for item in items {
+            item.reason = why.reason(item);
+        }
     }
 
     /// Offers the answer to the served-feature log (never waits).
@@ -537,6 +679,10 @@ where
     };
     record(if result.is_ok() { "ok" } else { "error" });
     result
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
 /// The span of the last step: business rules, backfill and the backfill's check.

@@ -5,12 +5,13 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use tandem_catalog::{Catalog, ItemIdx};
-use tandem_personalization::{QueryConfig, UserHistory, query_vector};
+use tandem_personalization::{ItemMap, QueryConfig, UserHistory, query_vector};
+use tandem_ranking::ItemHistory;
 use tandem_retrieval::ItemFilter;
 
 use crate::RecommendError;
 use crate::pipeline::{
-    DEFAULT_K, DEFAULT_NUM_CANDIDATES, MAX_K, MAX_NUM_CANDIDATES, RecommendRequest,
+    DEFAULT_K, DEFAULT_NUM_CANDIDATES, MAX_K, MAX_NUM_CANDIDATES, RecommendRequest, RepeatPurchases,
 };
 use crate::rules::RulesConfig;
 
@@ -25,6 +26,9 @@ pub(crate) struct Plan {
     /// recent purchases, in catalog indexes.
     pub filter: ItemFilter,
     pub history: Arc<UserHistory>,
+    /// The same per item, as ranking, the candidate sources and the reasons read it.
+    pub items: Vec<ItemHistory>,
+    pub repeats: RepeatPurchases,
     /// The page's items this catalog knows, in request order.
     pub context: Vec<ItemIdx>,
     /// `None`: nothing to personalize on (no history): the answer is trending items.
@@ -72,14 +76,19 @@ pub(crate) fn plan(
     let mut spec = req.filter.clone();
     spec.in_stock_only = req.in_stock_only.unwrap_or(rules.in_stock_only);
     let mut filter = ItemFilter::resolve(catalog, &spec)?;
-    let bought_since = rules
-        .purchase_exclusion_ms
-        .map_or(i64::MIN, |window| now_ms.saturating_sub(window));
-    filter.exclude(
-        history
-            .purchased_since(bought_since)
-            .chain(context.iter().copied()),
-    );
+    let bought_since = match req.repeat_purchases {
+        RepeatPurchases::AfterWindow => Some(
+            rules
+                .purchase_exclusion_ms
+                .map_or(i64::MIN, |window| now_ms.saturating_sub(window)),
+        ),
+        RepeatPurchases::Never => Some(i64::MIN),
+        RepeatPurchases::Allowed => None,
+    };
+    if let Some(since) = bought_since {
+        filter.exclude(history.purchased_since(since));
+    }
+    filter.exclude(context.iter().copied());
     let query = if history.is_empty() {
         None
     } else {
@@ -92,7 +101,9 @@ pub(crate) fn plan(
             .max_per_category
             .map_or(rules.max_per_category, |c| c as usize),
         filter,
+        items: item_history(&history),
         history,
+        repeats: req.repeat_purchases,
         context,
         query,
     })
@@ -106,4 +117,28 @@ impl Plan {
             .map(|&i| catalog.category_code(i))
             .collect()
     }
+}
+
+/// The user's history as ranking reads it: one entry per item they bought or recently touched.
+fn item_history(history: &UserHistory) -> Vec<ItemHistory> {
+    let mut by_item: ItemMap<ItemHistory> = ItemMap::default();
+    for e in &history.recent {
+        let h = by_item.entry(e.item).or_insert(ItemHistory {
+            item: e.item,
+            ..ItemHistory::default()
+        });
+        h.events += 1;
+        h.last_event_ms = h.last_event_ms.max(e.timestamp_ms);
+    }
+    for (&item, p) in &history.purchased {
+        let h = by_item.entry(item).or_insert(ItemHistory {
+            item,
+            ..ItemHistory::default()
+        });
+        h.purchases = p.count;
+        h.last_purchase_ms = p.last_ms;
+    }
+    let mut out: Vec<ItemHistory> = by_item.into_values().collect();
+    out.sort_unstable_by_key(|h| h.item);
+    out
 }

@@ -6,15 +6,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use tandem_catalog::testing::{synthetic_batch, write_parquet};
-use tandem_catalog::{Catalog, ItemIdx};
+use tandem_catalog::testing::{synthetic_batch, with_numeric, write_parquet, write_related};
+use tandem_catalog::{Catalog, ItemIdx, RELATED_FILE};
 use tandem_events::EventLogConfig;
 use tandem_personalization::{EventKind, InMemoryState, TrendingConfig};
 use tandem_ranking::ScoreRequest;
 use tandem_recommend::{
-    Candidate, CandidateStage, EventIntake, IncomingEvent, ItemStatus, RETRIEVAL_ORDER_VERSION,
-    RecommendError, RecommendRequest, Recommendation, Recommender, Retrieved, RuleEffect, Scored,
-    ScoringStage, Settings, StageError, Stages, TRENDING_VERSION,
+    Candidate, CandidateSources, CandidateStage, EventIntake, IncomingEvent, ItemStatus,
+    RETRIEVAL_ORDER_VERSION, RecommendError, RecommendRequest, Recommendation, Recommender,
+    RepeatPurchases, Retrieved, RuleEffect, Scored, ScoringStage, Settings, StageError, Stages,
+    TRENDING_VERSION,
 };
 use tandem_retrieval::ItemFilter;
 
@@ -22,9 +23,38 @@ const ITEMS: usize = 400;
 const DIM: usize = 8;
 const CATEGORIES: usize = 8;
 
-fn catalog(dir: &std::path::Path) -> Arc<Catalog> {
+fn item_id(i: ItemIdx) -> String {
+    format!("item-{i:06}")
+}
+
+/// What the catalog holds besides the seeded items.
+#[derive(Default)]
+struct Extras {
+    /// (item, related item, weight): its co-occurrence file.
+    related: Vec<(ItemIdx, ItemIdx, f32)>,
+    /// Its `buyers_7d` column, one per item, when not empty.
+    buyers_7d: Vec<f32>,
+}
+
+fn catalog(dir: &std::path::Path, extras: &Extras) -> Arc<Catalog> {
     let path = dir.join("items.parquet");
-    write_parquet(&synthetic_batch(ITEMS, DIM, CATEGORIES, 11), &path).expect("fixture");
+    let mut batch = synthetic_batch(ITEMS, DIM, CATEGORIES, 11);
+    if !extras.buyers_7d.is_empty() {
+        batch = with_numeric(&batch, "buyers_7d", extras.buyers_7d.clone());
+    }
+    write_parquet(&batch, &path).expect("fixture");
+    if !extras.related.is_empty() {
+        let ids: Vec<(String, String, f32)> = extras
+            .related
+            .iter()
+            .map(|&(a, b, w)| (item_id(a), item_id(b), w))
+            .collect();
+        let pairs: Vec<(&str, &str, f32)> = ids
+            .iter()
+            .map(|(a, b, w)| (a.as_str(), b.as_str(), *w))
+            .collect();
+        write_related(&pairs, &dir.join(RELATED_FILE)).expect("related fixture");
+    }
     Arc::new(Catalog::open(&path).expect("catalog"))
 }
 
@@ -151,8 +181,16 @@ struct World {
 }
 
 fn world(tune: impl FnOnce(&mut FakeRetrieval, &mut FakeRanking)) -> World {
+    world_with(Settings::default(), &Extras::default(), tune)
+}
+
+fn world_with(
+    settings: Settings,
+    extras: &Extras,
+    tune: impl FnOnce(&mut FakeRetrieval, &mut FakeRanking),
+) -> World {
     let dir = tempfile::tempdir().expect("tempdir");
-    let catalog = catalog(dir.path());
+    let catalog = catalog(dir.path(), extras);
     let mut retrieval = FakeRetrieval::new(&catalog);
     let mut ranking = FakeRanking::default();
     tune(&mut retrieval, &mut ranking);
@@ -174,7 +212,7 @@ fn world(tune: impl FnOnce(&mut FakeRetrieval, &mut FakeRanking)) -> World {
             retrieval: retrieval.clone(),
             ranking: ranking.clone(),
         },
-        Settings::default(),
+        settings,
     );
     World {
         _dir: dir,
@@ -194,12 +232,17 @@ fn request(user: &str) -> RecommendRequest {
 }
 
 async fn act(w: &World, user: &str, item: ItemIdx, kind: EventKind) {
+    act_at(w, user, item, kind, 0).await;
+}
+
+/// `timestamp_ms` 0: now.
+async fn act_at(w: &World, user: &str, item: ItemIdx, kind: EventKind, timestamp_ms: i64) {
     w.recommender
         .record_events(&[IncomingEvent {
             user_id: user.into(),
             item_id: w.catalog.item_id(item).into(),
             kind: Some(kind),
-            timestamp_ms: 0,
+            timestamp_ms,
             event_id: String::new(),
         }])
         .await
@@ -433,5 +476,195 @@ async fn backfill_is_checked_and_gone_items_are_replaced() {
     assert!(
         answer.items[..5].iter().all(|i| i.candidate.is_some()),
         "ranked first"
+    );
+}
+
+const DAY_MS: i64 = 86_400_000;
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+#[tokio::test]
+async fn repeat_purchases_choose_what_comes_back_and_own_items_join_the_candidates() {
+    // A three-item index: the user's own purchase (bought 40 days ago, twice) is far from it.
+    let w = world(|r, _| r.limit = 3);
+    let bought = (ITEMS - 1) as ItemIdx;
+    for days in [60, 40] {
+        act_at(
+            &w,
+            "u",
+            bought,
+            EventKind::Purchase,
+            now_ms() - days * DAY_MS,
+        )
+        .await;
+    }
+    act(&w, "u", 1, EventKind::Click).await;
+    let mut scored = Vec::new();
+    for mode in [
+        RepeatPurchases::AfterWindow,
+        RepeatPurchases::Never,
+        RepeatPurchases::Allowed,
+    ] {
+        let answer = w
+            .recommender
+            .recommend(&RecommendRequest {
+                repeat_purchases: mode,
+                reasons: true,
+                in_stock_only: Some(false),
+                ..request("u")
+            })
+            .await
+            .expect("answer");
+        let searched = w
+            .retrieval
+            .searched
+            .lock()
+            .expect("lock")
+            .pop()
+            .expect("searched");
+        let admitted = searched.admits_item(bought, &w.catalog.attributes(bought));
+        let requests = w.ranking.requests.lock().expect("lock");
+        let last = requests.last().expect("scored");
+        let candidate = last.items.contains(&bought);
+        let flag = if mode == RepeatPurchases::Allowed {
+            "1"
+        } else {
+            "0"
+        };
+        assert_eq!(
+            last.context.get("repeats_allowed").map(String::as_str),
+            Some(flag),
+            "the model is told whether own items compete"
+        );
+        scored.push((mode, admitted, candidate, answer));
+    }
+    // Past the 30-day window the purchase may come back but is not sought; never: excluded;
+    // allowed: the own-item source makes it a candidate although the index did not find it.
+    assert!(
+        scored[0].1 && !scored[0].2,
+        "after the window: admitted, not sought"
+    );
+    assert!(!scored[1].1 && !scored[1].2, "never: excluded");
+    assert!(scored[2].1 && scored[2].2, "allowed: a candidate");
+    assert!(!ids(&scored[1].3.items).contains(&bought));
+    let item = scored[2]
+        .3
+        .items
+        .iter()
+        .find(|i| i.idx == bought)
+        .expect("the own item is served (the fake ranks by index: it is first)");
+    assert_eq!(item.reason, "bought twice, last 40 days ago");
+    let clicked = scored[2].3.items.iter().find(|i| i.idx == 1);
+    if let Some(clicked) = clicked {
+        assert_eq!(clicked.reason, "you looked at it once, last today");
+    }
+    assert!(
+        scored[2].3.items.iter().all(|i| !i.reason.is_empty()),
+        "every item has a reason when asked"
+    );
+    let without = w
+        .recommender
+        .recommend(&RecommendRequest {
+            reasons: false,
+            ..request("u")
+        })
+        .await
+        .expect("answer");
+    assert!(
+        without.items.iter().all(|i| i.reason.is_empty()),
+        "no reasons unasked"
+    );
+}
+
+#[tokio::test]
+async fn related_items_join_the_candidates_and_name_what_they_go_with() {
+    let settings = Settings {
+        sources: CandidateSources {
+            related: 2,
+            ..CandidateSources::default()
+        },
+        ..Settings::default()
+    };
+    // Item 1 goes with 398 and 397 (strongest first), and weakly with 396.
+    let extras = Extras {
+        related: vec![(1, 398, 0.9), (1, 397, 0.5), (1, 396, 0.01)],
+        ..Extras::default()
+    };
+    let w = world_with(settings, &extras, |r, _| r.limit = 3);
+    act(&w, "u", 1, EventKind::Purchase).await;
+    let answer = w
+        .recommender
+        .recommend(&RecommendRequest {
+            reasons: true,
+            in_stock_only: Some(false),
+            ..request("u")
+        })
+        .await
+        .expect("answer");
+    let requests = w.ranking.requests.lock().expect("lock");
+    let items = &requests.last().expect("scored").items;
+    assert!(
+        items.contains(&398) && items.contains(&397),
+        "the two strongest: {items:?}"
+    );
+    assert!(!items.contains(&396), "only `related` of them");
+    let top = answer.items.first().expect("an answer");
+    assert_eq!(top.idx, 398, "the fake ranks by index");
+    assert_eq!(top.reason, format!("often bought with {}", item_id(1)));
+}
+
+#[tokio::test]
+async fn this_weeks_most_bought_join_the_candidates_and_say_they_trend() {
+    let settings = Settings {
+        sources: CandidateSources {
+            trending: 2,
+            ..CandidateSources::default()
+        },
+        ..Settings::default()
+    };
+    // Items 395..=397 sell most this week (397 most); 397 is out of stock.
+    let mut buyers_7d = vec![0.0; ITEMS];
+    buyers_7d[395] = 30.0;
+    buyers_7d[396] = 40.0;
+    buyers_7d[397] = 50.0;
+    let extras = Extras {
+        buyers_7d,
+        ..Extras::default()
+    };
+    let w = world_with(settings, &extras, |r, _| r.limit = 3);
+    let stocked = w.catalog.in_stock(397);
+    act(&w, "u", 1, EventKind::Click).await;
+    let answer = w
+        .recommender
+        .recommend(&RecommendRequest {
+            reasons: true,
+            in_stock_only: Some(true),
+            ..request("u")
+        })
+        .await
+        .expect("answer");
+    let requests = w.ranking.requests.lock().expect("lock");
+    let items = &requests.last().expect("scored").items;
+    let trending: Vec<ItemIdx> = [397, 396, 395]
+        .into_iter()
+        .filter(|&i| w.catalog.in_stock(i))
+        .take(2)
+        .collect();
+    for i in &trending {
+        assert!(items.contains(i), "{i} trends: {items:?}");
+    }
+    if !stocked {
+        assert!(!items.contains(&397), "the filter holds for every source");
+    }
+    let top = answer.items.first().expect("an answer");
+    assert_eq!(top.idx, trending[0], "the fake ranks by index");
+    assert!(
+        top.reason.starts_with("trending in cat-") && top.reason.ends_with("buyers this week"),
+        "{}",
+        top.reason
     );
 }

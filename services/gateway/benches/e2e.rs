@@ -279,6 +279,8 @@ fn main() -> Result<(), BenchError> {
             recent_items: histories[u].iter().rev().copied().collect(),
             context: [("hour_of_day".to_owned(), "12".to_owned())].into(),
             version: None,
+            history: Vec::new(),
+            now_ms: 0,
         })
         .collect();
     let rank = |i: usize| {

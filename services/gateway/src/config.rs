@@ -62,6 +62,29 @@ pub struct Config {
     /// Bought items are not recommended again for this many hours; 0 = never again.
     #[arg(long, env = "TANDEM_PURCHASE_EXCLUSION_HOURS", default_value_t = 720)]
     pub purchase_exclusion_hours: u64,
+    /// The query vector: an event this many hours older than the user's latest counts half.
+    #[arg(long, env = "TANDEM_QUERY_HALF_LIFE_HOURS", default_value_t = 24.0)]
+    pub query_half_life_hours: f64,
+    /// The query vector reads the user's newest this many events (at most
+    /// --history-capacity).
+    #[arg(long, env = "TANDEM_QUERY_MAX_EVENTS", default_value_t = 50)]
+    pub query_max_events: usize,
+    /// With repeat purchases allowed (RepeatPurchases.ALLOW), up to this many of the user's
+    /// own items, most recent first, are candidates beside the ANN search; 0 = none.
+    #[arg(long, env = "TANDEM_OWN_ITEM_CANDIDATES", default_value_t = 200)]
+    pub own_item_candidates: usize,
+    /// Candidates added from the items most often bought with the user's items (the catalog's
+    /// co_occurrence.parquet); 0 = off. The history ranker was trained with 100.
+    #[arg(long, env = "TANDEM_RELATED_CANDIDATES", default_value_t = 0)]
+    pub related_candidates: usize,
+    /// A history item this many days old adds half as much to its related items (as the
+    /// history ranker's co_occurrence feature weighs it).
+    #[arg(long, env = "TANDEM_RELATED_HALF_LIFE_DAYS", default_value_t = 30.0)]
+    pub related_half_life_days: f64,
+    /// Candidates added from the items most bought in the catalog's last week (its buyers_7d
+    /// column); 0 = off.
+    #[arg(long, env = "TANDEM_TRENDING_CANDIDATES", default_value_t = 0)]
+    pub trending_candidates: usize,
     /// Trending counts halve every this many minutes.
     #[arg(long, env = "TANDEM_TRENDING_HALF_LIFE_MIN", default_value_t = 360)]
     pub trending_half_life_min: u64,
@@ -178,6 +201,24 @@ impl Config {
                     .into(),
             );
         }
+        if !(self.query_half_life_hours.is_finite() && self.query_half_life_hours > 0.0) {
+            return Err(format!(
+                "--query-half-life-hours must be positive, got {}",
+                self.query_half_life_hours
+            ));
+        }
+        if self.query_max_events == 0 || self.query_max_events > self.history_capacity {
+            return Err(format!(
+                "--query-max-events must be 1 to --history-capacity ({}), got {}",
+                self.history_capacity, self.query_max_events
+            ));
+        }
+        if !(self.related_half_life_days.is_finite() && self.related_half_life_days > 0.0) {
+            return Err(format!(
+                "--related-half-life-days must be positive, got {}",
+                self.related_half_life_days
+            ));
+        }
         if self.trending_half_life_min == 0 {
             return Err("--trending-half-life-min must be positive".into());
         }
@@ -251,6 +292,23 @@ impl Config {
             demote_after_shown: self.demote_after_shown,
             purchase_exclusion_ms: (self.purchase_exclusion_hours > 0)
                 .then(|| (self.purchase_exclusion_hours as i64).saturating_mul(3_600_000)),
+        }
+    }
+
+    pub(crate) fn query(&self) -> tandem_personalization::QueryConfig {
+        tandem_personalization::QueryConfig {
+            half_life_ms: (self.query_half_life_hours * 3_600_000.0) as i64,
+            max_events: self.query_max_events,
+            ..tandem_personalization::QueryConfig::default()
+        }
+    }
+
+    pub(crate) fn sources(&self) -> tandem_recommend::CandidateSources {
+        tandem_recommend::CandidateSources {
+            own_items: self.own_item_candidates,
+            related: self.related_candidates,
+            related_half_life_days: self.related_half_life_days,
+            trending: self.trending_candidates,
         }
     }
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use tandem_catalog::Catalog;
 use tandem_events::ServedLog;
-use tandem_personalization::{InMemoryState, QueryConfig, StateStore};
+use tandem_personalization::{InMemoryState, StateStore};
 use tandem_proto::v1::ranking_admin_service_server::RankingAdminServiceServer;
 use tandem_proto::v1::ranking_service_server::RankingServiceServer;
 use tandem_proto::v1::recommender_service_server::RecommenderServiceServer;
@@ -186,9 +186,10 @@ pub async fn start(
                 events,
                 Stages { retrieval, ranking },
                 Settings {
-                    query: QueryConfig::default(),
+                    query: config.query(),
                     rules: config.rules(),
                     budgets: config.budgets(),
+                    sources: config.sources(),
                 },
             );
             if let Some(served) = config.served_log() {

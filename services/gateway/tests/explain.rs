@@ -167,3 +167,84 @@ async fn served_features_are_logged_as_parquet_the_pipeline_reads() {
         "the model's 92 input values per row"
     );
 }
+
+/// The history ranker (the real-data world's model) over gRPC: repeat purchases by request,
+/// the user's own items as candidates, and a reason per item.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeat_purchases_are_the_callers_choice_and_every_item_says_why() {
+    let catalog = catalog();
+    let ranker = test_data().join("models/history-ranker");
+    let gw = start(config(&[
+        &format!("--model-dir={}", ranker.display()),
+        "--related-candidates=50",
+    ]))
+    .await;
+    let mut client = recommender(gw.addr).await;
+    let bought = items_in(&catalog, "music", 40)
+        .into_iter()
+        .find(|id| catalog.idx_of(id).is_some_and(|i| catalog.in_stock(i)))
+        .expect("an in-stock music item");
+    let events = vec![
+        event("regular", &bought, pb::EventType::Purchase, t0()),
+        event("regular", &bought, pb::EventType::Purchase, t0() + 1),
+    ];
+    client
+        .record_events(pb::RecordEventsRequest { events })
+        .await
+        .expect("record");
+    clicks_in(&mut client, "regular", "music", 3).await;
+    let ask = |repeat: pb::RepeatPurchases| pb::RecommendRequest {
+        repeat_purchases: repeat as i32,
+        reasons: true,
+        num_candidates: Some(1000),
+        filter: Some(pb::ItemFilter {
+            categories: vec!["music".into()],
+            ..Default::default()
+        }),
+        ..request("regular", 1000)
+    };
+    let excluded = client
+        .recommend(ask(pb::RepeatPurchases::Exclude))
+        .await
+        .expect("recommend")
+        .into_inner();
+    assert!(excluded.model_version.starts_with("history-ranker/"));
+    assert!(!excluded.items.is_empty());
+    assert!(excluded.items.iter().all(|i| i.item_id != bought));
+    assert!(
+        excluded.items.iter().all(|i| !i.reason.is_empty()),
+        "every item says why"
+    );
+    assert!(excluded.items.iter().all(|i| i.explanation.is_none()));
+    let allowed = client
+        .recommend(ask(pb::RepeatPurchases::Allow))
+        .await
+        .expect("recommend")
+        .into_inner();
+    let again = allowed
+        .items
+        .iter()
+        .find(|i| i.item_id == bought)
+        .expect("the bought item may come back");
+    assert_eq!(again.reason, "bought twice, last today");
+    // The window default (720 h) keeps a purchase of six hours ago out.
+    let default = client
+        .recommend(ask(pb::RepeatPurchases::Unspecified))
+        .await
+        .expect("recommend")
+        .into_inner();
+    assert!(default.items.iter().all(|i| i.item_id != bought));
+    let bad = client
+        .recommend(pb::RecommendRequest {
+            repeat_purchases: 9,
+            ..request("regular", 5)
+        })
+        .await
+        .expect_err("unknown enum value");
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    assert!(
+        bad.message().starts_with("repeat_purchases"),
+        "{}",
+        bad.message()
+    );
+}

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tandem_catalog::Catalog;
-use tandem_ranking::{BatchConfig, ExecutionProvider, RankerConfig, ScoreRequest};
+use tandem_ranking::{BatchConfig, ExecutionProvider, ItemHistory, RankerConfig, ScoreRequest};
 
 pub fn test_data() -> PathBuf {
     let dir = std::env::var_os("TANDEM_TEST_DATA").map_or_else(
@@ -70,7 +70,20 @@ pub struct Case {
     pub recent_item_ids: Vec<String>,
     #[serde(default)]
     pub context: BTreeMap<String, String>,
+    #[serde(default)]
+    pub history: Vec<HistoryEntry>,
+    #[serde(default)]
+    pub now_ms: i64,
     pub scores: Vec<f32>,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct HistoryEntry {
+    pub item_id: String,
+    pub purchases: u32,
+    pub last_purchase_ms: i64,
+    pub events: u32,
+    pub last_event_ms: i64,
 }
 
 pub fn reference(file: &str) -> Reference {
@@ -89,6 +102,18 @@ impl Case {
             recent_items: self.recent_item_ids.iter().map(idx).collect(),
             context: self.context.clone(),
             version: None,
+            history: self
+                .history
+                .iter()
+                .map(|h| ItemHistory {
+                    item: idx(&h.item_id),
+                    purchases: h.purchases,
+                    last_purchase_ms: h.last_purchase_ms,
+                    events: h.events,
+                    last_event_ms: h.last_event_ms,
+                })
+                .collect(),
+            now_ms: self.now_ms,
         }
     }
 }

@@ -465,6 +465,18 @@ impl ScoringStage for RemoteRanking {
                     .map(|&i| catalog.item_id(i).to_owned())
                     .collect(),
                 context: request.context.into_iter().collect(),
+                history: request
+                    .history
+                    .iter()
+                    .map(|h| pb::ItemHistory {
+                        item_id: catalog.item_id(h.item).to_owned(),
+                        purchases: h.purchases,
+                        last_purchase_ms: h.last_purchase_ms,
+                        events: h.events,
+                        last_event_ms: h.last_event_ms,
+                    })
+                    .collect(),
+                now_ms: request.now_ms,
             }),
             model_version: request.version.unwrap_or_default(),
             explain: with_features,
