@@ -29,6 +29,20 @@ pub struct ItemHistory {
     pub last_event_ms: i64,
 }
 
+impl ItemHistory {
+    /// When the user last bought or touched the item (0: never).
+    pub fn last_touched_ms(&self) -> i64 {
+        self.last_event_ms.max(self.last_purchase_ms)
+    }
+
+    /// ½ per `half_life_days` since the user last had the item ("never" counts as 365 days):
+    /// how much it adds to the items related to it, in the co-occurrence feature, the related
+    /// candidate source and the reasons alike.
+    pub fn recency_weight(&self, now_ms: i64, half_life_days: f64) -> f64 {
+        0.5f64.powf(days_since(now_ms, self.last_touched_ms()) / half_life_days)
+    }
+}
+
 /// Which history feature to compute (the spec's sources, resolved).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) enum HistoryFeature {
@@ -96,8 +110,11 @@ impl<'a> UserSummary<'a> {
             c.1 = c.1.max(h.last_purchase_ms);
             c.2 += f64::from(h.events);
         }
-        let touched = |h: &ItemHistory| h.last_event_ms.max(h.last_purchase_ms);
-        let latest_ms = history.iter().map(|h| touched(h)).max().unwrap_or(0);
+        let latest_ms = history
+            .iter()
+            .map(|h| h.last_touched_ms())
+            .max()
+            .unwrap_or(0);
         let mut co = Vec::new();
         for f in features {
             if let HistoryFeature::CoOccurrence { half_life_days } = *f {
@@ -106,9 +123,12 @@ impl<'a> UserSummary<'a> {
                 }
                 let mut sums = CoSums::new();
                 for h in &history {
-                    let t = touched(h);
-                    let w = 0.5f64.powf(days_since(req.now_ms, t) / half_life_days);
-                    let latest = if t == latest_ms { 1.0 } else { 0.0 };
+                    let w = h.recency_weight(req.now_ms, half_life_days);
+                    let latest = if h.last_touched_ms() == latest_ms {
+                        1.0
+                    } else {
+                        0.0
+                    };
                     let (items, weights) = catalog.related(h.item);
                     for (&j, &sim) in items.iter().zip(weights) {
                         let s = sums.entry(j).or_default();

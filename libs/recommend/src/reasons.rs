@@ -75,10 +75,8 @@ impl Reasons<'_> {
             let Some(at) = related.iter().position(|&j| j == item) else {
                 continue;
             };
-            let touched = h.last_event_ms.max(h.last_purchase_ms);
-            let age_days = ((self.now_ms - touched) as f64 / DAY_MS as f64).clamp(0.0, 365.0);
             let strength =
-                0.5f64.powf(age_days / self.related_half_life_days) * f64::from(weights[at]);
+                h.recency_weight(self.now_ms, self.related_half_life_days) * f64::from(weights[at]);
             if strength >= MIN_RELATED && best.is_none_or(|(_, s)| strength > s) {
                 best = Some((h.item, strength));
             }

@@ -8,9 +8,6 @@ use std::collections::HashMap;
 use tandem_catalog::{Catalog, ItemIdx};
 use tandem_ranking::ItemHistory;
 
-const DAY_MS: f64 = 86_400_000.0;
-/// The oldest a history item counts as, in days (as the ranking features cap it).
-const NEVER_DAYS: f64 = 365.0;
 /// Catalog column of distinct buyers over the last seven days (written by the pipeline).
 pub(crate) const BUYERS_7D: &str = "buyers_7d";
 
@@ -41,14 +38,10 @@ impl Default for CandidateSources {
     }
 }
 
-fn touched(h: &ItemHistory) -> i64 {
-    h.last_event_ms.max(h.last_purchase_ms)
-}
-
 /// Up to `limit` of the user's items, most recently touched first.
 pub(crate) fn own_items(history: &[ItemHistory], limit: usize) -> Vec<ItemIdx> {
     let mut items: Vec<&ItemHistory> = history.iter().collect();
-    items.sort_by_key(|h| (std::cmp::Reverse(touched(h)), h.item));
+    items.sort_by_key(|h| (std::cmp::Reverse(h.last_touched_ms()), h.item));
     items.into_iter().take(limit).map(|h| h.item).collect()
 }
 
@@ -62,13 +55,7 @@ pub(crate) fn related_strength(
 ) -> HashMap<ItemIdx, f64> {
     let mut sums: HashMap<ItemIdx, f64> = HashMap::new();
     for h in history.iter().filter(|h| (h.item as usize) < catalog.len()) {
-        let t = touched(h);
-        let age = if t <= 0 {
-            NEVER_DAYS
-        } else {
-            ((now_ms - t) as f64 / DAY_MS).clamp(0.0, NEVER_DAYS)
-        };
-        let w = 0.5f64.powf(age / half_life_days);
+        let w = h.recency_weight(now_ms, half_life_days);
         let (items, weights) = catalog.related(h.item);
         for (&j, &sim) in items.iter().zip(weights) {
             *sums.entry(j).or_default() += w * f64::from(sim);
