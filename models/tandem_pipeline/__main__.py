@@ -42,7 +42,9 @@ def parse_args() -> argparse.Namespace:
                    help="embedding dimension (default 32; 64 for online-retail)")
     p.add_argument("--hidden", default="64,32", help="MLP hidden layer sizes")
     p.add_argument("--max-iter", type=int, default=20, help="MLP training epochs at most")
-    p.add_argument("--history-epochs", type=int, default=60, help="history ranker training epochs")
+    p.add_argument("--history-epochs", type=int, default=10, help="history ranker training epochs")
+    p.add_argument("--history-members", type=int, default=5,
+                   help="networks averaged in the history ranker (seeds of one listwise MLP)")
     p.add_argument("--history-users", type=int, default=4_000,
                    help="users per training window of the history ranker")
     p.add_argument("--seq-epochs", type=int, default=4, help="seqranker training epochs")
@@ -286,7 +288,7 @@ def main() -> None:
     sources = history_ranker.Sources()
     h_onnx, h_info = history_ranker.train(train, cutoff, 31 if args.dataset == "online-retail" else 4, world_at,
                                           hspec, query, sources, rng, hidden, args.history_epochs, args.seed,
-                                          max_users=args.history_users)
+                                          max_users=args.history_users, members=args.history_members)
     h_bundle = out / "models" / "history-ranker" / args.model_version
     h_bundle.mkdir(parents=True, exist_ok=True)
     (h_bundle / "model.onnx").write_bytes(h_onnx)
