@@ -5,16 +5,15 @@ part of its capacity goes to telling users apart (who buys anything at all), whi
 within-list ranking needs, and on the shop's ~1,500 training lists one seed differs from the
 next by several points of NDCG. Here the loss is the softmax cross-entropy of each list (the
 positives share the target mass), and `members` networks from different seeds are averaged
-in one graph. On the validation month (train before October 2011, judged on October, warm
-users, NDCG@10 new / all items): sklearn 0.113 / 0.287; one listwise network 0.112 / 0.282;
-five 0.117 / 0.297 (repeat-buy 0.293). numpy is enough at this size (seconds per member);
-PyTorch would add gigabytes of wheels to every CI run for the same two matrix products.
+in one graph (the validation figures that chose this are in `history_ranker.train`). numpy
+is enough at this size (seconds per member); PyTorch would add gigabytes of wheels to every CI run for the same two matrix products.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 Layers = list[tuple[np.ndarray, np.ndarray]]
@@ -125,7 +124,6 @@ def export(mean: np.ndarray, std: np.ndarray, members: list[Layers], check_rows:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8  # what ONNX Runtime 1.23 and ort's api-22 read
     onnx.checker.check_model(model)
-    import onnxruntime as ort
     got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
         ["probabilities"], {"features": check_rows.astype(np.float32)})[0][:, 1]
     want = 1.0 / (1.0 + np.exp(-scores(mean, std, members, check_rows)))
