@@ -100,7 +100,8 @@ endif
 # was trained with (30-day query half-life over 200 events; 100 related items).
 RETAIL_FLAGS = --items $(RETAIL)/items.parquet --model-dir $(RETAIL)/models/history-ranker \
 	--query-half-life-hours 720 --query-max-events 200 --history-capacity 200 \
-	--related-candidates 100 --related-half-life-days 30 --own-item-candidates 1000
+	--related-candidates 100 --related-half-life-days 30 --own-item-candidates 1000 \
+	--trending-half-life-min 1440
 
 run: $(VENV)/.installed $(RUN_WORLD)/eval.json build
 	ORT_DYLIB_PATH=$(ORT_DYLIB_PATH) ./target/release/tandem-gateway --listen $(LISTEN) \

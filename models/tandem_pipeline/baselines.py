@@ -5,7 +5,8 @@ the cutoff, engaged (clicked, carted or bought) with at least one item they had 
 with before it.
 - new items: targets are those items; what the user engaged with before is not recommended;
 - all items: targets are every item engaged with after the cutoff; repeats are allowed.
-Warm customers have history before the cutoff, cold ones none (they get the fallback only).
+Warm customers have history before the cutoff, cold ones none (they get the fallback only:
+recent popularity for the baselines, the gateway's live trending items for tandem's methods).
 
 Every method is a function from a block of users to a score matrix over the catalog; the
 top 10 after exclusions is its answer. Hyper-parameters are chosen on a validation split
@@ -25,6 +26,8 @@ from .world import CLICK, Events
 
 DAY_MS = 86_400_000
 K = 10
+# Half-lives (minutes) tried for the gateway's live trending: 6 hours (its default) to 2 weeks.
+LIVE_TRENDING_HALF_LIVES_MIN = (360, 1440, 4320, 10080, 20160)
 TYPE_WEIGHTS = np.array([0.0, 1.0, 2.0, 4.0, 8.0])
 
 
@@ -156,8 +159,22 @@ def distinct_buyers(hist: History, days: float | None) -> np.ndarray:
 
 
 def popularity(hist: History, days: float | None = None) -> ScoreFn:
-    pop = distinct_buyers(hist, days)
+    return popularity_scores(distinct_buyers(hist, days))
+
+
+def popularity_scores(pop: np.ndarray) -> ScoreFn:
+    """The same scores for every user."""
     return lambda users: np.broadcast_to(pop, (users.size, pop.size))
+
+
+def live_trending(hist: History, half_life_min: float) -> np.ndarray:
+    """What the gateway answers cold users with (libs/personalization/src/trending.rs): every
+    event weighted by its type, halving every `half_life_min`, summed per item at the cut."""
+    ev = hist.events
+    m = ev.item >= 0
+    age_half_lives = (hist.now_ms - ev.ts[m]) / (half_life_min * 60_000.0)
+    return np.bincount(ev.item[m], weights=TYPE_WEIGHTS[ev.type[m]] * np.exp2(-age_half_lives),
+                       minlength=hist.n_items)
 
 
 def repeat_buy(hist: History, fallback: np.ndarray) -> ScoreFn:
@@ -310,6 +327,15 @@ def compare(events: Events, n_users: int, n_items: int, category: np.ndarray, cu
                       lambda days: popularity(val.hist, days), v_task, v_fallback, v_eval)
         v_fallback = distinct_buyers(val.hist, recent["days"])
         t_fallback = distinct_buyers(test.hist, recent["days"])
+        if task_name == "new":
+            # tandem's cold users get the gateway's live trending items, not recent popularity:
+            # offline scores them the same way, its half-life chosen here (served with
+            # --trending-half-life-min).
+            trending = tune("live trending", [{"half_life_min": h} for h in LIVE_TRENDING_HALF_LIVES_MIN],
+                            lambda half_life_min: popularity_scores(live_trending(val.hist, half_life_min)),
+                            v_task, v_fallback, v_eval)
+            out["tuned"]["tandem cold users"] = trending
+        t_trending = live_trending(test.hist, out["tuned"]["tandem cold users"]["half_life_min"])
         factors_v = {d: svd_factors(val.hist, d, seed) for d in (32, 64)}
         tuned = {
             "recent popularity": recent,
@@ -342,7 +368,7 @@ def compare(events: Events, n_users: int, n_items: int, category: np.ndarray, cu
         for name, build in (tandem or {}).items():
             methods[name] = build(test, task_name)
         for name, score in methods.items():
-            lists = top_lists(score, t_task, t_fallback)
+            lists = top_lists(score, t_task, t_trending if name in (tandem or {}) else t_fallback)
             out["methods"].setdefault(name, {})[task_name] = {
                 "all": t_eval(lists), "warm": t_eval(lists, t_task.warm), "cold": t_eval(lists, ~t_task.warm)}
     return out

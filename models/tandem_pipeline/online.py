@@ -135,6 +135,16 @@ def main() -> None:
     state = Path(tmp.name) / "state"
     cmd = [*serve, "--state-dir", str(state), "--event-log-dir", str(state / "events"),
            "--served-log-dir", str(state / "served")]
+    # Cold customers get live trending; the offline report scored them with the half-life it
+    # chose on validation, so the service must use the same one.
+    half_life = offline["tuned"].get("tandem cold users", {}).get("half_life_min")
+    if half_life is not None:
+        flag = "--trending-half-life-min"
+        if flag in cmd and cmd[cmd.index(flag) + 1] != str(half_life):
+            print(f"warning: {flag} {cmd[cmd.index(flag) + 1]} differs from the {half_life} the offline "
+                  "report chose on validation; cold customers will not match", flush=True)
+        elif flag not in cmd:
+            cmd += [flag, str(half_life)]
     print("starting:", " ".join(cmd), flush=True)
     server = subprocess.Popen(cmd)
     result: dict = {"world": str(world_dir), "cutoff": args.cutoff, "shift_days": round(shift_ms / 86_400_000, 1)}
