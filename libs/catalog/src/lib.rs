@@ -24,6 +24,24 @@ pub use related::{RELATED_FILE, Related};
 /// Dense id of an item: its row in the catalog.
 pub type ItemIdx = u32;
 
+/// Longest item, user or event id a caller may send, in bytes: ids are keys in memory, in
+/// Redis and in every log, so one request must not be able to make them megabytes.
+pub const MAX_ID_BYTES: usize = 256;
+
+/// Why `id` is refused as an id (`None`: it is fine).
+pub fn id_problem(id: &str) -> Option<String> {
+    if id.is_empty() {
+        Some("must not be empty".into())
+    } else if id.len() > MAX_ID_BYTES {
+        Some(format!(
+            "must be at most {MAX_ID_BYTES} bytes, got {}",
+            id.len()
+        ))
+    } else {
+        None
+    }
+}
+
 /// Columns of `items.parquet`; the file may hold more, which are ignored.
 pub mod columns {
     pub const ITEM_ID: &str = "item_id";

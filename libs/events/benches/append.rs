@@ -27,7 +27,7 @@ fn appends(c: &mut Criterion) {
         export: false,
         retention: None,
     };
-    let (log, _) = EventLog::open(&config, |_, _| {}).expect("open");
+    let (log, _) = EventLog::open(&config, 0, |_, _| {}).expect("open");
     let log = Arc::new(log);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

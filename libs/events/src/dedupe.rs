@@ -68,6 +68,12 @@ impl SeenIds {
         }
     }
 
+    /// The remembered `(user, event id)` pairs, oldest first (for a checkpoint; claiming them
+    /// in this order restores the window).
+    pub fn export(&self) -> Vec<(String, String)> {
+        self.lock().order.iter().cloned().collect()
+    }
+
     pub fn len(&self) -> usize {
         self.lock().ids.len()
     }

@@ -52,6 +52,10 @@ pub struct Replayed {
     pub dropped_bytes: u64,
     /// Exported segments deleted before replay, past the retention.
     pub expired_segments: usize,
+    /// Segments not read: every batch in them was at or before `after_seq`.
+    pub skipped_segments: usize,
+    /// Sequence number of the newest batch in the log (replayed or skipped); 0 when empty.
+    pub last_seq: u64,
 }
 
 struct Append {
@@ -72,10 +76,13 @@ impl std::fmt::Debug for EventLog {
 }
 
 impl EventLog {
-    /// Replays every logged batch into `apply` (oldest first), then opens a new segment for
-    /// appends and exports closed segments that were not yet exported.
+    /// Replays every logged batch after `after_seq` into `apply` (oldest first; a checkpoint
+    /// holds the earlier ones), then opens a new segment for appends and exports closed
+    /// segments that were not yet exported. Segments wholly at or before `after_seq` are not
+    /// read at all.
     pub fn open(
         config: &EventLogConfig,
+        after_seq: u64,
         mut apply: impl FnMut(u64, &[LoggedEvent]),
     ) -> Result<(Self, Replayed), EventLogError> {
         let dir = &config.dir;
@@ -93,6 +100,14 @@ impl EventLog {
         let mut last_seq = 0u64;
         for (i, segment) in segments.iter().enumerate() {
             let is_last = i + 1 == segments.len();
+            // A segment's batches end where the next one's begin.
+            if let Some(next) = segments.get(i + 1)
+                && next.first_seq.saturating_sub(1) <= after_seq
+            {
+                replayed.skipped_segments += 1;
+                last_seq = last_seq.max(next.first_seq.saturating_sub(1));
+                continue;
+            }
             let bytes = read_either(&segment.path)?;
             if is_last && bytes.len() < MAGIC.len() {
                 // Created, then the process died before the header was on disk.
@@ -107,6 +122,9 @@ impl EventLog {
                     continue;
                 }
                 last_seq = seq;
+                if seq <= after_seq {
+                    continue;
+                }
                 replayed.batches += 1;
                 replayed.events += events.len() as u64;
                 apply(seq, &events);
@@ -129,8 +147,13 @@ impl EventLog {
                     .map_err(EventLogError::io(&segment.path))?;
             }
         }
-        let next_seq =
-            last_seq.max(segments.last().map_or(0, |s| s.first_seq.saturating_sub(1))) + 1;
+        // Never below the checkpoint's position, even if the log lost what it covers: a
+        // number reused would be skipped at the next start.
+        let next_seq = last_seq
+            .max(segments.last().map_or(0, |s| s.first_seq.saturating_sub(1)))
+            .max(after_seq)
+            + 1;
+        replayed.last_seq = next_seq - 1;
         let open = Segment::create(dir, next_seq)?;
 
         let (exports, exporter_rx) = mpsc::channel::<PathBuf>();

@@ -17,22 +17,11 @@ pub struct LoggedEvent {
 }
 
 pub fn kind_code(kind: EventKind) -> u8 {
-    match kind {
-        EventKind::View => 1,
-        EventKind::Click => 2,
-        EventKind::AddToCart => 3,
-        EventKind::Purchase => 4,
-    }
+    kind.code()
 }
 
 pub fn kind_from_code(code: u8) -> Option<EventKind> {
-    Some(match code {
-        1 => EventKind::View,
-        2 => EventKind::Click,
-        3 => EventKind::AddToCart,
-        4 => EventKind::Purchase,
-        _ => return None,
-    })
+    EventKind::from_code(code)
 }
 
 pub(crate) fn encode(seq: u64, events: &[LoggedEvent], out: &mut Writer) {

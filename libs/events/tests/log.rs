@@ -37,7 +37,7 @@ fn event(user: usize, n: usize, t: i64) -> LoggedEvent {
 fn replay_all(cfg: &EventLogConfig) -> (EventLog, Vec<(u64, Vec<LoggedEvent>)>) {
     let mut seen = Vec::new();
     let (log, _) =
-        EventLog::open(cfg, |seq, events| seen.push((seq, events.to_vec()))).expect("open log");
+        EventLog::open(cfg, 0, |seq, events| seen.push((seq, events.to_vec()))).expect("open log");
     (log, seen)
 }
 
@@ -232,8 +232,10 @@ async fn segments_past_the_retention_are_deleted_and_their_parquet_stays() {
         ..cfg.clone()
     };
     let mut seen = Vec::new();
-    let (log, replayed) =
-        EventLog::open(&retained, |seq, events| seen.push((seq, events.to_vec()))).expect("open");
+    let (log, replayed) = EventLog::open(&retained, 0, |seq, events| {
+        seen.push((seq, events.to_vec()))
+    })
+    .expect("open");
     assert_eq!(replayed.expired_segments, expired.len());
     assert!(expired.iter().all(|(_, p)| !p.exists()), "expired deleted");
     assert!(kept.iter().all(|(_, p)| p.exists()), "recent kept");

@@ -5,12 +5,14 @@
 //! State sits behind [`StateStore`] so a store shared by several gateway replicas can replace
 //! the in-process one without touching the callers.
 
+mod checkpoint;
 mod history;
+mod in_memory;
 mod query;
 mod trending;
 
-pub use history::{
-    EventKind, InMemoryState, ItemMap, Purchases, Shown, StateStore, UserEvent, UserHistory,
-};
+pub use checkpoint::{SnapshotDecoder, StateSnapshot};
+pub use history::{EventKind, ItemMap, Purchases, Shown, StateStore, UserEvent, UserHistory};
+pub use in_memory::{InMemoryState, StateLimits};
 pub use query::{QueryConfig, query_vector};
 pub use trending::TrendingConfig;

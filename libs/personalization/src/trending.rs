@@ -29,7 +29,7 @@ impl Default for TrendingConfig {
 /// Rescale once scaled scores grow past 2^RESCALE_EXPONENT (keeps f64 far from overflow).
 const RESCALE_EXPONENT: f64 = 64.0;
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Trending {
     config: TrendingConfig,
     reference_ms: i64,
@@ -77,6 +77,45 @@ impl Trending {
         }
         let add = self.weight(event.kind) * self.exponent(event.timestamp_ms).exp2();
         *self.scaled.entry(event.item).or_insert(0.0) += add;
+    }
+
+    pub(crate) fn encode(&self, w: &mut tandem_storage::codec::Writer) {
+        w.i64(self.reference_ms);
+        w.i64(self.latest_ms);
+        w.u64(self.scaled.len() as u64);
+        for (&item, &score) in &self.scaled {
+            w.u32(item);
+            w.f64(score);
+        }
+    }
+
+    /// Counts as [`Trending::encode`] wrote them; the configuration is the default until
+    /// [`Trending::restore`] puts the counts into a configured one.
+    pub(crate) fn decode(r: &mut tandem_storage::codec::Reader) -> Option<Self> {
+        let mut t = Self::new(TrendingConfig::default());
+        t.reference_ms = r.i64()?;
+        t.latest_ms = r.i64()?;
+        for _ in 0..r.u64()? {
+            let (item, score) = (r.u32()?, r.f64()?);
+            t.scaled.insert(item, score);
+        }
+        Some(t)
+    }
+
+    /// Renumbers items (`None`: dropped).
+    pub(crate) fn retain_items(&mut self, new_idx: impl Fn(ItemIdx) -> Option<ItemIdx>) {
+        self.scaled = self
+            .scaled
+            .drain()
+            .filter_map(|(i, s)| new_idx(i).map(|n| (n, s)))
+            .collect();
+    }
+
+    /// Takes `saved`'s counts, keeping this one's configuration.
+    pub(crate) fn restore(&mut self, saved: Trending) {
+        self.reference_ms = saved.reference_ms;
+        self.latest_ms = saved.latest_ms;
+        self.scaled = saved.scaled;
     }
 
     /// The `k` highest items that `admits` accepts, with their decayed counts now (at the newest

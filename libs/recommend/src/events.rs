@@ -2,14 +2,17 @@
 //! order, so that an acknowledged event is on disk and a retried one counts once.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use tandem_catalog::Catalog;
+use tandem_catalog::{Catalog, MAX_ID_BYTES, id_problem};
 use tandem_events::{EventLog, EventLogConfig, LoggedEvent, Replayed, SeenIds};
 use tandem_personalization::{EventKind, StateStore, UserEvent};
 
 use crate::RecommendError;
+use crate::checkpoint::{self, CheckpointWritten};
 use crate::pipeline::MAX_EVENTS_PER_BATCH;
 
 /// An event as a client sends it; `kind` is `None` when the type was unspecified.
@@ -59,8 +62,20 @@ fn now_ms() -> i64 {
 }
 
 fn check(catalog: &Catalog, e: &IncomingEvent, now: i64) -> Result<Valid, (&'static str, String)> {
-    if e.user_id.is_empty() {
-        return Err(("user_id", "must not be empty".into()));
+    if let Some(problem) = id_problem(&e.user_id) {
+        return Err(("user_id", problem));
+    }
+    if e.event_id.len() > MAX_ID_BYTES {
+        return Err((
+            "event_id",
+            format!(
+                "must be at most {MAX_ID_BYTES} bytes, got {}",
+                e.event_id.len()
+            ),
+        ));
+    }
+    if let Some(problem) = id_problem(&e.item_id) {
+        return Err(("item_id", problem));
     }
     let item = catalog
         .idx_of(&e.item_id)
@@ -109,6 +124,16 @@ pub struct EventIntake {
     history: Arc<dyn StateStore>,
     log: EventLog,
     seen: SeenIds,
+    /// Held shared by each commit from claiming its ids to applying its events, exclusively by
+    /// a checkpoint while it copies the state: so a checkpoint sees every logged batch up to
+    /// `applied_seq` applied, and none half done.
+    gate: Arc<tokio::sync::RwLock<()>>,
+    /// Newest batch logged and applied.
+    applied_seq: AtomicU64,
+    /// Where checkpoints go (`None`: not taken).
+    checkpoints: Option<PathBuf>,
+    /// One checkpoint at a time.
+    checkpointing: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for EventIntake {
@@ -120,17 +145,36 @@ impl std::fmt::Debug for EventIntake {
 }
 
 impl EventIntake {
-    /// Replays the log into `history` (events whose item this catalog lacks are skipped) and
+    /// Loads the newest checkpoint in `checkpoints` (if given and there is one), replays the
+    /// log after it into `history` (events whose item this catalog lacks are skipped) and
     /// remembers the last `dedupe_window` event ids, then takes new events.
     pub fn open(
         log: &EventLogConfig,
         catalog: Arc<Catalog>,
         history: Arc<dyn StateStore>,
         dedupe_window: usize,
+        checkpoints: Option<PathBuf>,
     ) -> Result<(Self, Replayed), RecommendError> {
         let seen = SeenIds::new(dedupe_window);
+        let mut after_seq = 0;
+        if let Some(dir) = &checkpoints {
+            let started = std::time::Instant::now();
+            if let Some(loaded) = checkpoint::load_latest(dir, &catalog)? {
+                let users = loaded.state.users.len();
+                history.restore(loaded.state);
+                seen.claim(loaded.seen.iter().map(|(u, e)| (u.as_str(), e.as_str())));
+                after_seq = loaded.seq;
+                tracing::info!(
+                    path = %loaded.path.display(),
+                    seq = loaded.seq,
+                    users,
+                    seconds = started.elapsed().as_secs_f64(),
+                    "loaded user state checkpoint; replaying the event log after it"
+                );
+            }
+        }
         let mut unknown_items = 0u64;
-        let (log, replayed) = EventLog::open(log, |_, events| {
+        let (log, replayed) = EventLog::open(log, after_seq, |_, events| {
             seen.claim(
                 events
                     .iter()
@@ -164,9 +208,36 @@ impl EventIntake {
                 history,
                 log,
                 seen,
+                gate: Arc::default(),
+                applied_seq: AtomicU64::new(replayed.last_seq),
+                checkpoints,
+                checkpointing: tokio::sync::Mutex::new(()),
             },
             replayed,
         ))
+    }
+
+    /// Writes a checkpoint of user state and the log position it covers (`None`: checkpoints
+    /// are off, or the state store keeps its own). New events wait only while the state is
+    /// copied, not while it is written.
+    pub async fn checkpoint(&self) -> Result<Option<CheckpointWritten>, RecommendError> {
+        let Some(dir) = self.checkpoints.clone() else {
+            return Ok(None);
+        };
+        let _one = self.checkpointing.lock().await;
+        let quiet = self.gate.clone().write_owned().await;
+        let seq = self.applied_seq.load(Ordering::Acquire);
+        let seen = self.seen.export();
+        let (history, catalog) = (self.history.clone(), self.catalog.clone());
+        tokio::task::spawn_blocking(move || {
+            let state = history.snapshot();
+            drop(quiet);
+            state
+                .map(|state| checkpoint::write(&dir, seq, &state, &seen, &catalog))
+                .transpose()
+        })
+        .await
+        .map_err(|e| RecommendError::Unavailable(format!("checkpoint: {e}")))?
     }
 
     /// A whole batch: every event valid or none recorded (the error names the first bad one).
@@ -232,6 +303,7 @@ impl EventIntake {
     /// Claims the event ids, logs the new events, applies them. If logging fails the ids are
     /// released, so the producer's retry is taken.
     async fn commit(&self, valid: Vec<Valid>) -> Result<Recorded, RecommendError> {
+        let _applying = self.gate.read().await;
         let fresh = self.seen.claim(
             valid
                 .iter()
@@ -252,15 +324,18 @@ impl EventIntake {
             });
         }
         let logged: Vec<LoggedEvent> = new.iter().map(|v| v.logged.clone()).collect();
-        if let Err(e) = self.log.append(logged).await {
-            self.seen.forget(
-                new.iter()
-                    .map(|v| (v.logged.user_id.as_str(), v.logged.event_id.as_str())),
-            );
-            return Err(RecommendError::Unavailable(format!(
-                "events were not recorded: {e}"
-            )));
-        }
+        let seq = match self.log.append(logged).await {
+            Ok(seq) => seq,
+            Err(e) => {
+                self.seen.forget(
+                    new.iter()
+                        .map(|v| (v.logged.user_id.as_str(), v.logged.event_id.as_str())),
+                );
+                return Err(RecommendError::Unavailable(format!(
+                    "events were not recorded: {e}"
+                )));
+            }
+        };
         let mut by_user: HashMap<&str, Vec<UserEvent>> = HashMap::new();
         for v in &new {
             by_user.entry(&v.logged.user_id).or_default().push(v.event);
@@ -268,6 +343,7 @@ impl EventIntake {
         for (user, events) in by_user {
             self.history.record(user, &events);
         }
+        self.applied_seq.fetch_max(seq, Ordering::AcqRel);
         metrics::counter!("tandem_events_total", "outcome" => "accepted")
             .increment(new.len() as u64);
         Ok(Recorded {

@@ -4,6 +4,7 @@
 //! implementation each (`stages/`); the pipeline (`pipeline.rs`, with its steps in
 //! `plan.rs` and `finish.rs`) is given one of each and never learns which.
 
+mod checkpoint;
 mod error;
 mod events;
 mod finish;
@@ -14,6 +15,7 @@ mod rules;
 mod sources;
 mod stages;
 
+pub use checkpoint::{CheckpointWritten, checkpoint_dir};
 pub use error::{RecommendError, StageError};
 pub use events::{EventIntake, IncomingEvent, Recorded, Rejection};
 pub use pipeline::{

@@ -17,7 +17,7 @@ use tandem_ranking::{FeatureValues, ScoreRequest};
 use crate::ItemStatus;
 use crate::events::{EventIntake, IncomingEvent, Recorded, Rejection};
 use crate::finish::{Finisher, time_left};
-use crate::plan::{Plan, plan};
+use crate::plan::{Plan, check_user_id, plan};
 use crate::reasons;
 use crate::rules::{Placed, RuleEffect, RulesConfig};
 use crate::sources::{
@@ -248,6 +248,11 @@ impl Recommender {
         &self.catalog
     }
 
+    /// Checkpoints user state (see [`EventIntake::checkpoint`]).
+    pub async fn checkpoint(&self) -> Result<Option<crate::CheckpointWritten>, RecommendError> {
+        self.events.checkpoint().await
+    }
+
     /// Records a batch whole or not at all; once this returns the events are on disk and the
     /// next `recommend` sees them.
     pub async fn record_events(
@@ -279,6 +284,7 @@ impl Recommender {
         req: &RecommendRequest,
     ) -> Result<Recommendation, RecommendError> {
         let now = now_ms();
+        check_user_id(&req.user_id)?;
         // The steps' spans (plan, retrieve, rank, rules) sit under the call's server span;
         // they cost nothing while no trace is exported.
         let plan = tracing::info_span!("plan").in_scope(|| {

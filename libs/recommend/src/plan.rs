@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use tandem_catalog::{Catalog, ItemIdx};
+use tandem_catalog::{Catalog, ItemIdx, MAX_ID_BYTES};
 use tandem_personalization::{ItemMap, QueryConfig, UserHistory, query_vector};
 use tandem_ranking::ItemHistory;
 use tandem_retrieval::ItemFilter;
@@ -35,6 +35,14 @@ pub(crate) struct Plan {
     pub query: Option<Vec<f32>>,
 }
 
+/// Refused before any state is looked up for it.
+pub(crate) fn check_user_id(user_id: &str) -> Result<(), RecommendError> {
+    match tandem_catalog::id_problem(user_id) {
+        Some(problem) => Err(RecommendError::invalid("user_id", problem)),
+        None => Ok(()),
+    }
+}
+
 /// Validates `req` and resolves it against `catalog` and the user's `history`.
 pub(crate) fn plan(
     catalog: &Catalog,
@@ -44,9 +52,7 @@ pub(crate) fn plan(
     history: Arc<UserHistory>,
     now_ms: i64,
 ) -> Result<Plan, RecommendError> {
-    if req.user_id.is_empty() {
-        return Err(RecommendError::invalid("user_id", "must not be empty"));
-    }
+    check_user_id(&req.user_id)?;
     let k = match req.k {
         None => DEFAULT_K,
         Some(k) if k == 0 || k as usize > MAX_K => {
@@ -67,6 +73,17 @@ pub(crate) fn plan(
         }
         Some(n) => n as usize,
     };
+    for (field, ids) in [
+        ("context_item_ids", &req.context_item_ids),
+        ("filter.exclude_item_ids", &req.filter.exclude_item_ids),
+    ] {
+        if let Some(i) = ids.iter().position(|id| id.len() > MAX_ID_BYTES) {
+            return Err(RecommendError::invalid(
+                format!("{field}[{i}]"),
+                format!("must be at most {MAX_ID_BYTES} bytes, got {}", ids[i].len()),
+            ));
+        }
+    }
     // Unknown context items are skipped: a page may show items newer than this catalog.
     let context: Vec<ItemIdx> = req
         .context_item_ids

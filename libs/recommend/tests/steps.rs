@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use tandem_catalog::testing::{synthetic_batch, with_numeric, write_parquet, write_related};
 use tandem_catalog::{Catalog, ItemIdx, RELATED_FILE};
 use tandem_events::EventLogConfig;
-use tandem_personalization::{EventKind, InMemoryState, TrendingConfig};
+use tandem_personalization::{EventKind, InMemoryState, StateLimits, StateStore, TrendingConfig};
 use tandem_ranking::ScoreRequest;
 use tandem_recommend::{
     Candidate, CandidateSources, CandidateStage, EventIntake, IncomingEvent, ItemStatus,
@@ -177,6 +177,7 @@ struct World {
     catalog: Arc<Catalog>,
     retrieval: Arc<FakeRetrieval>,
     ranking: Arc<FakeRanking>,
+    state: Arc<InMemoryState>,
     recommender: Recommender,
 }
 
@@ -195,7 +196,13 @@ fn world_with(
     let mut ranking = FakeRanking::default();
     tune(&mut retrieval, &mut ranking);
     let (retrieval, ranking) = (Arc::new(retrieval), Arc::new(ranking));
-    let state = Arc::new(InMemoryState::new(50, TrendingConfig::default()));
+    let state = Arc::new(InMemoryState::new(
+        StateLimits {
+            events_per_user: 50,
+            ..StateLimits::default()
+        },
+        TrendingConfig::default(),
+    ));
     let log = EventLogConfig {
         dir: dir.path().join("events"),
         segment_bytes: 1 << 20,
@@ -203,10 +210,10 @@ fn world_with(
         retention: None,
     };
     let (events, _) =
-        EventIntake::open(&log, catalog.clone(), state.clone(), 1000).expect("event log");
+        EventIntake::open(&log, catalog.clone(), state.clone(), 1000, None).expect("event log");
     let recommender = Recommender::new(
         catalog.clone(),
-        state,
+        state.clone(),
         events,
         Stages {
             retrieval: retrieval.clone(),
@@ -219,6 +226,7 @@ fn world_with(
         catalog,
         retrieval,
         ranking,
+        state,
         recommender,
     }
 }
@@ -288,6 +296,14 @@ async fn plan_names_the_bad_field_before_any_stage_is_called() {
                 ..request("u")
             },
             "filter.categories",
+        ),
+        (request(&"u".repeat(257)), "user_id"),
+        (
+            RecommendRequest {
+                context_item_ids: vec![item_id(1), "i".repeat(300)],
+                ..request("u")
+            },
+            "context_item_ids[1]",
         ),
     ] {
         match w.recommender.recommend(&req).await {
@@ -667,4 +683,63 @@ async fn this_weeks_most_bought_join_the_candidates_and_say_they_trend() {
         "{}",
         top.reason
     );
+}
+
+#[tokio::test]
+async fn ids_are_bounded_and_answers_to_unknown_users_keep_no_state() {
+    let w = world(|_, _| {});
+    for user in 0..50 {
+        let answer = w
+            .recommender
+            .recommend(&request(&format!("anonymous-{user}")))
+            .await
+            .expect("answer");
+        assert!(!answer.items.is_empty());
+    }
+    assert_eq!(w.state.users(), 0, "no state for users who only asked");
+    let longest = "u".repeat(256);
+    act(&w, &longest, 1, EventKind::View).await;
+    assert_eq!(w.state.users(), 1, "256 bytes is allowed");
+    for (event, field) in [
+        (
+            IncomingEvent {
+                user_id: "u".repeat(257),
+                ..incoming(&w, 1)
+            },
+            "events[0].user_id",
+        ),
+        (
+            IncomingEvent {
+                item_id: "i".repeat(10 << 20),
+                ..incoming(&w, 1)
+            },
+            "events[0].item_id",
+        ),
+        (
+            IncomingEvent {
+                event_id: "e".repeat(1 << 20),
+                ..incoming(&w, 1)
+            },
+            "events[0].event_id",
+        ),
+    ] {
+        match w.recommender.record_events(&[event]).await {
+            Err(RecommendError::InvalidArgument { field: f, reason }) => {
+                assert_eq!(f, field);
+                assert!(reason.contains("at most 256 bytes"), "{reason}");
+            }
+            other => panic!("{field}: expected INVALID_ARGUMENT, got {other:?}"),
+        }
+    }
+    assert_eq!(w.state.users(), 1, "nothing refused was kept");
+}
+
+fn incoming(w: &World, item: ItemIdx) -> IncomingEvent {
+    IncomingEvent {
+        user_id: "u".into(),
+        item_id: w.catalog.item_id(item).into(),
+        kind: Some(EventKind::View),
+        timestamp_ms: 0,
+        event_id: "e1".into(),
+    }
 }

@@ -676,11 +676,8 @@ impl Index {
             return Err(RetrievalError::invalid("items", "must not be empty"));
         }
         for item in items {
-            if item.item_id.is_empty() {
-                return Err(RetrievalError::invalid(
-                    "items.item_id",
-                    "must not be empty",
-                ));
+            if let Some(problem) = tandem_catalog::id_problem(&item.item_id) {
+                return Err(RetrievalError::invalid("items.item_id", problem));
             }
             if let Some(shard) = self.params.shard
                 && !shard.owns(&item.item_id)
@@ -744,10 +741,17 @@ impl Index {
 
     /// Removes items; unknown ids are counted, not errors (a retried delete is harmless).
     pub fn delete(self: &Arc<Self>, item_ids: Vec<String>) -> Result<WriteOutcome, RetrievalError> {
-        if item_ids.is_empty() || item_ids.iter().any(String::is_empty) {
+        if item_ids.is_empty() {
+            return Err(RetrievalError::invalid("item_ids", "must not be empty"));
+        }
+        if let Some((i, problem)) = item_ids
+            .iter()
+            .enumerate()
+            .find_map(|(i, id)| tandem_catalog::id_problem(id).map(|p| (i, p)))
+        {
             return Err(RetrievalError::invalid(
                 "item_ids",
-                "must be a non-empty list of non-empty ids",
+                format!("item_ids[{i}] {problem}"),
             ));
         }
         self.write(Mutation::Delete(item_ids))

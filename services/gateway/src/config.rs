@@ -32,6 +32,22 @@ pub struct Config {
     /// Events kept per user.
     #[arg(long, env = "TANDEM_HISTORY_CAPACITY", default_value_t = 200)]
     pub history_capacity: usize,
+    /// Users whose state is kept in memory; beyond it the least recently used are forgotten
+    /// (their events stay in the event log and come back at the next restart).
+    #[arg(long, env = "TANDEM_MAX_USERS", default_value_t = 1_000_000)]
+    pub max_users: usize,
+    /// Memory for user state, in MiB (events, purchases, impressions, ids); beyond it the least
+    /// recently used users are forgotten.
+    #[arg(long, env = "TANDEM_USER_STATE_MIB", default_value_t = 1024)]
+    pub user_state_mib: usize,
+    /// Seconds between checkpoints of user state (into `<event-log-dir>/checkpoints`, with the
+    /// log position they cover): a restart loads the newest and replays only the log after
+    /// it. 0 = none (a restart replays the whole log).
+    #[arg(long, env = "TANDEM_CHECKPOINT_INTERVAL_S", default_value_t = 300)]
+    pub checkpoint_interval_s: u64,
+    /// Users neither seen nor written for this many minutes are forgotten; 0 = never.
+    #[arg(long, env = "TANDEM_USER_IDLE_TTL_MIN", default_value_t = 0)]
+    pub user_idle_ttl_min: u64,
     /// Directory of the event log: every accepted event is written (fsynced) here before it
     /// is acknowledged and replayed at start-up; closed segments are exported as Parquet to
     /// `<dir>/parquet/day=YYYY-MM-DD/`.
@@ -170,6 +186,9 @@ impl Config {
         }
         if self.history_capacity == 0 {
             return Err("--history-capacity must be positive".into());
+        }
+        if self.max_users == 0 || self.user_state_mib == 0 {
+            return Err("--max-users and --user-state-mib must be positive".into());
         }
         if self.event_segment_mib == 0 {
             return Err("--event-segment-mib must be positive".into());
@@ -336,6 +355,16 @@ impl Config {
             rows_per_file: self.served_log_rows_per_file,
             flush_interval: Duration::from_millis(self.served_log_flush_ms),
         })
+    }
+
+    pub(crate) fn state_limits(&self) -> tandem_personalization::StateLimits {
+        tandem_personalization::StateLimits {
+            events_per_user: self.history_capacity,
+            max_users: self.max_users,
+            max_bytes: self.user_state_mib.saturating_mul(1 << 20),
+            idle_ttl_ms: (self.user_idle_ttl_min > 0)
+                .then(|| (self.user_idle_ttl_min as i64).saturating_mul(60_000)),
+        }
     }
 
     pub(crate) fn trending(&self) -> tandem_personalization::TrendingConfig {

@@ -33,6 +33,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub struct Gateway {
     pub addr: SocketAddr,
     pub health: Health,
+    /// The request path once loaded: [`checkpoint`] takes a last checkpoint through it.
+    pub recommender: Ready<Recommender>,
     /// The embedded stages once loaded (empty when remote): benchmarks and tests measure them
     /// directly.
     pub index: Ready<tandem_retrieval::Index>,
@@ -59,6 +61,7 @@ pub async fn start(
     }
     let (mut routes, health) = tandem_server::base_routes(&names).await?;
     let recommender = Ready::default();
+    let recommender_handle = recommender.clone();
     let index = Ready::default();
     let ranker = Ready::default();
     let (index_handle, ranker_handle) = (index.clone(), ranker.clone());
@@ -150,14 +153,20 @@ pub async fn start(
                     );
                 }
             };
-            let history = Arc::new(InMemoryState::new(
-                config.history_capacity,
-                config.trending(),
-            ));
+            let history = Arc::new(InMemoryState::new(config.state_limits(), config.trending()));
+            tokio::spawn(watch_user_state(history.clone()));
             let (log_config, shared) = (config.event_log(), catalog.clone());
             let replay_history = history.clone();
+            let checkpoints = (config.checkpoint_interval_s > 0)
+                .then(|| tandem_recommend::checkpoint_dir(&config.event_log_dir));
             let (events, replayed) = tokio::task::spawn_blocking(move || {
-                EventIntake::open(&log_config, shared, replay_history, config.dedupe_window)
+                EventIntake::open(
+                    &log_config,
+                    shared,
+                    replay_history,
+                    config.dedupe_window,
+                    checkpoints,
+                )
             })
             .await??;
             tracing::info!(
@@ -198,7 +207,14 @@ pub async fn start(
                 tracing::info!(dir = %dir.display(), sample = config.served_log_sample, "served-feature log on");
                 built = built.with_served_log(Arc::new(log), config.served_log_sample);
             }
-            recommender.set(Arc::new(built));
+            let built = Arc::new(built);
+            recommender.set(built.clone());
+            if config.checkpoint_interval_s > 0 {
+                tokio::spawn(checkpoint_periodically(
+                    built,
+                    std::time::Duration::from_secs(config.checkpoint_interval_s),
+                ));
+            }
             health.set_serving(true).await;
             tracing::info!("serving");
             Ok(())
@@ -207,9 +223,62 @@ pub async fn start(
     Ok(Gateway {
         addr,
         health,
+        recommender: recommender_handle,
         index: index_handle,
         ranker: ranker_handle,
         loaded,
         server,
     })
+}
+
+/// Forgets idle users and reports the state's size, every few seconds, for the process's life.
+async fn watch_user_state(state: Arc<InMemoryState>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+    loop {
+        tick.tick().await;
+        let probe = state.clone();
+        let Ok((users, bytes)) = tokio::task::spawn_blocking(move || {
+            probe.expire_idle();
+            (probe.users(), probe.bytes())
+        })
+        .await
+        else {
+            return;
+        };
+        metrics::gauge!("tandem_user_state_users").set(users as f64);
+        metrics::gauge!("tandem_user_state_bytes").set(bytes as f64);
+    }
+}
+
+async fn checkpoint_periodically(recommender: Arc<Recommender>, every: std::time::Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        checkpoint(&recommender).await;
+    }
+}
+
+/// Checkpoints user state now (at shutdown, so the next start replays nothing), logging the
+/// outcome; a failure costs only a longer replay at the next start.
+pub async fn checkpoint(recommender: &Recommender) {
+    let started = std::time::Instant::now();
+    match recommender.checkpoint().await {
+        Ok(Some(written)) => {
+            metrics::histogram!("tandem_checkpoint_seconds")
+                .record(started.elapsed().as_secs_f64());
+            tracing::info!(
+                path = %written.path.display(),
+                seq = written.seq,
+                users = written.users,
+                bytes = written.bytes,
+                seconds = started.elapsed().as_secs_f64(),
+                "wrote user state checkpoint"
+            );
+        }
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "user state checkpoint failed; a restart replays more of the log")
+        }
+    }
 }

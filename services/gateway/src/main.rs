@@ -18,5 +18,8 @@ async fn main() -> anyhow::Result<()> {
         }
         served = &mut server => served??,
     }
+    if let Ok(recommender) = gateway.recommender.get() {
+        tandem_gateway::checkpoint(recommender).await;
+    }
     Ok(())
 }
