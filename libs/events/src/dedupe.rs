@@ -68,6 +68,15 @@ impl SeenIds {
         }
     }
 
+    /// Forgets every event id of `user` (erasure); returns how many.
+    pub fn forget_user(&self, user: &str) -> usize {
+        let mut w = self.lock();
+        let before = w.order.len();
+        w.order.retain(|(u, _)| u != user);
+        w.ids.retain(|(u, _)| u != user);
+        before - w.order.len()
+    }
+
     /// The remembered `(user, event id)` pairs, oldest first (for a checkpoint; claiming them
     /// in this order restores the window).
     pub fn export(&self) -> Vec<(String, String)> {

@@ -71,7 +71,10 @@ pub fn export_segment(segment: &Path, log_dir: &Path) -> Result<Vec<PathBuf>, Ev
         .to_owned();
     let mut by_day: BTreeMap<i64, Vec<(u64, &LoggedEvent)>> = BTreeMap::new();
     let batches = read_segment(segment)?;
-    for (seq, events) in &batches {
+    for (seq, record) in &batches {
+        let crate::record::Logged::Events(events) = record else {
+            continue;
+        };
         for e in events {
             by_day
                 .entry(day_of(e.timestamp_ms))

@@ -7,6 +7,7 @@
 //! served, with the model's features, goes to Parquet too ([`ServedLog`]).
 
 mod dedupe;
+mod erase;
 mod error;
 mod export;
 mod log;
@@ -14,8 +15,9 @@ mod record;
 mod served;
 
 pub use dedupe::SeenIds;
+pub use erase::{Erased, erase_from_parquet};
 pub use error::EventLogError;
 pub use export::{EXPORT_DIR, export_segment, read_exported};
 pub use log::{EventLog, EventLogConfig, Replayed};
-pub use record::{LoggedEvent, kind_code, kind_from_code};
+pub use record::{Logged, LoggedEvent, kind_code, kind_from_code};
 pub use served::{ServedCandidate, ServedFeature, ServedLog, ServedLogConfig, ServedRecord};

@@ -20,11 +20,12 @@ use tandem_storage::codec::Writer;
 use tandem_storage::{frame, next_record, sync_dir};
 use tokio::sync::oneshot;
 
+use crate::erase::{Erased, erase_user};
 use crate::export::{day_of, export_segment};
-use crate::record::{decode, encode};
+use crate::record::{Logged, decode_record, encode_record};
 use crate::{EventLogError, LoggedEvent};
 
-const MAGIC: &[u8; 8] = b"TNDMEVT1";
+pub(crate) const MAGIC: &[u8; 8] = b"TNDMEVT1";
 /// A record larger than this is damage (a batch is at most a few MB).
 const MAX_RECORD: usize = 64 << 20;
 /// Batches written under one fsync, at most.
@@ -59,13 +60,28 @@ pub struct Replayed {
 }
 
 struct Append {
-    events: Vec<LoggedEvent>,
+    record: Logged,
+    /// Close the segment after this record (an erasure: everything before it becomes a
+    /// closed segment that can be rewritten).
+    roll: bool,
     reply: oneshot::Sender<Result<u64, String>>,
+}
+
+/// Work on closed segments, done in order by one thread.
+enum Maintenance {
+    /// Export a closed segment (if exports are on) and mark it `.done`.
+    Closed(PathBuf),
+    /// Rewrite closed segments and exports without one user's events.
+    Erase {
+        user: String,
+        reply: oneshot::Sender<Result<Erased, EventLogError>>,
+    },
 }
 
 pub struct EventLog {
     dir: PathBuf,
     appends: Option<mpsc::Sender<Append>>,
+    maintenance: mpsc::Sender<Maintenance>,
     writer: Option<JoinHandle<()>>,
 }
 
@@ -83,7 +99,7 @@ impl EventLog {
     pub fn open(
         config: &EventLogConfig,
         after_seq: u64,
-        mut apply: impl FnMut(u64, &[LoggedEvent]),
+        mut apply: impl FnMut(u64, &Logged),
     ) -> Result<(Self, Replayed), EventLogError> {
         let dir = &config.dir;
         std::fs::create_dir_all(dir).map_err(EventLogError::io(dir))?;
@@ -116,7 +132,7 @@ impl EventLog {
                 continue;
             }
             let (batches, pos) = parse_segment(&segment.path, &bytes)?;
-            for (seq, events) in batches {
+            for (seq, record) in batches {
                 // Never written twice; a repeat means damage. Skip rather than re-apply.
                 if seq <= last_seq {
                     continue;
@@ -126,8 +142,10 @@ impl EventLog {
                     continue;
                 }
                 replayed.batches += 1;
-                replayed.events += events.len() as u64;
-                apply(seq, &events);
+                if let Logged::Events(events) = &record {
+                    replayed.events += events.len() as u64;
+                }
+                apply(seq, &record);
             }
             if pos < bytes.len() {
                 let dropped = (bytes.len() - pos) as u64;
@@ -156,40 +174,53 @@ impl EventLog {
         replayed.last_seq = next_seq - 1;
         let open = Segment::create(dir, next_seq)?;
 
-        let (exports, exporter_rx) = mpsc::channel::<PathBuf>();
-        if config.export {
-            let (export_dir, retention) = (dir.clone(), config.retention);
+        // One thread for exports and erasures, so that a segment is never exported and
+        // rewritten at once.
+        let (maintenance, maintenance_rx) = mpsc::channel::<Maintenance>();
+        {
+            let (log_dir, retention, export) = (dir.clone(), config.retention, config.export);
             std::thread::Builder::new()
-                .name("event-export".into())
+                .name("event-maintenance".into())
                 .spawn(move || {
-                    for segment in exporter_rx {
-                        export_and_mark(&export_dir, &segment);
-                        if let Some(retention) = retention
-                            && let Err(e) = delete_expired(&export_dir, retention)
-                        {
-                            tracing::warn!(error = %e, "could not delete expired event log segments");
+                    for work in maintenance_rx {
+                        match work {
+                            Maintenance::Closed(segment) if export => {
+                                export_and_mark(&log_dir, &segment);
+                                if let Some(retention) = retention
+                                    && let Err(e) = delete_expired(&log_dir, retention)
+                                {
+                                    tracing::warn!(error = %e, "could not delete expired event log segments");
+                                }
+                            }
+                            Maintenance::Closed(_) => {}
+                            Maintenance::Erase { user, reply } => {
+                                let _ = reply.send(erase_user(&log_dir, &user));
+                            }
                         }
                     }
                 })
                 .map_err(EventLogError::io(dir))?;
+        }
+        if config.export {
             for s in segments.iter().filter(|s| !s.exported) {
-                let _ = exports.send(s.path.clone());
+                let _ = maintenance.send(Maintenance::Closed(s.path.clone()));
             }
         }
         let (appends, rx) = mpsc::channel::<Append>();
         let writer = {
             let segment_bytes = config.segment_bytes.max(1);
-            let exports = config.export.then_some(exports);
+            let closed = maintenance.clone();
             let log_dir = dir.clone();
             std::thread::Builder::new()
                 .name("event-log".into())
-                .spawn(move || write_loop(&log_dir, open, next_seq, segment_bytes, &rx, exports))
+                .spawn(move || write_loop(&log_dir, open, next_seq, segment_bytes, &rx, &closed))
                 .map_err(EventLogError::io(dir))?
         };
         Ok((
             Self {
                 dir: dir.clone(),
                 appends: Some(appends),
+                maintenance,
                 writer: Some(writer),
             },
             replayed,
@@ -198,11 +229,42 @@ impl EventLog {
 
     /// Appends one batch; resolves once it is on disk (fsynced), with its sequence number.
     pub async fn append(&self, events: Vec<LoggedEvent>) -> Result<u64, EventLogError> {
+        self.write(Logged::Events(events), false).await
+    }
+
+    /// Logs that `user_id` is forgotten (durably: a replay drops their state at this record),
+    /// with its sequence number. Call [`EventLog::erase_user`] next to remove their events
+    /// from the files.
+    pub async fn log_forget(&self, user_id: &str) -> Result<u64, EventLogError> {
+        self.write(Logged::ForgetUser(user_id.to_owned()), true)
+            .await
+    }
+
+    /// Rewrites every closed segment and Parquet export without `user_id`'s events (the
+    /// segment open at [`EventLog::log_forget`] was closed by it). Runs after the exports
+    /// queued before it.
+    pub async fn erase_user(&self, user_id: &str) -> Result<Erased, EventLogError> {
+        let (reply, done) = oneshot::channel();
+        self.maintenance
+            .send(Maintenance::Erase {
+                user: user_id.to_owned(),
+                reply,
+            })
+            .map_err(|_| EventLogError::Closed("the maintenance thread stopped".into()))?;
+        done.await
+            .map_err(|_| EventLogError::Closed("the maintenance thread stopped".into()))?
+    }
+
+    async fn write(&self, record: Logged, roll: bool) -> Result<u64, EventLogError> {
         let (reply, done) = oneshot::channel();
         self.appends
             .as_ref()
             .ok_or_else(|| EventLogError::Closed("shut down".into()))?
-            .send(Append { events, reply })
+            .send(Append {
+                record,
+                roll,
+                reply,
+            })
             .map_err(|_| EventLogError::Closed("the writer stopped".into()))?;
         done.await
             .map_err(|_| EventLogError::Closed("the writer stopped".into()))?
@@ -225,13 +287,13 @@ impl Drop for EventLog {
 }
 
 #[derive(Debug)]
-struct SegmentFile {
-    path: PathBuf,
+pub(crate) struct SegmentFile {
+    pub path: PathBuf,
     first_seq: u64,
     exported: bool,
 }
 
-fn list_segments(dir: &Path) -> Result<Vec<SegmentFile>, EventLogError> {
+pub(crate) fn list_segments(dir: &Path) -> Result<Vec<SegmentFile>, EventLogError> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(EventLogError::io(dir))? {
         let path = entry.map_err(EventLogError::io(dir))?.path();
@@ -303,7 +365,7 @@ fn write_loop(
     mut next_seq: u64,
     segment_bytes: u64,
     appends: &mpsc::Receiver<Append>,
-    exports: Option<mpsc::Sender<PathBuf>>,
+    closed: &mpsc::Sender<Maintenance>,
 ) {
     let mut failed: Option<String> = None;
     let mut buf = Writer::default();
@@ -326,10 +388,11 @@ fn write_loop(
         let first_seq = next_seq;
         for a in &group {
             buf.0.clear();
-            encode(next_seq, &a.events, &mut buf);
+            encode_record(next_seq, &a.record, &mut buf);
             frame(&mut record, &buf.0);
             next_seq += 1;
         }
+        let roll = group.iter().any(|a| a.roll);
         let writing = std::time::Instant::now();
         let written = segment
             .file
@@ -341,8 +404,18 @@ fn write_loop(
         match written {
             Ok(()) => {
                 segment.bytes += record.len() as u64;
-                for (i, a) in group.into_iter().enumerate() {
-                    let _ = a.reply.send(Ok(first_seq + i as u64));
+                if !roll {
+                    for (i, a) in group.into_iter().enumerate() {
+                        let _ = a.reply.send(Ok(first_seq + i as u64));
+                    }
+                } else {
+                    // Answered once the segment is closed and queued for maintenance, so
+                    // that an erasure sent next finds it closed.
+                    roll_segment(dir, &mut segment, next_seq, closed);
+                    for (i, a) in group.into_iter().enumerate() {
+                        let _ = a.reply.send(Ok(first_seq + i as u64));
+                    }
+                    continue;
                 }
             }
             Err(e) => {
@@ -358,17 +431,25 @@ fn write_loop(
             }
         }
         if segment.bytes >= segment_bytes || day_of(now_ms()) != segment.day {
-            match Segment::create(dir, next_seq) {
-                Ok(fresh) => {
-                    let closed = std::mem::replace(&mut segment, fresh);
-                    if let Some(exports) = &exports {
-                        let _ = exports.send(closed.path);
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not roll the event log; still appending")
-                }
-            }
+            roll_segment(dir, &mut segment, next_seq, closed);
+        }
+    }
+}
+
+/// Closes the open segment (queued for export) and opens the next one.
+fn roll_segment(
+    dir: &Path,
+    segment: &mut Segment,
+    next_seq: u64,
+    closed: &mpsc::Sender<Maintenance>,
+) {
+    match Segment::create(dir, next_seq) {
+        Ok(fresh) => {
+            let old = std::mem::replace(segment, fresh);
+            let _ = closed.send(Maintenance::Closed(old.path));
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not roll the event log; still appending")
         }
     }
 }
@@ -424,7 +505,7 @@ fn delete_expired(dir: &Path, retention: Duration) -> Result<usize, EventLogErro
 }
 
 /// A segment's bytes, also when an exporter renamed it `.done` since it was listed.
-fn read_either(path: &Path) -> Result<Vec<u8>, EventLogError> {
+pub(crate) fn read_either(path: &Path) -> Result<Vec<u8>, EventLogError> {
     match std::fs::read(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let done = path.with_extension("done");
@@ -434,9 +515,8 @@ fn read_either(path: &Path) -> Result<Vec<u8>, EventLogError> {
     }
 }
 
-/// Reads a segment's batches (used by export).
-/// One logged batch: its sequence number and events.
-pub(crate) type Batch = (u64, Vec<LoggedEvent>);
+/// One log record and its sequence number.
+pub(crate) type Batch = (u64, Logged);
 
 pub(crate) fn read_segment(path: &Path) -> Result<Vec<Batch>, EventLogError> {
     let bytes = std::fs::read(path).map_err(EventLogError::io(path))?;
@@ -444,7 +524,10 @@ pub(crate) fn read_segment(path: &Path) -> Result<Vec<Batch>, EventLogError> {
 }
 
 /// A segment's batches up to the first torn or damaged record, and where that record starts.
-fn parse_segment(path: &Path, bytes: &[u8]) -> Result<(Vec<Batch>, usize), EventLogError> {
+pub(crate) fn parse_segment(
+    path: &Path,
+    bytes: &[u8],
+) -> Result<(Vec<Batch>, usize), EventLogError> {
     if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
         return Err(EventLogError::Corrupt {
             path: path.to_owned(),
@@ -454,7 +537,9 @@ fn parse_segment(path: &Path, bytes: &[u8]) -> Result<(Vec<Batch>, usize), Event
     let mut pos = MAGIC.len();
     let mut out = Vec::new();
     while let Some((payload, end)) = next_record(bytes, pos, MAX_RECORD) {
-        let Some(batch) = decode(payload) else { break };
+        let Some(batch) = decode_record(payload) else {
+            break;
+        };
         out.push(batch);
         pos = end;
     }

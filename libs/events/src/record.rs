@@ -1,6 +1,7 @@
 //! One log record is one accepted batch: `seq u64, count u32`, then per event `event_id`,
 //! `user_id`, `item_id` (strings: they outlive a catalog's row numbers), type code `u8`
-//! (the numbers of `tandem.v1.EventType`) and `timestamp_ms i64`.
+//! (the numbers of `tandem.v1.EventType`) and `timestamp_ms i64`; or an erasure:
+//! `seq u64`, the count `u32::MAX`, then the `user_id` forgotten.
 
 use tandem_personalization::EventKind;
 use tandem_storage::codec::{Reader, Writer};
@@ -16,12 +17,35 @@ pub struct LoggedEvent {
     pub timestamp_ms: i64,
 }
 
+/// What one log record holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Logged {
+    Events(Vec<LoggedEvent>),
+    /// `ForgetUser`: what the user did before this point is erased; a replay drops their
+    /// state here, so nothing before it comes back.
+    ForgetUser(String),
+}
+
+/// The count that marks an erasure record.
+const FORGET: u32 = u32::MAX;
+
 pub fn kind_code(kind: EventKind) -> u8 {
     kind.code()
 }
 
 pub fn kind_from_code(code: u8) -> Option<EventKind> {
     EventKind::from_code(code)
+}
+
+pub(crate) fn encode_record(seq: u64, record: &Logged, out: &mut Writer) {
+    match record {
+        Logged::Events(events) => encode(seq, events, out),
+        Logged::ForgetUser(user) => {
+            out.u64(seq);
+            out.u32(FORGET);
+            out.str(user);
+        }
+    }
 }
 
 pub(crate) fn encode(seq: u64, events: &[LoggedEvent], out: &mut Writer) {
@@ -34,6 +58,16 @@ pub(crate) fn encode(seq: u64, events: &[LoggedEvent], out: &mut Writer) {
         out.u8(kind_code(e.kind));
         out.i64(e.timestamp_ms);
     }
+}
+
+pub(crate) fn decode_record(payload: &[u8]) -> Option<(u64, Logged)> {
+    let mut r = Reader::new(payload);
+    let seq = r.u64()?;
+    if r.u32()? == FORGET {
+        let user = r.string()?;
+        return r.is_empty().then_some((seq, Logged::ForgetUser(user)));
+    }
+    decode(payload).map(|(seq, events)| (seq, Logged::Events(events)))
 }
 
 pub(crate) fn decode(payload: &[u8]) -> Option<(u64, Vec<LoggedEvent>)> {
@@ -81,11 +115,22 @@ mod tests {
         ];
         let mut w = Writer::default();
         encode(42, &events, &mut w);
-        assert_eq!(decode(&w.0), Some((42, events)));
+        assert_eq!(decode(&w.0), Some((42, events.clone())));
         assert_eq!(decode(&w.0[..w.0.len() - 1]), None, "short");
         let mut bad_kind = w.0.clone();
         let kind_at = 8 + 4 + (4 + 3) + (4 + 1) + (4 + 6);
         bad_kind[kind_at] = 9;
         assert_eq!(decode(&bad_kind), None, "unknown type code");
+        assert_eq!(
+            decode_record(&w.0),
+            Some((42, Logged::Events(events.clone())))
+        );
+        let mut forget = Writer::default();
+        encode_record(43, &Logged::ForgetUser("ü-7".into()), &mut forget);
+        assert_eq!(
+            decode_record(&forget.0),
+            Some((43, Logged::ForgetUser("ü-7".into())))
+        );
+        assert_eq!(decode_record(&forget.0[..forget.0.len() - 1]), None);
     }
 }

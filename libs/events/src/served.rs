@@ -72,8 +72,18 @@ pub struct ServedLogConfig {
     pub flush_interval: Duration,
 }
 
+/// What the writer thread takes.
+enum Message {
+    Record(ServedRecord),
+    /// Drop the user's buffered records and rewrite the files that hold their rows.
+    Erase {
+        user: String,
+        reply: mpsc::Sender<Result<(u64, usize), EventLogError>>,
+    },
+}
+
 pub struct ServedLog {
-    records: Option<mpsc::SyncSender<ServedRecord>>,
+    records: Option<mpsc::SyncSender<Message>>,
     dropped: Arc<AtomicU64>,
     writer: Option<JoinHandle<()>>,
 }
@@ -107,11 +117,28 @@ impl ServedLog {
         let sent = self
             .records
             .as_ref()
-            .is_some_and(|tx| tx.try_send(record).is_ok());
+            .is_some_and(|tx| tx.try_send(Message::Record(record)).is_ok());
         if !sent {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
         sent
+    }
+
+    /// Removes `user_id`'s rows from every file and from what is buffered; returns (rows
+    /// removed, files rewritten). Blocks until the writer thread has done it: call it from a
+    /// blocking thread.
+    pub fn erase_user(&self, user_id: &str) -> Result<(u64, usize), EventLogError> {
+        let closed = || EventLogError::Closed("the served-feature log writer stopped".into());
+        let (reply, done) = mpsc::channel();
+        self.records
+            .as_ref()
+            .ok_or_else(closed)?
+            .send(Message::Erase {
+                user: user_id.to_owned(),
+                reply,
+            })
+            .map_err(|_| closed())?;
+        done.recv().map_err(|_| closed())?
     }
 
     /// Records dropped because the queue was full.
@@ -145,7 +172,7 @@ fn schema_key(r: &ServedRecord) -> String {
     key
 }
 
-fn write_loop(config: &ServedLogConfig, records: &mpsc::Receiver<ServedRecord>) {
+fn write_loop(config: &ServedLogConfig, records: &mpsc::Receiver<Message>) {
     let mut pending: BTreeMap<String, Pending> = BTreeMap::new();
     let mut files = 0u64;
     loop {
@@ -155,7 +182,26 @@ fn write_loop(config: &ServedLogConfig, records: &mpsc::Receiver<ServedRecord>) 
             .min()
             .unwrap_or(Duration::from_secs(3600));
         let closed = match records.recv_timeout(wait) {
-            Ok(record) => {
+            Ok(Message::Erase { user, reply }) => {
+                let mut buffered = 0u64;
+                for p in pending.values_mut() {
+                    p.records.retain(|r| {
+                        let theirs = r.user_id == user;
+                        if theirs {
+                            buffered += r.candidates.len() as u64;
+                        }
+                        !theirs
+                    });
+                    p.rows = p.records.iter().map(|r| r.candidates.len()).sum();
+                }
+                pending.retain(|_, p| !p.records.is_empty());
+                let _ = reply.send(
+                    crate::erase::erase_from_parquet(&config.dir, "user_id", &user)
+                        .map(|(rows, files)| (rows + buffered, files)),
+                );
+                false
+            }
+            Ok(Message::Record(record)) => {
                 let p = pending
                     .entry(schema_key(&record))
                     .or_insert_with(|| Pending {

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tandem_events::{EventLog, EventLogConfig, LoggedEvent, read_exported};
+use tandem_events::{EventLog, EventLogConfig, Logged, LoggedEvent, read_exported};
 use tandem_personalization::EventKind;
 
 const DAY_MS: i64 = 86_400_000;
@@ -34,10 +34,18 @@ fn event(user: usize, n: usize, t: i64) -> LoggedEvent {
     }
 }
 
+/// The events of a record (erasure records have none).
+fn events_of(record: &Logged) -> Vec<LoggedEvent> {
+    match record {
+        Logged::Events(events) => events.clone(),
+        Logged::ForgetUser(_) => Vec::new(),
+    }
+}
+
 fn replay_all(cfg: &EventLogConfig) -> (EventLog, Vec<(u64, Vec<LoggedEvent>)>) {
     let mut seen = Vec::new();
-    let (log, _) =
-        EventLog::open(cfg, 0, |seq, events| seen.push((seq, events.to_vec()))).expect("open log");
+    let (log, _) = EventLog::open(cfg, 0, |seq, record| seen.push((seq, events_of(record))))
+        .expect("open log");
     (log, seen)
 }
 
@@ -232,8 +240,8 @@ async fn segments_past_the_retention_are_deleted_and_their_parquet_stays() {
         ..cfg.clone()
     };
     let mut seen = Vec::new();
-    let (log, replayed) = EventLog::open(&retained, 0, |seq, events| {
-        seen.push((seq, events.to_vec()))
+    let (log, replayed) = EventLog::open(&retained, 0, |seq, record| {
+        seen.push((seq, events_of(record)))
     })
     .expect("open");
     assert_eq!(replayed.expired_segments, expired.len());
@@ -270,4 +278,62 @@ async fn segments_past_the_retention_are_deleted_and_their_parquet_stays() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test]
+async fn erasing_a_user_rewrites_closed_segments_and_exports_and_survives_replay() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Small segments: the user's events spread over several, some exported already.
+    let cfg = config(dir.path(), 400);
+    let (log, _) = replay_all(&cfg);
+    for n in 0..30 {
+        log.append(vec![event(n % 3, n, SEPT_1 + n as i64)])
+            .await
+            .expect("append");
+    }
+    let forget_seq = log.log_forget("user-1").await.expect("forget");
+    assert_eq!(forget_seq, 31);
+    let erased = log.erase_user("user-1").await.expect("erase");
+    assert_eq!(erased.log_events, 10, "{erased:?}");
+    assert!(erased.log_segments >= 2, "{erased:?}");
+    // New activity after the erasure is kept.
+    log.append(vec![event(1, 99, SEPT_1 + 99)])
+        .await
+        .expect("append");
+    drop(log);
+
+    let exported = read_exported(dir.path()).expect("parquet");
+    assert!(!exported.is_empty());
+    assert!(
+        exported.iter().all(|e| e.user_id != "user-1"),
+        "no exported row of the user"
+    );
+    // Every closed segment was exported before the erasure ran (one thread, in order).
+    assert_eq!(erased.exported_rows, 10, "{erased:?}");
+    let mut records = Vec::new();
+    let (_, replayed) =
+        EventLog::open(&cfg, 0, |seq, record| records.push((seq, record.clone()))).expect("reopen");
+    assert_eq!(replayed.last_seq, 32);
+    let seqs: Vec<u64> = records.iter().map(|r| r.0).collect();
+    assert_eq!(
+        seqs,
+        (1..=32).collect::<Vec<_>>(),
+        "no sequence number lost"
+    );
+    let users: Vec<(u64, String)> = records
+        .iter()
+        .flat_map(|(seq, r)| events_of(r).into_iter().map(move |e| (*seq, e.user_id)))
+        .filter(|(_, u)| u == "user-1")
+        .collect();
+    assert_eq!(users, [(32, "user-1".to_owned())], "only what came after");
+    assert_eq!(records[30].1, Logged::ForgetUser("user-1".into()));
+    assert!(
+        records
+            .iter()
+            .flat_map(|(_, r)| events_of(r))
+            .filter(|e| e.user_id == "user-0")
+            .count()
+            == 10,
+        "others untouched"
+    );
 }

@@ -174,6 +174,8 @@ pub trait StateStore: Send + Sync + 'static {
     fn trending(&self, k: usize, admits: &dyn Fn(ItemIdx) -> bool) -> Vec<(ItemIdx, f32)>;
     /// Number of users with state.
     fn users(&self) -> usize;
+    /// Removes everything held about the user (right to erasure); `true` if there was any.
+    fn forget(&self, user_id: &str) -> bool;
     /// Everything held, for a checkpoint; `None` when the store persists itself.
     fn snapshot(&self) -> Option<crate::StateSnapshot> {
         None

@@ -275,6 +275,20 @@ impl StateStore for InMemoryState {
             .sum()
     }
 
+    fn forget(&self, user_id: &str) -> bool {
+        let mut shard = self
+            .shard(user_id)
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        match shard.users.remove(user_id) {
+            Some(slot) => {
+                shard.bytes -= slot.bytes;
+                true
+            }
+            None => false,
+        }
+    }
+
     fn snapshot(&self) -> Option<StateSnapshot> {
         let mut users = Vec::with_capacity(self.users());
         for shard in &self.shards {

@@ -22,8 +22,6 @@ const TAG_SEEN: u8 = 101;
 const TAG_END: u8 = 255;
 /// A record larger than this is damage.
 const MAX_RECORD: usize = 1 << 30;
-/// Checkpoints kept: the newest and one before it, in case the newest is damaged.
-const KEEP: usize = 2;
 
 /// Where checkpoints of an event log's state go.
 pub fn checkpoint_dir(event_log_dir: &Path) -> PathBuf {
@@ -59,13 +57,15 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// Writes a checkpoint covering the log up to `seq` and deletes all but the newest [`KEEP`].
+/// Writes a checkpoint covering the log up to `seq` and deletes all but the newest `keep`
+/// (at least this one).
 pub(crate) fn write(
     dir: &Path,
     seq: u64,
     state: &StateSnapshot,
     seen: &[(String, String)],
     catalog: &Catalog,
+    keep: usize,
 ) -> Result<CheckpointWritten, RecommendError> {
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let mut records = Vec::new();
@@ -101,7 +101,7 @@ pub(crate) fn write(
     }
     std::fs::rename(&tmp, &path).map_err(io(&path))?;
     sync_dir(dir);
-    for old in list(dir)?.into_iter().skip(KEEP) {
+    for old in list(dir)?.into_iter().skip(keep.max(1)) {
         if let Err(e) = std::fs::remove_file(&old) {
             tracing::warn!(path = %old.display(), error = %e, "could not delete an old checkpoint");
         }

@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tandem_catalog::{Catalog, MAX_ID_BYTES, id_problem};
-use tandem_events::{EventLog, EventLogConfig, LoggedEvent, Replayed, SeenIds};
+use tandem_events::{Erased, EventLog, EventLogConfig, Logged, LoggedEvent, Replayed, SeenIds};
+use tandem_experiments::ExperimentLedger;
 use tandem_personalization::{EventKind, StateStore, UserEvent};
 
 use crate::RecommendError;
@@ -38,6 +39,18 @@ pub struct Recorded {
     pub accepted: usize,
     /// Retries of events already recorded.
     pub duplicates: usize,
+}
+
+/// What [`EventIntake::forget_user`] removed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserErased {
+    /// The erasure record's place in the event log.
+    pub seq: u64,
+    /// Whether the user had live state.
+    pub state: bool,
+    pub log: Erased,
+    /// Whether checkpoints were rewritten without the user.
+    pub checkpoint: bool,
 }
 
 /// An event refused on its own (streaming intake).
@@ -134,6 +147,8 @@ pub struct EventIntake {
     checkpoints: Option<PathBuf>,
     /// One checkpoint at a time.
     checkpointing: tokio::sync::Mutex<()>,
+    /// Where accepted events are attributed to the answers that showed their items.
+    experiments: Option<Arc<ExperimentLedger>>,
 }
 
 impl std::fmt::Debug for EventIntake {
@@ -174,7 +189,16 @@ impl EventIntake {
             }
         }
         let mut unknown_items = 0u64;
-        let (log, replayed) = EventLog::open(log, after_seq, |_, events| {
+        let (log, replayed) = EventLog::open(log, after_seq, |_, record| {
+            let events = match record {
+                Logged::Events(events) => events,
+                Logged::ForgetUser(user) => {
+                    // Erased here: nothing before this record comes back.
+                    history.forget(user);
+                    seen.forget_user(user);
+                    return;
+                }
+            };
             seen.claim(
                 events
                     .iter()
@@ -212,15 +236,57 @@ impl EventIntake {
                 applied_seq: AtomicU64::new(replayed.last_seq),
                 checkpoints,
                 checkpointing: tokio::sync::Mutex::new(()),
+                experiments: None,
             },
             replayed,
         ))
+    }
+
+    pub(crate) fn set_experiments(&mut self, ledger: Arc<ExperimentLedger>) {
+        self.experiments = Some(ledger);
+    }
+
+    /// Erases a user from live state, the dedupe window, the event log and its exports, and
+    /// the checkpoints (a fresh one replaces them). An erasure record goes into the log first,
+    /// so a replay never brings the user back, even if this stops half way.
+    pub async fn forget_user(&self, user_id: &str) -> Result<UserErased, RecommendError> {
+        if let Some(problem) = id_problem(user_id) {
+            return Err(RecommendError::invalid("user_id", problem));
+        }
+        let unavailable = |e: tandem_events::EventLogError| {
+            RecommendError::Unavailable(format!("event log: {e}"))
+        };
+        let (seq, state) = {
+            // No event of theirs may land between the erasure record and the state removal.
+            let _quiet = self.gate.write().await;
+            let seq = self.log.log_forget(user_id).await.map_err(unavailable)?;
+            let state = self.history.forget(user_id);
+            self.seen.forget_user(user_id);
+            self.applied_seq.fetch_max(seq, Ordering::AcqRel);
+            (seq, state)
+        };
+        let log = self.log.erase_user(user_id).await.map_err(unavailable)?;
+        let checkpoint = self.write_checkpoint(1).await?.is_some();
+        Ok(UserErased {
+            seq,
+            state,
+            log,
+            checkpoint,
+        })
     }
 
     /// Writes a checkpoint of user state and the log position it covers (`None`: checkpoints
     /// are off, or the state store keeps its own). New events wait only while the state is
     /// copied, not while it is written.
     pub async fn checkpoint(&self) -> Result<Option<CheckpointWritten>, RecommendError> {
+        self.write_checkpoint(2).await
+    }
+
+    /// A checkpoint, keeping the newest `keep` (this one included).
+    async fn write_checkpoint(
+        &self,
+        keep: usize,
+    ) -> Result<Option<CheckpointWritten>, RecommendError> {
         let Some(dir) = self.checkpoints.clone() else {
             return Ok(None);
         };
@@ -233,7 +299,7 @@ impl EventIntake {
             let state = history.snapshot();
             drop(quiet);
             state
-                .map(|state| checkpoint::write(&dir, seq, &state, &seen, &catalog))
+                .map(|state| checkpoint::write(&dir, seq, &state, &seen, &catalog, keep))
                 .transpose()
         })
         .await
@@ -344,6 +410,18 @@ impl EventIntake {
             self.history.record(user, &events);
         }
         self.applied_seq.fetch_max(seq, Ordering::AcqRel);
+        if let Some(ledger) = &self.experiments {
+            for v in &new {
+                let price = f64::from(self.catalog.price(v.event.item));
+                ledger.event(
+                    &v.logged.user_id,
+                    v.event.item,
+                    v.event.kind,
+                    v.event.timestamp_ms,
+                    price,
+                );
+            }
+        }
         metrics::counter!("tandem_events_total", "outcome" => "accepted")
             .increment(new.len() as u64);
         Ok(Recorded {

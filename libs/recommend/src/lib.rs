@@ -17,11 +17,11 @@ mod stages;
 
 pub use checkpoint::{CheckpointWritten, checkpoint_dir};
 pub use error::{RecommendError, StageError};
-pub use events::{EventIntake, IncomingEvent, Recorded, Rejection};
+pub use events::{EventIntake, IncomingEvent, Recorded, Rejection, UserErased};
 pub use pipeline::{
-    Budgets, DEFAULT_K, DEFAULT_NUM_CANDIDATES, MAX_EVENTS_PER_BATCH, MAX_K, MAX_NUM_CANDIDATES,
-    RETRIEVAL_ORDER_VERSION, RecommendRequest, Recommendation, RecommendedItem, Recommender,
-    RepeatPurchases, Settings, Stages, TRENDING_VERSION,
+    Budgets, DEFAULT_K, DEFAULT_NUM_CANDIDATES, Forgotten, MAX_EVENTS_PER_BATCH, MAX_K,
+    MAX_NUM_CANDIDATES, RETRIEVAL_ORDER_VERSION, RecommendRequest, Recommendation, RecommendedItem,
+    Recommender, RepeatPurchases, Settings, Stages, TRENDING_VERSION,
 };
 pub use rules::{RuleEffect, RulesConfig};
 pub use sources::CandidateSources;

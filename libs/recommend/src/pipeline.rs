@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tandem_catalog::{Catalog, ItemIdx};
+use tandem_experiments::ExperimentLedger;
 use tandem_personalization::{QueryConfig, StateStore};
 use tandem_retrieval::FilterSpec;
 use tracing::Instrument as _;
@@ -149,6 +150,15 @@ pub struct Recommendation {
     pub degraded: Option<String>,
 }
 
+/// What [`Recommender::forget_user`] removed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Forgotten {
+    pub events: crate::UserErased,
+    /// Rows removed from the served-feature log, and the files rewritten.
+    pub served_rows: u64,
+    pub served_files: usize,
+}
+
 pub struct Recommender {
     catalog: Arc<Catalog>,
     state: Arc<dyn StateStore>,
@@ -166,6 +176,8 @@ pub struct Recommender {
     weekly_buyers: Vec<ItemIdx>,
     /// Where a sample of answers is logged, and the sampled share.
     served: Option<(Arc<ServedLog>, f64)>,
+    /// Impressions per model version and what followed them.
+    experiments: Option<Arc<ExperimentLedger>>,
 }
 
 impl std::fmt::Debug for Recommender {
@@ -220,7 +232,21 @@ impl Recommender {
             budgets: settings.budgets,
             sources: settings.sources,
             served: None,
+            experiments: None,
         }
+    }
+
+    /// Attributes later clicks, add-to-carts and purchases of answered items to the model
+    /// version that answered, in `ledger`.
+    pub fn with_experiments(mut self, ledger: Arc<ExperimentLedger>) -> Self {
+        self.events.set_experiments(ledger.clone());
+        self.experiments = Some(ledger);
+        self
+    }
+
+    /// Impressions and outcomes per model version (`None`: not measured).
+    pub fn experiments(&self) -> Option<&Arc<ExperimentLedger>> {
+        self.experiments.as_ref()
     }
 
     /// Logs `sample` (0 to 1) of the answers that ranking scored to `log`.
@@ -246,6 +272,30 @@ impl Recommender {
 
     pub fn catalog(&self) -> &Arc<Catalog> {
         &self.catalog
+    }
+
+    /// Erases a user everywhere tandem keeps them: live state, the event log, its Parquet
+    /// exports, the checkpoints ([`EventIntake::forget_user`]) and the served-feature log.
+    pub async fn forget_user(&self, user_id: &str) -> Result<Forgotten, RecommendError> {
+        let events = self.events.forget_user(user_id).await?;
+        if let Some(ledger) = &self.experiments {
+            ledger.forget(user_id);
+        }
+        let served = match &self.served {
+            Some((log, _)) => {
+                let (log, user) = (log.clone(), user_id.to_owned());
+                tokio::task::spawn_blocking(move || log.erase_user(&user))
+                    .await
+                    .map_err(|e| RecommendError::Unavailable(format!("served-feature log: {e}")))?
+                    .map_err(|e| RecommendError::Unavailable(format!("served-feature log: {e}")))?
+            }
+            None => (0, 0),
+        };
+        Ok(Forgotten {
+            events,
+            served_rows: served.0,
+            served_files: served.1,
+        })
     }
 
     /// Checkpoints user state (see [`EventIntake::checkpoint`]).
@@ -641,6 +691,9 @@ impl Recommender {
         drop(plan);
         let shown: Vec<ItemIdx> = answer.items.iter().map(|i| i.idx).collect();
         self.state.record_shown(user_id, &shown, now);
+        if let Some(ledger) = &self.experiments {
+            ledger.shown(user_id, &answer.model_version, &shown, now);
+        }
         answer
     }
 }

@@ -45,6 +45,19 @@ pub struct Config {
     /// it. 0 = none (a restart replays the whole log).
     #[arg(long, env = "TANDEM_CHECKPOINT_INTERVAL_S", default_value_t = 300)]
     pub checkpoint_interval_s: u64,
+    /// Clicks, add-to-carts and purchases of an answered item by the same user within this
+    /// many minutes count for the model version that answered (`GetExperimentReport`,
+    /// `tandem_experiment_*` metrics); 0 = not measured.
+    #[arg(long, env = "TANDEM_ATTRIBUTION_WINDOW_MIN", default_value_t = 1440)]
+    pub attribution_window_min: u64,
+    /// Impressions remembered for attribution; beyond it the oldest can no longer be
+    /// attributed to (about 40 bytes each).
+    #[arg(
+        long,
+        env = "TANDEM_ATTRIBUTION_MAX_IMPRESSIONS",
+        default_value_t = 2_000_000
+    )]
+    pub attribution_max_impressions: usize,
     /// Users neither seen nor written for this many minutes are forgotten; 0 = never.
     #[arg(long, env = "TANDEM_USER_IDLE_TTL_MIN", default_value_t = 0)]
     pub user_idle_ttl_min: u64,
@@ -354,6 +367,13 @@ impl Config {
             queue: self.served_log_queue,
             rows_per_file: self.served_log_rows_per_file,
             flush_interval: Duration::from_millis(self.served_log_flush_ms),
+        })
+    }
+
+    pub(crate) fn experiments(&self) -> Option<tandem_experiments::LedgerConfig> {
+        (self.attribution_window_min > 0).then(|| tandem_experiments::LedgerConfig {
+            window_ms: (self.attribution_window_min as i64).saturating_mul(60_000),
+            max_impressions: self.attribution_max_impressions.max(1),
         })
     }
 

@@ -12,6 +12,7 @@ use tandem_events::ServedLog;
 use tandem_personalization::{InMemoryState, StateStore};
 use tandem_proto::v1::ranking_admin_service_server::RankingAdminServiceServer;
 use tandem_proto::v1::ranking_service_server::RankingServiceServer;
+use tandem_proto::v1::recommender_admin_service_server::RecommenderAdminServiceServer;
 use tandem_proto::v1::recommender_service_server::RecommenderServiceServer;
 use tandem_proto::v1::retrieval_service_server::RetrievalServiceServer;
 use tandem_ranking_api::{RankingAdminApi, RankingApi, load_ranker};
@@ -19,7 +20,7 @@ use tandem_recommend::{
     CandidateStage, EventIntake, InProcessRanking, InProcessRetrieval, Recommender, RemoteRanking,
     RemoteRetrieval, ScoringStage, Settings, Stages,
 };
-use tandem_recommend_api::RecommenderApi;
+use tandem_recommend_api::{RecommenderAdminApi, RecommenderApi};
 use tandem_retrieval_api::RetrievalApi;
 use tandem_server::{Health, Ready, service_name};
 use tokio::task::JoinHandle;
@@ -51,7 +52,10 @@ pub async fn start(
 ) -> Result<Gateway, BoxError> {
     let checked = config.validate()?;
     config.metrics.install()?;
-    let mut names = vec![service_name::<RecommenderServiceServer<RecommenderApi>>()];
+    let mut names = vec![
+        service_name::<RecommenderServiceServer<RecommenderApi>>(),
+        service_name::<RecommenderAdminServiceServer<RecommenderAdminApi>>(),
+    ];
     if config.retrieval_addr.is_none() {
         names.push(service_name::<RetrievalServiceServer<RetrievalApi>>());
     }
@@ -74,9 +78,12 @@ pub async fn start(
         .into_service(),
     );
     let admin = config.admin.token();
-    if config.retrieval_addr.is_none() || config.ranking_addr.is_none() {
-        admin.warn_if_open(config.listen);
-    }
+    admin.warn_if_open(config.listen);
+    routes = routes.add_service(
+        RecommenderAdminApi::new(recommender.clone())
+            .with_admin_token(admin.clone())
+            .into_service(),
+    );
     if config.retrieval_addr.is_none() {
         routes = routes.add_service(
             RetrievalApi::new(index.clone())
@@ -201,6 +208,10 @@ pub async fn start(
                     sources: config.sources(),
                 },
             );
+            if let Some(ledger) = config.experiments() {
+                built = built
+                    .with_experiments(Arc::new(tandem_experiments::ExperimentLedger::new(ledger)));
+            }
             if let Some(served) = config.served_log() {
                 let dir = served.dir.clone();
                 let log = ServedLog::start(served)?;

@@ -121,6 +121,11 @@ async fn the_scrape_counts_known_traffic() {
     );
 
     let samples = scrape(metrics_addr).await;
+    // Every served item is an impression of the version that answered.
+    assert_eq!(
+        value(&samples, "tandem_experiment_impressions_total", &[]),
+        30.0
+    );
     let recommend = [
         ("grpc_type", "unary"),
         ("grpc_service", "tandem.v1.RecommenderService"),
