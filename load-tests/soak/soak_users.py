@@ -47,12 +47,18 @@ def main() -> None:
     port, metrics_port = loadtest.free_port(), loadtest.free_port()
     addr = f"127.0.0.1:{port}"
     env = dict(loadtest.os.environ)
+    if "ORT_DYLIB_PATH" not in env:
+        libs = sorted(ROOT.glob(".venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.*"))
+        if not libs:
+            loadtest.fail("no ONNX Runtime library: run `make .venv/.installed` or set ORT_DYLIB_PATH")
+        env["ORT_DYLIB_PATH"] = str(libs[0])
+    env.setdefault("RUST_LOG", "warn")
     with tempfile.TemporaryDirectory(prefix="tandem-soak-") as scratch:
         servers = loadtest.Servers.__new__(loadtest.Servers)
         servers.procs = []
         servers.start(bin_dir / "tandem-gateway",
                       [f"--listen={addr}", f"--items={data / 'items.parquet'}",
-                       f"--model-dir={data / 'models' / 'mlp'}", f"--state-dir={scratch}/state",
+                       f"--model-dir={data / 'models' / 'ranker'}", f"--state-dir={scratch}/state",
                        f"--event-log-dir={scratch}/events", f"--served-log-dir={scratch}/served",
                        f"--user-state-mib={args.budget_mib}", f"--metrics-listen=127.0.0.1:{metrics_port}"],
                       env, Path(scratch) / "gateway.log")

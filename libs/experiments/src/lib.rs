@@ -30,7 +30,7 @@ impl Default for LedgerConfig {
     fn default() -> Self {
         Self {
             window_ms: 24 * 3_600_000,
-            max_impressions: 2_000_000,
+            max_impressions: 500_000,
         }
     }
 }

@@ -51,11 +51,12 @@ pub struct Config {
     #[arg(long, env = "TANDEM_ATTRIBUTION_WINDOW_MIN", default_value_t = 1440)]
     pub attribution_window_min: u64,
     /// Impressions remembered for attribution; beyond it the oldest can no longer be
-    /// attributed to (about 40 bytes each).
+    /// attributed to. Each costs up to about 110 bytes (500,000: 55 MB), on top of
+    /// --user-state-mib.
     #[arg(
         long,
         env = "TANDEM_ATTRIBUTION_MAX_IMPRESSIONS",
-        default_value_t = 2_000_000
+        default_value_t = 500_000
     )]
     pub attribution_max_impressions: usize,
     /// Users neither seen nor written for this many minutes are forgotten; 0 = never.
