@@ -347,6 +347,10 @@ def check_embedded(shape: str, values: dict, docs: list[dict]) -> None:
     R.check(c["command"] == ["/opt/tandem/bin/tandem-gateway"], f"{shape}: gateway runs tandem-gateway")
     R.check(flag(c, "retrieval-addr") is None and flag(c, "ranking-addr") is None, f"{shape}: no remote stages")
     R.check(flag(c, "model-dir") == f"/data/{values['data']['modelDir']}", f"{shape}: --model-dir under /data")
+    state = values["gateway"]["userState"]
+    R.check(flag(c, "user-state-mib") == str(state["memoryMiB"]), f"{shape}: --user-state-mib from gateway.userState")
+    R.check(flag(c, "checkpoint-interval-s") == str(state["checkpointIntervalSeconds"]),
+            f"{shape}: --checkpoint-interval-s from gateway.userState")
     R.check((flag(c, "state-dir") or "").startswith("/var/lib/tandem/"), f"{shape}: --state-dir under /var/lib/tandem")
     R.check(gw["spec"].get("replicas") == values["gateway"]["replicas"], f"{shape}: gateway replicas from values")
     vols = {v["name"]: v for v in gw["spec"]["template"]["spec"]["volumes"]}

@@ -148,7 +148,7 @@ pub struct EventIntake {
     /// One checkpoint at a time.
     checkpointing: tokio::sync::Mutex<()>,
     /// Where accepted events are attributed to the answers that showed their items.
-    experiments: Option<Arc<ExperimentLedger>>,
+    experiments: std::sync::OnceLock<Arc<ExperimentLedger>>,
 }
 
 impl std::fmt::Debug for EventIntake {
@@ -236,14 +236,14 @@ impl EventIntake {
                 applied_seq: AtomicU64::new(replayed.last_seq),
                 checkpoints,
                 checkpointing: tokio::sync::Mutex::new(()),
-                experiments: None,
+                experiments: std::sync::OnceLock::new(),
             },
             replayed,
         ))
     }
 
-    pub(crate) fn set_experiments(&mut self, ledger: Arc<ExperimentLedger>) {
-        self.experiments = Some(ledger);
+    pub(crate) fn set_experiments(&self, ledger: Arc<ExperimentLedger>) {
+        let _ = self.experiments.set(ledger);
     }
 
     /// Erases a user from live state, the dedupe window, the event log and its exports, and
@@ -307,7 +307,10 @@ impl EventIntake {
     }
 
     /// A whole batch: every event valid or none recorded (the error names the first bad one).
-    pub async fn record(&self, events: &[IncomingEvent]) -> Result<Recorded, RecommendError> {
+    pub async fn record(
+        self: &Arc<Self>,
+        events: &[IncomingEvent],
+    ) -> Result<Recorded, RecommendError> {
         if events.len() > MAX_EVENTS_PER_BATCH {
             return Err(RecommendError::invalid(
                 "events",
@@ -336,7 +339,7 @@ impl EventIntake {
 
     /// Each event on its own: valid ones are recorded, invalid ones come back as rejections.
     pub async fn record_each(
-        &self,
+        self: &Arc<Self>,
         events: &[IncomingEvent],
     ) -> Result<(Recorded, Vec<Rejection>), RecommendError> {
         if events.len() > MAX_EVENTS_PER_BATCH {
@@ -368,7 +371,16 @@ impl EventIntake {
 
     /// Claims the event ids, logs the new events, applies them. If logging fails the ids are
     /// released, so the producer's retry is taken.
-    async fn commit(&self, valid: Vec<Valid>) -> Result<Recorded, RecommendError> {
+    /// Runs [`EventIntake::apply`] in its own task: a caller that goes away (a cancelled
+    /// call) must not leave a batch logged but not applied to user state.
+    async fn commit(self: &Arc<Self>, valid: Vec<Valid>) -> Result<Recorded, RecommendError> {
+        let this = self.clone();
+        tokio::spawn(async move { this.apply(valid).await })
+            .await
+            .map_err(|e| RecommendError::Unavailable(format!("event intake: {e}")))?
+    }
+
+    async fn apply(&self, valid: Vec<Valid>) -> Result<Recorded, RecommendError> {
         let _applying = self.gate.read().await;
         let fresh = self.seen.claim(
             valid
@@ -410,7 +422,7 @@ impl EventIntake {
             self.history.record(user, &events);
         }
         self.applied_seq.fetch_max(seq, Ordering::AcqRel);
-        if let Some(ledger) = &self.experiments {
+        if let Some(ledger) = self.experiments.get() {
             for v in &new {
                 let price = f64::from(self.catalog.price(v.event.item));
                 ledger.event(

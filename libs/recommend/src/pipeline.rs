@@ -162,7 +162,7 @@ pub struct Forgotten {
 pub struct Recommender {
     catalog: Arc<Catalog>,
     state: Arc<dyn StateStore>,
-    events: EventIntake,
+    events: Arc<EventIntake>,
     retrieval: Arc<dyn CandidateStage>,
     ranking: Arc<dyn ScoringStage>,
     query: QueryConfig,
@@ -222,7 +222,7 @@ impl Recommender {
         Self {
             catalog,
             state,
-            events,
+            events: Arc::new(events),
             retrieval: stages.retrieval,
             ranking: stages.ranking,
             query: settings.query,

@@ -41,7 +41,14 @@ fn state() -> Arc<InMemoryState> {
     ))
 }
 
-fn open(d: &Dirs, checkpoints: bool) -> (EventIntake, Arc<InMemoryState>, tandem_events::Replayed) {
+fn open(
+    d: &Dirs,
+    checkpoints: bool,
+) -> (
+    Arc<EventIntake>,
+    Arc<InMemoryState>,
+    tandem_events::Replayed,
+) {
     let s = state();
     let (intake, replayed) = EventIntake::open(
         &d.log,
@@ -51,7 +58,7 @@ fn open(d: &Dirs, checkpoints: bool) -> (EventIntake, Arc<InMemoryState>, tandem
         checkpoints.then(|| checkpoint_dir(&d.log.dir)),
     )
     .expect("open");
-    (intake, s, replayed)
+    (Arc::new(intake), s, replayed)
 }
 
 fn event(d: &Dirs, user: &str, item: u32, kind: EventKind, id: &str) -> IncomingEvent {
@@ -166,4 +173,30 @@ async fn a_damaged_checkpoint_is_passed_over_for_the_one_before() {
     assert_eq!(replayed.batches, 1, "the older checkpoint covers batch 1");
     assert_eq!(s.user("a").purchased.len(), 1);
     assert_eq!(s.user("b").purchased.len(), 1);
+}
+
+#[tokio::test]
+async fn a_call_dropped_while_its_batch_is_written_still_gets_it_applied() {
+    let d = dirs();
+    let (intake, s, _) = open(&d, false);
+    // The caller gives up right after its first poll, while the batch waits for its fsync.
+    let events = [event(&d, "gone", 3, EventKind::Purchase, "")];
+    let gave_up = tokio::select! {
+        biased;
+        _ = intake.record(&events) => false,
+        () = std::future::ready(()) => true,
+    };
+    assert!(gave_up, "an fsync does not finish within one poll");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while s.user("gone").purchased.is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        s.user("gone").purchased.len(),
+        1,
+        "logged, so applied to user state too"
+    );
+    drop(intake);
+    let (_, _, replayed) = open(&d, false);
+    assert_eq!(replayed.events, 1, "and on disk");
 }

@@ -273,9 +273,9 @@ impl std::fmt::Debug for AdminToken {
 /// The admin flag every server takes (flattened into its config).
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct AdminArgs {
-    /// Shared secret that model loads, traffic splits and catalog upserts and deletes require
-    /// as `authorization: Bearer <token>`; unset = anyone may call them (warned about when not
-    /// listening on loopback). Reads never need it.
+    /// Shared secret that model loads, traffic splits, catalog upserts and deletes and user
+    /// erasure require as `authorization: Bearer <token>`; unset = anyone may call them (warned
+    /// about when not listening on loopback). Reads never need it.
     #[arg(long, env = "TANDEM_ADMIN_TOKEN", value_parser = AdminToken::parse, hide_env_values = true)]
     admin_token: Option<AdminToken>,
 }
