@@ -19,7 +19,7 @@ MODEL ?= ranker
 ORT_DYLIB_PATH = $$(ls $(CURDIR)/$(VENV)/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* 2>/dev/null | head -n1)
 PIPELINE_SRC := $(wildcard models/tandem_pipeline/*.py)
 
-.PHONY: eval eval-online loadtest helm-test help run run-split run-gpu gpu-venv build data test-data test lint buf-lint bench bench-e2e bench-e2e-h2load bench-ann bench-ann-large bench-ranking bench-ranking-gpu train-from-served clean
+.PHONY: eval eval-online loadtest soak helm-test help run run-split run-gpu gpu-venv build data test-data test lint buf-lint bench bench-e2e bench-e2e-h2load bench-ann bench-ann-large bench-ranking bench-ranking-gpu train-from-served clean
 
 help:
 	@echo "make run        start tandem (embedded) on $(LISTEN) with the demo catalog and model"
@@ -31,6 +31,7 @@ help:
 	@echo "make run DATASET=online-retail  serve the real-data world (CUTOFF=YYYY-MM-DD, LISTEN=host:port)"
 	@echo "make bench      criterion benches of the hot paths (cargo bench)"
 	@echo "make loadtest   throughput at p99 <= 10/50 ms (tandem-load): demo and 1M, embedded and split"
+	@echo "make soak       a million distinct users against the gateway's user-state budget (tandem-load)"
 	@echo "make helm-test  lint, render and validate the Helm chart offline (part of make test)"
 	@echo "make bench-e2e  embedded Recommend server CPU vs its stages (demo and 1M catalogs)"
 	@echo "make bench-e2e-h2load  the release gateway binary from outside (h2load): server CPU per Recommend and Health"
@@ -149,6 +150,11 @@ bench:
 loadtest: $(VENV)/.installed data/demo/eval.json data/large/eval.json
 	cargo build --release --bins --locked
 	ORT_DYLIB_PATH=$(ORT_DYLIB_PATH) $(PY) load-tests/loadtest.py
+
+# Memory under a million distinct users against the gateway's user-state budget, from outside.
+soak: $(VENV)/.installed data/demo/eval.json
+	cargo build --release --bins --locked
+	ORT_DYLIB_PATH=$(ORT_DYLIB_PATH) $(PY) load-tests/soak/soak_users.py
 
 $(VENV)/.bench-installed: $(VENV)/.installed load-tests/ann/requirements.txt
 	$(VENV)/bin/pip install --quiet -r load-tests/ann/requirements.txt
