@@ -151,6 +151,12 @@ impl InMemoryState {
         expired
     }
 
+    fn expired(&self, slot: &Slot, now: i64) -> bool {
+        self.limits
+            .idle_ttl_ms
+            .is_some_and(|ttl| slot.touched.load(Ordering::Relaxed) < now.saturating_sub(ttl))
+    }
+
     /// Applies `update` to the user's state, creating it if `create`; keeps the shard within
     /// its budget.
     fn update(&self, user_id: &str, create: bool, update: impl FnOnce(&mut UserHistory)) {
@@ -160,6 +166,15 @@ impl InMemoryState {
             .write()
             .unwrap_or_else(|e| e.into_inner());
         let shard = &mut *shard;
+        // Past the TTL but not yet swept: as gone as a swept one (a write must not bring the
+        // old history back).
+        if let Some(slot) = shard.users.get(user_id)
+            && self.expired(slot, now)
+        {
+            let freed = slot.bytes;
+            shard.users.remove(user_id);
+            shard.bytes -= freed;
+        }
         if !shard.users.contains_key(user_id) {
             if !create {
                 return;
@@ -249,11 +264,7 @@ impl StateStore for InMemoryState {
             return Arc::default();
         };
         let now = now_ms();
-        if self
-            .limits
-            .idle_ttl_ms
-            .is_some_and(|ttl| slot.touched.load(Ordering::Relaxed) < now.saturating_sub(ttl))
-        {
+        if self.expired(slot, now) {
             // Expired; the next sweep removes it.
             return Arc::default();
         }
@@ -509,6 +520,35 @@ mod tests {
         assert_eq!(store.expire_idle(), 1);
         assert_eq!(store.users(), 1);
         assert!(!store.user("busy").is_empty());
+    }
+
+    #[test]
+    fn nothing_written_after_the_ttl_brings_the_old_state_back() {
+        let store = InMemoryState::new(
+            StateLimits {
+                idle_ttl_ms: Some(30),
+                ..budget(100, usize::MAX)
+            },
+            TrendingConfig::default(),
+        );
+        store.record("gone", &[ev(1, EventKind::Purchase, 10)]);
+        let one = store.bytes();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        store.record_shown("gone", &[5], 60);
+        assert!(
+            store.user("gone").is_empty(),
+            "an answer does not bring it back"
+        );
+        assert_eq!(store.bytes(), 0, "and its bytes are given back");
+        store.record("gone", &[ev(2, EventKind::View, 70)]);
+        let h = store.user("gone");
+        let items: Vec<u32> = h.recent.iter().map(|e| e.item).collect();
+        assert_eq!(items, [2], "a write after the TTL starts afresh");
+        assert!(h.purchased.is_empty());
+        assert!(
+            store.bytes() < one,
+            "a view costs less than the purchase did"
+        );
     }
 
     #[test]
