@@ -351,6 +351,8 @@ def check_embedded(shape: str, values: dict, docs: list[dict]) -> None:
     R.check(flag(c, "user-state-mib") == str(state["memoryMiB"]), f"{shape}: --user-state-mib from gateway.userState")
     R.check(flag(c, "checkpoint-interval-s") == str(state["checkpointIntervalSeconds"]),
             f"{shape}: --checkpoint-interval-s from gateway.userState")
+    R.check(flag(c, "attribution-window-min") == str(values["gateway"]["experiments"]["attributionWindowMinutes"]),
+            f"{shape}: --attribution-window-min from gateway.experiments")
     R.check((flag(c, "state-dir") or "").startswith("/var/lib/tandem/"), f"{shape}: --state-dir under /var/lib/tandem")
     R.check(gw["spec"].get("replicas") == values["gateway"]["replicas"], f"{shape}: gateway replicas from values")
     vols = {v["name"]: v for v in gw["spec"]["template"]["spec"]["volumes"]}
