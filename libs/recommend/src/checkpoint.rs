@@ -15,6 +15,7 @@ use tandem_storage::codec::{Reader, Writer};
 use tandem_storage::{frame, next_record, sync_dir};
 
 use crate::RecommendError;
+use crate::pipeline::now_ms;
 
 const MAGIC: &[u8; 8] = b"TNDMCKP1";
 const TAG_HEADER: u8 = 100;
@@ -49,12 +50,6 @@ pub struct CheckpointWritten {
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> RecommendError + '_ {
     move |e| RecommendError::Unavailable(format!("checkpoint {}: {e}", path.display()))
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Writes a checkpoint covering the log up to `seq` and deletes all but the newest `keep`

@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use tandem_catalog::{Catalog, MAX_ID_BYTES, id_problem};
 use tandem_events::{Erased, EventLog, EventLogConfig, Logged, LoggedEvent, Replayed, SeenIds};
@@ -14,7 +13,7 @@ use tandem_personalization::{EventKind, StateStore, UserEvent};
 
 use crate::RecommendError;
 use crate::checkpoint::{self, CheckpointWritten};
-use crate::pipeline::MAX_EVENTS_PER_BATCH;
+use crate::pipeline::{MAX_EVENTS_PER_BATCH, now_ms};
 
 /// An event as a client sends it; `kind` is `None` when the type was unspecified.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -66,12 +65,6 @@ pub struct Rejection {
 struct Valid {
     logged: LoggedEvent,
     event: UserEvent,
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 fn check(catalog: &Catalog, e: &IncomingEvent, now: i64) -> Result<Valid, (&'static str, String)> {

@@ -114,7 +114,8 @@ fn hour_of_day_now() -> String {
     ((secs / 3600) % 24).to_string()
 }
 
-fn now_ms() -> i64 {
+/// Wall-clock milliseconds since the epoch (what event, impression and checkpoint times are).
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)

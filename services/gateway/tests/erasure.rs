@@ -38,6 +38,25 @@ fn parquet_files(dir: &std::path::Path) -> usize {
     })
 }
 
+type AdminClient =
+    pb::recommender_admin_service_client::RecommenderAdminServiceClient<tonic::transport::Channel>;
+
+async fn forget(
+    admin: &mut AdminClient,
+    user_id: impl Into<String>,
+    token: Option<&str>,
+) -> Result<pb::ForgetUserResponse, tonic::Status> {
+    admin
+        .forget_user(authorized(
+            pb::ForgetUserRequest {
+                user_id: user_id.into(),
+            },
+            token,
+        ))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forget_user_erases_every_copy_and_a_restart_does_not_bring_it_back() {
     let dir = state_dir();
@@ -94,37 +113,18 @@ async fn forget_user_erases_every_copy_and_a_restart_does_not_bring_it_back() {
     let mut admin = pb::recommender_admin_service_client::RecommenderAdminServiceClient::new(
         common::channel(running.addr).await,
     );
-    let refused = admin
-        .forget_user(authorized(
-            pb::ForgetUserRequest {
-                user_id: "erase-me".into(),
-            },
-            None,
-        ))
+    let refused = forget(&mut admin, "erase-me", None)
         .await
         .expect_err("needs the token");
     assert_eq!(refused.code(), tonic::Code::Unauthenticated);
-    let too_long = admin
-        .forget_user(authorized(
-            pb::ForgetUserRequest {
-                user_id: "u".repeat(300),
-            },
-            Some(TOKEN),
-        ))
+    let too_long = forget(&mut admin, "u".repeat(300), Some(TOKEN))
         .await
         .expect_err("bounded id");
     assert_eq!(too_long.code(), tonic::Code::InvalidArgument);
 
-    let erased = admin
-        .forget_user(authorized(
-            pb::ForgetUserRequest {
-                user_id: "erase-me".into(),
-            },
-            Some(TOKEN),
-        ))
+    let erased = forget(&mut admin, "erase-me", Some(TOKEN))
         .await
-        .expect("erased")
-        .into_inner();
+        .expect("erased");
     assert!(erased.state_removed, "{erased:?}");
     assert_eq!(erased.log_events_removed, 12, "{erased:?}");
     assert_eq!(erased.log_segments_rewritten, 1, "{erased:?}");
@@ -193,16 +193,9 @@ async fn forget_user_erases_every_copy_and_a_restart_does_not_bring_it_back() {
     let mut admin = pb::recommender_admin_service_client::RecommenderAdminServiceClient::new(
         common::channel(running.addr).await,
     );
-    let again = admin
-        .forget_user(authorized(
-            pb::ForgetUserRequest {
-                user_id: "erase-me".into(),
-            },
-            Some(TOKEN),
-        ))
+    let again = forget(&mut admin, "erase-me", Some(TOKEN))
         .await
-        .expect("erased")
-        .into_inner();
+        .expect("erased");
     assert!(again.state_removed, "{again:?}");
     assert_eq!(again.log_events_removed, 1, "{again:?}");
 }
