@@ -19,7 +19,7 @@ MODEL ?= ranker
 ORT_DYLIB_PATH = $$(ls $(CURDIR)/$(VENV)/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* 2>/dev/null | head -n1)
 PIPELINE_SRC := $(wildcard models/tandem_pipeline/*.py)
 
-.PHONY: eval eval-online loadtest soak helm-test help run run-split run-gpu gpu-venv build data test-data test lint buf-lint bench bench-e2e bench-e2e-h2load bench-ann bench-ann-large bench-ranking bench-ranking-gpu train-from-served clean
+.PHONY: redis-server redis-cost eval eval-online loadtest soak helm-test help run run-split run-gpu gpu-venv build data test-data test lint buf-lint bench bench-e2e bench-e2e-h2load bench-ann bench-ann-large bench-ranking bench-ranking-gpu train-from-served clean
 
 help:
 	@echo "make run        start tandem (embedded) on $(LISTEN) with the demo catalog and model"
@@ -32,6 +32,7 @@ help:
 	@echo "make bench      criterion benches of the hot paths (cargo bench)"
 	@echo "make loadtest   throughput at p99 <= 10/50 ms (tandem-load): demo and 1M, embedded and split"
 	@echo "make soak       a million distinct users against the gateway's user-state budget (tandem-load)"
+	@echo "make redis-cost Recommend latency and CPU with user state on Redis vs in memory (tandem-load)"
 	@echo "make helm-test  lint, render and validate the Helm chart offline (part of make test)"
 	@echo "make bench-e2e  embedded Recommend server CPU vs its stages (demo and 1M catalogs)"
 	@echo "make bench-e2e-h2load  the release gateway binary from outside (h2load): server CPU per Recommend and Health"
@@ -134,7 +135,11 @@ $(VENV)/.helm-installed: $(VENV)/.installed helm/requirements-test.txt
 helm-test: $(VENV)/.helm-installed
 	$(PY) helm/tests/test_chart.py
 
-test: $(VENV)/.installed data/test/eval.json data/demo/eval.json lint helm-test
+# Tests start a real redis-server (Debian's package) on loopback ports.
+redis-server:
+	command -v redis-server >/dev/null || (apt-get update -q && apt-get install -y -q redis-server)
+
+test: $(VENV)/.installed data/test/eval.json data/demo/eval.json lint helm-test redis-server
 	ORT_DYLIB_PATH=$(ORT_DYLIB_PATH) TANDEM_TEST_DATA=$(abspath data/test) \
 		TANDEM_DEMO_DATA=$(abspath data/demo) \
 		TANDEM_PYTHON=$(abspath $(PY)) cargo test --workspace
@@ -150,6 +155,11 @@ bench:
 loadtest: $(VENV)/.installed data/demo/eval.json data/large/eval.json
 	cargo build --release --bins --locked
 	ORT_DYLIB_PATH=$(ORT_DYLIB_PATH) $(PY) load-tests/loadtest.py
+
+# Recommend latency and CPU with user state on Redis against in memory, from outside.
+redis-cost: $(VENV)/.installed data/demo/eval.json redis-server
+	cargo build --release --bins --locked
+	ORT_DYLIB_PATH=$(ORT_DYLIB_PATH) $(PY) load-tests/state/redis_cost.py
 
 # Memory under a million distinct users against the gateway's user-state budget, from outside.
 soak: $(VENV)/.installed data/demo/eval.json

@@ -434,6 +434,19 @@ def check_split(shape: str, values: dict, docs: list[dict]) -> None:
     R.check(flag(gwc, "tls-ca") == ("/etc/tandem/tls/ca.crt" if values["tls"]["enabled"] else None),
             f"{shape}: gateway --tls-ca exactly with TLS")
 
+    # Shared user state: the Redis URL from the Secret (never in the args), or from values.
+    redis = values["gateway"]["userState"]["redis"]
+    store_env = env_of(gwc).get("TANDEM_STATE_STORE", {})
+    if redis["existingSecret"]:
+        R.check(store_env.get("valueFrom", {}).get("secretKeyRef") == {"name": redis["existingSecret"], "key": redis["key"]}
+                and flag(gwc, "state-store") is None,
+                f"{shape}: Redis URL from the Secret {redis['existingSecret']}/{redis['key']}")
+    else:
+        R.check(not store_env and flag(gwc, "state-store") == (redis["url"] or None),
+                f"{shape}: --state-store exactly when gateway.userState.redis.url is set")
+    shared = bool(redis["existingSecret"] or redis["url"])
+    R.check((flag(gwc, "redis-key-prefix") is not None) == shared, f"{shape}: Redis settings only with Redis")
+
     hpas = by_kind(docs, "HorizontalPodAutoscaler")
     auto = values["gateway"]["autoscaling"]
     if auto["enabled"]:
@@ -566,6 +579,9 @@ def main() -> int:
                         {**split, "gateway": {"autoscaling": {"minReplicas": 0}}}, "/gateway/autoscaling/minReplicas", "schema")
         expect_rejected(chart, "data.source: http", {"data": {"source": "http"}}, "/data/source", "schema")
         expect_rejected(chart, "tls.enabled without a Secret", {"tls": {"enabled": True}}, "/tls/existingSecret", "schema")
+        expect_rejected(chart, "a Redis URL without its scheme",
+                        {"gateway": {"userState": {"redis": {"url": "redis.local:6379"}}}},
+                        "/gateway/userState/redis/url", "schema")
         expect_rejected(chart, "a misspelt top-level key", {"mdoe": "split"}, "mdoe", "schema")
         expect_rejected(chart, "retrieval.shards: 0 at install", {**split, "retrieval": {"shards": 0}}, "/retrieval/shards", "render")
         expect_rejected(chart, "HPA min > max", {**split, "gateway": {"autoscaling": {"minReplicas": 5, "maxReplicas": 2}}},

@@ -545,3 +545,80 @@ pub(crate) fn parse_segment(
     }
     Ok((out, pos))
 }
+
+/// The file naming this log (see [`log_id`]).
+const LOG_ID_FILE: &str = "log-id";
+
+/// This log's name, made once and kept in its directory: a store that follows several
+/// gateways' logs (a shared Redis) keeps how far it applied each one under this name.
+pub fn log_id(dir: &Path) -> Result<String, EventLogError> {
+    use std::hash::BuildHasher;
+    let path = dir.join(LOG_ID_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(EventLogError::io(&path)(e)),
+    }
+    std::fs::create_dir_all(dir).map_err(EventLogError::io(dir))?;
+    // Random enough to tell logs apart: the std hasher's per-process keys, plus the clock.
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let random = std::collections::hash_map::RandomState::new().hash_one(nanos);
+    let id = format!("{:016x}{random:016x}", nanos as u64);
+    let tmp = dir.join(format!("{LOG_ID_FILE}.tmp"));
+    std::fs::write(&tmp, &id)
+        .and_then(|()| File::open(&tmp)?.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(EventLogError::io(&path))?;
+    sync_dir(dir);
+    Ok(id)
+}
+
+/// Reads the log in `dir` after `after_seq`, oldest first, changing nothing: for a follower
+/// catching up while the log is being written (the open segment is read up to its last
+/// whole record). `each` returns `false` to stop. Returns the log's newest sequence number
+/// (0 when empty), also when it is at or before `after_seq`.
+pub fn read_log(
+    dir: &Path,
+    after_seq: u64,
+    mut each: impl FnMut(u64, Logged) -> bool,
+) -> Result<u64, EventLogError> {
+    let segments = list_segments(dir)?;
+    // An empty newest segment still says where numbering goes on.
+    let mut newest = segments.last().map_or(0, |s| s.first_seq.saturating_sub(1));
+    let mut passed = after_seq;
+    for (i, segment) in segments.iter().enumerate() {
+        if let Some(next) = segments.get(i + 1)
+            && next.first_seq.saturating_sub(1) <= after_seq
+        {
+            continue;
+        }
+        let bytes = match read_either(&segment.path) {
+            Ok(bytes) => bytes,
+            // Deleted past the retention since it was listed: its events are gone anyway.
+            Err(EventLogError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        if bytes.len() < MAGIC.len() {
+            continue;
+        }
+        for (seq, record) in parse_segment(&segment.path, &bytes)?.0 {
+            newest = newest.max(seq);
+            // A repeat means damage: passed once only.
+            if seq <= passed {
+                continue;
+            }
+            passed = seq;
+            if !each(seq, record) {
+                return Ok(newest);
+            }
+        }
+    }
+    Ok(newest)
+}

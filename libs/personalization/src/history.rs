@@ -160,26 +160,24 @@ impl UserHistory {
     }
 }
 
-/// Where user state and trending live. The embedded [`crate::InMemoryState`] is one gateway's; a
-/// store shared by several gateway replicas implements the same trait.
+/// Why a store could not answer (a shared store out of reach): the caller answers from what
+/// it can and says so, rather than failing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct StateUnavailable(pub String);
+
+/// Where the request path reads user state and trending: the embedded [`crate::InMemoryState`]
+/// (one gateway's memory), or a store shared by several gateway replicas. Writes are not
+/// here: they follow the event log (the in-memory store is written by the gateway's own
+/// intake, a shared store by its log follower), so that the log stays the source of truth.
+#[async_trait::async_trait]
 pub trait StateStore: Send + Sync + 'static {
-    /// Applies events for one user (and to trending); visible to the next read.
-    fn record(&self, user_id: &str, events: &[UserEvent]);
-    /// Notes that `items` were recommended to the user.
-    fn record_shown(&self, user_id: &str, items: &[ItemIdx], at_ms: i64);
     /// The user's state as of now (empty for unknown users): a snapshot that later writes
     /// do not change.
-    fn user(&self, user_id: &str) -> Arc<UserHistory>;
+    async fn user(&self, user_id: &str) -> Result<Arc<UserHistory>, StateUnavailable>;
+    /// Notes that `items` were recommended to the user (off the answer's latency path; an
+    /// impression that cannot be stored is dropped).
+    fn record_shown(&self, user_id: &str, items: &[ItemIdx], at_ms: i64);
     /// The `k` most trending items that `admits` accepts, with their decayed counts.
     fn trending(&self, k: usize, admits: &dyn Fn(ItemIdx) -> bool) -> Vec<(ItemIdx, f32)>;
-    /// Number of users with state.
-    fn users(&self) -> usize;
-    /// Removes everything held about the user (right to erasure); `true` if there was any.
-    fn forget(&self, user_id: &str) -> bool;
-    /// Everything held, for a checkpoint; `None` when the store persists itself.
-    fn snapshot(&self) -> Option<crate::StateSnapshot> {
-        None
-    }
-    /// Loads a checkpoint taken by [`StateStore::snapshot`] (into an empty store).
-    fn restore(&self, _snapshot: crate::StateSnapshot) {}
 }

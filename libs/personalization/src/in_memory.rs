@@ -10,7 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tandem_catalog::ItemIdx;
 
 use crate::checkpoint::StateSnapshot;
-use crate::history::{StateStore, UserEvent, UserHistory, allocation};
+use crate::history::{StateStore, StateUnavailable, UserEvent, UserHistory, allocation};
 use crate::trending::{Trending, TrendingConfig};
 
 /// How much [`InMemoryState`] may hold.
@@ -235,9 +235,25 @@ impl InMemoryState {
     }
 }
 
-// A poisoned lock only means another writer panicked mid-update; the maps are still usable.
+#[async_trait::async_trait]
 impl StateStore for InMemoryState {
-    fn record(&self, user_id: &str, events: &[UserEvent]) {
+    async fn user(&self, user_id: &str) -> Result<Arc<UserHistory>, StateUnavailable> {
+        Ok(InMemoryState::user(self, user_id))
+    }
+
+    fn record_shown(&self, user_id: &str, items: &[ItemIdx], at_ms: i64) {
+        InMemoryState::record_shown(self, user_id, items, at_ms)
+    }
+
+    fn trending(&self, k: usize, admits: &dyn Fn(ItemIdx) -> bool) -> Vec<(ItemIdx, f32)> {
+        InMemoryState::trending(self, k, admits)
+    }
+}
+
+// A poisoned lock only means another writer panicked mid-update; the maps are still usable.
+impl InMemoryState {
+    /// Applies events for one user (and to trending); visible to the next read.
+    pub fn record(&self, user_id: &str, events: &[UserEvent]) {
         let capacity = self.limits.events_per_user;
         self.update(user_id, true, |history| {
             for e in events {
@@ -250,12 +266,14 @@ impl StateStore for InMemoryState {
         }
     }
 
-    /// Only for users with state: an answer to an unknown user creates none.
-    fn record_shown(&self, user_id: &str, items: &[ItemIdx], at_ms: i64) {
+    /// Notes that `items` were recommended to the user; only for users with state: an answer
+    /// to an unknown user creates none.
+    pub fn record_shown(&self, user_id: &str, items: &[ItemIdx], at_ms: i64) {
         self.update(user_id, false, |history| history.record_shown(items, at_ms));
     }
 
-    fn user(&self, user_id: &str) -> Arc<UserHistory> {
+    /// The user's state as of now (empty for unknown users).
+    pub fn user(&self, user_id: &str) -> Arc<UserHistory> {
         let shard = self
             .shard(user_id)
             .read()
@@ -272,21 +290,24 @@ impl StateStore for InMemoryState {
         slot.history.clone()
     }
 
-    fn trending(&self, k: usize, admits: &dyn Fn(ItemIdx) -> bool) -> Vec<(ItemIdx, f32)> {
+    /// The `k` most trending items that `admits` accepts, with their decayed counts.
+    pub fn trending(&self, k: usize, admits: &dyn Fn(ItemIdx) -> bool) -> Vec<(ItemIdx, f32)> {
         self.trending
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .top(k, admits)
     }
 
-    fn users(&self) -> usize {
+    /// Number of users with state.
+    pub fn users(&self) -> usize {
         self.shards
             .iter()
             .map(|s| s.read().unwrap_or_else(|e| e.into_inner()).users.len())
             .sum()
     }
 
-    fn forget(&self, user_id: &str) -> bool {
+    /// Removes everything held about the user (right to erasure); `true` if there was any.
+    pub fn forget(&self, user_id: &str) -> bool {
         let mut shard = self
             .shard(user_id)
             .write()
@@ -300,7 +321,8 @@ impl StateStore for InMemoryState {
         }
     }
 
-    fn snapshot(&self) -> Option<StateSnapshot> {
+    /// Everything held, for a checkpoint.
+    pub fn snapshot(&self) -> StateSnapshot {
         let mut users = Vec::with_capacity(self.users());
         for shard in &self.shards {
             let shard = shard.read().unwrap_or_else(|e| e.into_inner());
@@ -316,13 +338,14 @@ impl StateStore for InMemoryState {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        Some(StateSnapshot {
+        StateSnapshot {
             users,
             trending: Some(trending),
-        })
+        }
     }
 
-    fn restore(&self, snapshot: StateSnapshot) {
+    /// Loads a checkpoint taken by [`InMemoryState::snapshot`] (into an empty store).
+    pub fn restore(&self, snapshot: StateSnapshot) {
         for (id, history) in snapshot.users {
             self.update(&id, true, |h| *h = Arc::unwrap_or_clone(history));
         }

@@ -12,7 +12,9 @@ mod query;
 mod trending;
 
 pub use checkpoint::{SnapshotDecoder, StateSnapshot};
-pub use history::{EventKind, ItemMap, Purchases, Shown, StateStore, UserEvent, UserHistory};
+pub use history::{
+    EventKind, ItemMap, Purchases, Shown, StateStore, StateUnavailable, UserEvent, UserHistory,
+};
 pub use in_memory::{InMemoryState, StateLimits};
 pub use query::{QueryConfig, query_vector};
 pub use trending::TrendingConfig;

@@ -4,7 +4,7 @@
 use tandem_catalog::Catalog;
 use tandem_catalog::testing::{synthetic_batch, write_parquet};
 use tandem_personalization::{
-    EventKind, InMemoryState, SnapshotDecoder, StateLimits, StateStore, TrendingConfig, UserEvent,
+    EventKind, InMemoryState, SnapshotDecoder, StateLimits, TrendingConfig, UserEvent,
 };
 
 fn catalog(dir: &std::path::Path, name: &str, batch: &arrow::array::RecordBatch) -> Catalog {
@@ -23,10 +23,7 @@ fn ev(item: u32, kind: EventKind, t: i64) -> UserEvent {
 
 fn round_trip(state: &InMemoryState, from: &Catalog, to: &Catalog) -> InMemoryState {
     let mut records = Vec::new();
-    state
-        .snapshot()
-        .expect("in-memory state snapshots")
-        .encode(from, &mut records);
+    state.snapshot().encode(from, &mut records);
     let mut decoder = SnapshotDecoder::new(to);
     for r in &records {
         assert!(decoder.take(r).expect("intact"));
@@ -95,10 +92,7 @@ fn a_damaged_record_is_an_error_not_a_panic() {
     let state = InMemoryState::new(StateLimits::default(), TrendingConfig::default());
     state.record("u", &[ev(1, EventKind::View, 10)]);
     let mut records = Vec::new();
-    state
-        .snapshot()
-        .expect("snapshot")
-        .encode(&cat, &mut records);
+    state.snapshot().encode(&cat, &mut records);
     let mut decoder = SnapshotDecoder::new(&cat);
     decoder.take(&records[0]).expect("items");
     let user = &records[1];

@@ -1,9 +1,7 @@
 //! A million distinct users through the in-memory store leave its memory within the budget.
 //! Alone in its binary: it reads the process's resident set size.
 
-use tandem_personalization::{
-    EventKind, InMemoryState, StateLimits, StateStore, TrendingConfig, UserEvent,
-};
+use tandem_personalization::{EventKind, InMemoryState, StateLimits, TrendingConfig, UserEvent};
 
 fn rss_bytes() -> usize {
     // statm: size resident shared ... in pages.

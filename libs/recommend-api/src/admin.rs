@@ -121,6 +121,7 @@ impl pb::recommender_admin_service_server::RecommenderAdminService for Recommend
             checkpoint_rewritten: events.checkpoint,
             erasure_seq: events.seq,
             seconds,
+            other_gateways_notified: events.announced,
         }))
     }
 }

@@ -13,8 +13,8 @@ use std::time::Instant;
 use tandem_catalog::Catalog;
 use tandem_catalog::testing::{synthetic_batch, write_parquet};
 use tandem_events::{EventLog, EventLogConfig, LoggedEvent};
-use tandem_personalization::{EventKind, InMemoryState, StateLimits, StateStore, TrendingConfig};
-use tandem_recommend::{EventIntake, checkpoint_dir};
+use tandem_personalization::{EventKind, InMemoryState, StateLimits, TrendingConfig};
+use tandem_recommend::{EventIntake, StateWriter, checkpoint_dir};
 
 const ITEMS: usize = 50_000;
 const BATCH: usize = 5_000;
@@ -77,7 +77,7 @@ fn open(
     let (intake, replayed) = EventIntake::open(
         config,
         catalog.clone(),
-        state.clone(),
+        StateWriter::Local(state.clone()),
         100_000,
         checkpoints.then(|| checkpoint_dir(&config.dir)),
     )
@@ -136,7 +136,7 @@ fn main() {
     let (intake, state, full_s) = open(&config, &catalog, true);
     // What a checkpoint holds events back for: copying the state (the write comes after).
     let started = Instant::now();
-    let copied = state.snapshot().map_or(0, |s| s.users.len());
+    let copied = state.snapshot().users.len();
     println!(
         "state copy for a checkpoint (events wait meanwhile): {copied} users in {:.3} s",
         started.elapsed().as_secs_f64()
@@ -164,7 +164,9 @@ fn main() {
         full_s / fast_s
     );
     let started = Instant::now();
-    let erased = rt.block_on(intake.forget_user("user-7")).expect("forget");
+    let erased = rt
+        .block_on(intake.forget_user("user-7", false))
+        .expect("forget");
     println!(
         "ForgetUser(user-7): {} events removed, {} segments rewritten, checkpoint rewritten {}, {:.2} s",
         erased.log.log_events,

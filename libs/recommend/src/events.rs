@@ -7,9 +7,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use tandem_catalog::{Catalog, MAX_ID_BYTES, id_problem};
-use tandem_events::{Erased, EventLog, EventLogConfig, Logged, LoggedEvent, Replayed, SeenIds};
+use tandem_events::{
+    Erased, EventLog, EventLogConfig, LogFollower, Logged, LoggedEvent, Replayed, SeenIds,
+};
 use tandem_experiments::ExperimentLedger;
-use tandem_personalization::{EventKind, StateStore, UserEvent};
+use tandem_personalization::{EventKind, InMemoryState, UserEvent};
 
 use crate::RecommendError;
 use crate::checkpoint::{self, CheckpointWritten};
@@ -50,6 +52,8 @@ pub struct UserErased {
     pub log: Erased,
     /// Whether checkpoints were rewritten without the user.
     pub checkpoint: bool,
+    /// Whether the other gateways sharing the state store were told to erase the user.
+    pub announced: bool,
 }
 
 /// An event refused on its own (streaming intake).
@@ -124,10 +128,47 @@ fn check(catalog: &Catalog, e: &IncomingEvent, now: i64) -> Result<Valid, (&'sta
     })
 }
 
+/// Where logged events go next.
+#[derive(Clone)]
+pub enum StateWriter {
+    /// This gateway's memory: applied in place, checkpointed, replayed from the log at start.
+    Local(Arc<InMemoryState>),
+    /// A store shared by several gateways, which follows each gateway's log.
+    Shared(Arc<dyn LogFollower>),
+}
+
+/// Applies one logged batch to in-memory state (events on items this catalog lacks are left
+/// out; returns how many).
+fn apply_local(state: &InMemoryState, catalog: &Catalog, record: &Logged) -> u64 {
+    let events = match record {
+        Logged::Events(events) => events,
+        Logged::ForgetUser(user) => {
+            state.forget(user);
+            return 0;
+        }
+    };
+    let mut unknown_items = 0;
+    let mut by_user: HashMap<&str, Vec<UserEvent>> = HashMap::new();
+    for e in events {
+        match catalog.idx_of(&e.item_id) {
+            Some(item) => by_user.entry(&e.user_id).or_default().push(UserEvent {
+                item,
+                kind: e.kind,
+                timestamp_ms: e.timestamp_ms,
+            }),
+            None => unknown_items += 1,
+        }
+    }
+    for (user, events) in by_user {
+        state.record(user, &events);
+    }
+    unknown_items
+}
+
 /// Where accepted events go: the log first, then user state.
 pub struct EventIntake {
     catalog: Arc<Catalog>,
-    history: Arc<dyn StateStore>,
+    writer: StateWriter,
     log: EventLog,
     seen: SeenIds,
     /// Held shared by each commit from claiming its ids to applying its events, exclusively by
@@ -153,19 +194,27 @@ impl std::fmt::Debug for EventIntake {
 }
 
 impl EventIntake {
-    /// Loads the newest checkpoint in `checkpoints` (if given and there is one), replays the
-    /// log after it into `history` (events whose item this catalog lacks are skipped) and
-    /// remembers the last `dedupe_window` event ids, then takes new events.
+    /// Loads the newest checkpoint in `checkpoints` (if given and there is one, for local
+    /// state), replays the log after it into local state (events whose item this catalog
+    /// lacks are skipped) and remembers the last `dedupe_window` event ids, then takes new
+    /// events. A shared store is not replayed into here: its follower starts catching up
+    /// from the log in the background.
     pub fn open(
         log: &EventLogConfig,
         catalog: Arc<Catalog>,
-        history: Arc<dyn StateStore>,
+        writer: StateWriter,
         dedupe_window: usize,
         checkpoints: Option<PathBuf>,
     ) -> Result<(Self, Replayed), RecommendError> {
         let seen = SeenIds::new(dedupe_window);
         let mut after_seq = 0;
-        if let Some(dir) = &checkpoints {
+        let local = match &writer {
+            StateWriter::Local(state) => Some(state.clone()),
+            StateWriter::Shared(_) => None,
+        };
+        // Checkpoints hold local state; a shared store keeps its own.
+        let checkpoints = checkpoints.filter(|_| local.is_some());
+        if let (Some(dir), Some(history)) = (&checkpoints, &local) {
             let started = std::time::Instant::now();
             if let Some(loaded) = checkpoint::load_latest(dir, &catalog)? {
                 let users = loaded.state.users.len();
@@ -183,36 +232,29 @@ impl EventIntake {
         }
         let mut unknown_items = 0u64;
         let (log, replayed) = EventLog::open(log, after_seq, |_, record| {
-            let events = match record {
-                Logged::Events(events) => events,
-                Logged::ForgetUser(user) => {
-                    // Erased here: nothing before this record comes back.
-                    history.forget(user);
-                    seen.forget_user(user);
-                    return;
+            match record {
+                Logged::Events(events) => {
+                    seen.claim(
+                        events
+                            .iter()
+                            .map(|e| (e.user_id.as_str(), e.event_id.as_str())),
+                    );
                 }
-            };
-            seen.claim(
-                events
-                    .iter()
-                    .map(|e| (e.user_id.as_str(), e.event_id.as_str())),
-            );
-            let mut by_user: HashMap<&str, Vec<UserEvent>> = HashMap::new();
-            for e in events {
-                match catalog.idx_of(&e.item_id) {
-                    Some(item) => by_user.entry(&e.user_id).or_default().push(UserEvent {
-                        item,
-                        kind: e.kind,
-                        timestamp_ms: e.timestamp_ms,
-                    }),
-                    None => unknown_items += 1,
+                // Erased here: nothing before this record comes back.
+                Logged::ForgetUser(user) => {
+                    seen.forget_user(user);
                 }
             }
-            for (user, events) in by_user {
-                history.record(user, &events);
+            if let Some(state) = &local {
+                unknown_items += apply_local(state, &catalog, record);
             }
         })
         .map_err(|e| RecommendError::Unavailable(format!("event log: {e}")))?;
+        if let StateWriter::Shared(follower) = &writer {
+            follower
+                .start(log.dir(), replayed.last_seq)
+                .map_err(|e| RecommendError::Unavailable(format!("shared user state: {e}")))?;
+        }
         if unknown_items > 0 {
             tracing::warn!(
                 events = unknown_items,
@@ -222,7 +264,7 @@ impl EventIntake {
         Ok((
             Self {
                 catalog,
-                history,
+                writer,
                 log,
                 seen,
                 gate: Arc::default(),
@@ -241,8 +283,13 @@ impl EventIntake {
 
     /// Erases a user from live state, the dedupe window, the event log and its exports, and
     /// the checkpoints (a fresh one replaces them). An erasure record goes into the log first,
-    /// so a replay never brings the user back, even if this stops half way.
-    pub async fn forget_user(&self, user_id: &str) -> Result<UserErased, RecommendError> {
+    /// so a replay never brings the user back, even if this stops half way. With a shared
+    /// store and `announce`, the other gateways are told to erase the user from their logs.
+    pub async fn forget_user(
+        &self,
+        user_id: &str,
+        announce: bool,
+    ) -> Result<UserErased, RecommendError> {
         if let Some(problem) = id_problem(user_id) {
             return Err(RecommendError::invalid("user_id", problem));
         }
@@ -253,10 +300,27 @@ impl EventIntake {
             // No event of theirs may land between the erasure record and the state removal.
             let _quiet = self.gate.write().await;
             let seq = self.log.log_forget(user_id).await.map_err(unavailable)?;
-            let state = self.history.forget(user_id);
+            let state = match &self.writer {
+                StateWriter::Local(state) => state.forget(user_id),
+                StateWriter::Shared(follower) => {
+                    let record = Arc::new(Logged::ForgetUser(user_id.to_owned()));
+                    let applied = follower.committed(seq, record).await;
+                    if !applied {
+                        tracing::warn!(
+                            "shared user state is out of reach: the erasure is logged and \
+                             reaches it with the catch-up from the log"
+                        );
+                    }
+                    applied
+                }
+            };
             self.seen.forget_user(user_id);
             self.applied_seq.fetch_max(seq, Ordering::AcqRel);
             (seq, state)
+        };
+        let announced = match &self.writer {
+            StateWriter::Shared(follower) if announce => follower.announce_erasure(user_id).await,
+            _ => false,
         };
         let log = self.log.erase_user(user_id).await.map_err(unavailable)?;
         let checkpoint = self.write_checkpoint(1).await?.is_some();
@@ -265,6 +329,7 @@ impl EventIntake {
             state,
             log,
             checkpoint,
+            announced,
         })
     }
 
@@ -280,20 +345,19 @@ impl EventIntake {
         &self,
         keep: usize,
     ) -> Result<Option<CheckpointWritten>, RecommendError> {
-        let Some(dir) = self.checkpoints.clone() else {
+        let (Some(dir), StateWriter::Local(history)) = (self.checkpoints.clone(), &self.writer)
+        else {
             return Ok(None);
         };
         let _one = self.checkpointing.lock().await;
         let quiet = self.gate.clone().write_owned().await;
         let seq = self.applied_seq.load(Ordering::Acquire);
         let seen = self.seen.export();
-        let (history, catalog) = (self.history.clone(), self.catalog.clone());
+        let (history, catalog) = (history.clone(), self.catalog.clone());
         tokio::task::spawn_blocking(move || {
             let state = history.snapshot();
             drop(quiet);
-            state
-                .map(|state| checkpoint::write(&dir, seq, &state, &seen, &catalog, keep))
-                .transpose()
+            checkpoint::write(&dir, seq, &state, &seen, &catalog, keep).map(Some)
         })
         .await
         .map_err(|e| RecommendError::Unavailable(format!("checkpoint: {e}")))?
@@ -375,16 +439,38 @@ impl EventIntake {
 
     async fn apply(&self, valid: Vec<Valid>) -> Result<Recorded, RecommendError> {
         let _applying = self.gate.read().await;
-        let fresh = self.seen.claim(
+        let mut fresh = self.seen.claim(
             valid
                 .iter()
                 .map(|v| (v.logged.user_id.as_str(), v.logged.event_id.as_str())),
         );
+        // Retries that reached another gateway first: a shared store knows them.
+        let mut claimed_shared: Vec<(&str, &str)> = Vec::new();
+        if let StateWriter::Shared(follower) = &self.writer {
+            let ask: Vec<(usize, (&str, &str))> = valid
+                .iter()
+                .enumerate()
+                .filter(|(i, v)| fresh[*i] && !v.logged.event_id.is_empty())
+                .map(|(i, v)| (i, (v.logged.user_id.as_str(), v.logged.event_id.as_str())))
+                .collect();
+            if !ask.is_empty() {
+                let ids: Vec<(&str, &str)> = ask.iter().map(|(_, id)| *id).collect();
+                if let Some(answers) = follower.claim(&ids).await {
+                    for ((i, id), new) in ask.into_iter().zip(answers) {
+                        if new {
+                            claimed_shared.push(id);
+                        } else {
+                            fresh[i] = false;
+                        }
+                    }
+                }
+            }
+        }
         let duplicates = fresh.iter().filter(|f| !**f).count();
         metrics::counter!("tandem_events_total", "outcome" => "duplicate")
             .increment(duplicates as u64);
-        let new: Vec<Valid> = valid
-            .into_iter()
+        let new: Vec<&Valid> = valid
+            .iter()
             .zip(&fresh)
             .filter_map(|(v, &f)| f.then_some(v))
             .collect();
@@ -402,17 +488,35 @@ impl EventIntake {
                     new.iter()
                         .map(|v| (v.logged.user_id.as_str(), v.logged.event_id.as_str())),
                 );
+                if let StateWriter::Shared(follower) = &self.writer
+                    && !claimed_shared.is_empty()
+                {
+                    follower.release(&claimed_shared).await;
+                }
                 return Err(RecommendError::Unavailable(format!(
                     "events were not recorded: {e}"
                 )));
             }
         };
-        let mut by_user: HashMap<&str, Vec<UserEvent>> = HashMap::new();
-        for v in &new {
-            by_user.entry(&v.logged.user_id).or_default().push(v.event);
-        }
-        for (user, events) in by_user {
-            self.history.record(user, &events);
+        match &self.writer {
+            StateWriter::Local(state) => {
+                let mut by_user: HashMap<&str, Vec<UserEvent>> = HashMap::new();
+                for v in &new {
+                    by_user.entry(&v.logged.user_id).or_default().push(v.event);
+                }
+                for (user, events) in by_user {
+                    state.record(user, &events);
+                }
+            }
+            StateWriter::Shared(follower) => {
+                // Acknowledged either way: the batch is on disk, and the follower's catch-up
+                // applies it when the store is back.
+                let record = Logged::Events(new.iter().map(|v| v.logged.clone()).collect());
+                if !follower.committed(seq, Arc::new(record)).await {
+                    metrics::counter!("tandem_events_total", "outcome" => "deferred")
+                        .increment(new.len() as u64);
+                }
+            }
         }
         self.applied_seq.fetch_max(seq, Ordering::AcqRel);
         if let Some(ledger) = self.experiments.get() {

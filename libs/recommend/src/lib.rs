@@ -17,7 +17,7 @@ mod stages;
 
 pub use checkpoint::{CheckpointWritten, checkpoint_dir};
 pub use error::{RecommendError, StageError};
-pub use events::{EventIntake, IncomingEvent, Recorded, Rejection, UserErased};
+pub use events::{EventIntake, IncomingEvent, Recorded, Rejection, StateWriter, UserErased};
 pub use pipeline::{
     Budgets, DEFAULT_K, DEFAULT_NUM_CANDIDATES, Forgotten, MAX_EVENTS_PER_BATCH, MAX_K,
     MAX_NUM_CANDIDATES, RETRIEVAL_ORDER_VERSION, RecommendRequest, Recommendation, RecommendedItem,

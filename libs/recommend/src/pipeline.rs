@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tandem_catalog::{Catalog, ItemIdx};
 use tandem_experiments::ExperimentLedger;
-use tandem_personalization::{QueryConfig, StateStore};
+use tandem_personalization::{QueryConfig, StateStore, UserHistory};
 use tandem_retrieval::FilterSpec;
 use tracing::Instrument as _;
 
@@ -278,7 +278,16 @@ impl Recommender {
     /// Erases a user everywhere tandem keeps them: live state, the event log, its Parquet
     /// exports, the checkpoints ([`EventIntake::forget_user`]) and the served-feature log.
     pub async fn forget_user(&self, user_id: &str) -> Result<Forgotten, RecommendError> {
-        let events = self.events.forget_user(user_id).await?;
+        self.forget(user_id, true).await
+    }
+
+    /// The same, for an erasure another gateway announced (not announced again).
+    pub async fn forget_announced_user(&self, user_id: &str) -> Result<Forgotten, RecommendError> {
+        self.forget(user_id, false).await
+    }
+
+    async fn forget(&self, user_id: &str, announce: bool) -> Result<Forgotten, RecommendError> {
+        let events = self.events.forget_user(user_id, announce).await?;
         if let Some(ledger) = &self.experiments {
             ledger.forget(user_id);
         }
@@ -334,20 +343,39 @@ impl Recommender {
         &self,
         req: &RecommendRequest,
     ) -> Result<Recommendation, RecommendError> {
-        let now = now_ms();
         check_user_id(&req.user_id)?;
+        // A shared store out of reach: answered as for a new user, and said so.
+        let (history, state_unavailable) = match self.state.user(&req.user_id).await {
+            Ok(history) => (history, None),
+            Err(why) => {
+                count_degraded("state_unavailable");
+                tracing::warn!(%why, "user state unavailable; answering without it");
+                (
+                    Arc::default(),
+                    Some(format!("user state unavailable: {why}")),
+                )
+            }
+        };
+        let mut answer = self.answer(req, history).await?;
+        if let Some(why) = state_unavailable {
+            answer.degraded = Some(match answer.degraded.take() {
+                Some(other) => format!("{why}; {other}"),
+                None => why,
+            });
+        }
+        Ok(answer)
+    }
+
+    async fn answer(
+        &self,
+        req: &RecommendRequest,
+        history: Arc<UserHistory>,
+    ) -> Result<Recommendation, RecommendError> {
+        let now = now_ms();
         // The steps' spans (plan, retrieve, rank, rules) sit under the call's server span;
         // they cost nothing while no trace is exported.
-        let plan = tracing::info_span!("plan").in_scope(|| {
-            plan(
-                &self.catalog,
-                &self.rules,
-                &self.query,
-                req,
-                self.state.user(&req.user_id),
-                now,
-            )
-        })?;
+        let plan = tracing::info_span!("plan")
+            .in_scope(|| plan(&self.catalog, &self.rules, &self.query, req, history, now))?;
         let deadline = req.deadline;
         let Some(query) = &plan.query else {
             // Nothing to personalize on: trending items, those of the page's categories first.

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use tandem_catalog::Catalog;
 use tandem_catalog::testing::{synthetic_batch, write_parquet};
 use tandem_events::EventLogConfig;
-use tandem_personalization::{EventKind, InMemoryState, StateLimits, StateStore, TrendingConfig};
-use tandem_recommend::{EventIntake, IncomingEvent, checkpoint_dir};
+use tandem_personalization::{EventKind, InMemoryState, StateLimits, TrendingConfig};
+use tandem_recommend::{EventIntake, IncomingEvent, StateWriter, checkpoint_dir};
 
 struct Dirs {
     _root: tempfile::TempDir,
@@ -53,7 +53,7 @@ fn open(
     let (intake, replayed) = EventIntake::open(
         &d.log,
         d.catalog.clone(),
-        s.clone(),
+        StateWriter::Local(s.clone()),
         1000,
         checkpoints.then(|| checkpoint_dir(&d.log.dir)),
     )

@@ -9,13 +9,13 @@ use async_trait::async_trait;
 use tandem_catalog::testing::{synthetic_batch, with_numeric, write_parquet, write_related};
 use tandem_catalog::{Catalog, ItemIdx, RELATED_FILE};
 use tandem_events::EventLogConfig;
-use tandem_personalization::{EventKind, InMemoryState, StateLimits, StateStore, TrendingConfig};
+use tandem_personalization::{EventKind, InMemoryState, StateLimits, TrendingConfig};
 use tandem_ranking::ScoreRequest;
 use tandem_recommend::{
     Candidate, CandidateSources, CandidateStage, EventIntake, IncomingEvent, ItemStatus,
     RETRIEVAL_ORDER_VERSION, RecommendError, RecommendRequest, Recommendation, Recommender,
     RepeatPurchases, Retrieved, RuleEffect, Scored, ScoringStage, Settings, StageError, Stages,
-    TRENDING_VERSION,
+    StateWriter, TRENDING_VERSION,
 };
 use tandem_retrieval::ItemFilter;
 
@@ -209,8 +209,14 @@ fn world_with(
         export: false,
         retention: None,
     };
-    let (events, _) =
-        EventIntake::open(&log, catalog.clone(), state.clone(), 1000, None).expect("event log");
+    let (events, _) = EventIntake::open(
+        &log,
+        catalog.clone(),
+        StateWriter::Local(state.clone()),
+        1000,
+        None,
+    )
+    .expect("event log");
     let recommender = Recommender::new(
         catalog.clone(),
         state.clone(),

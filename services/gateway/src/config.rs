@@ -59,9 +59,34 @@ pub struct Config {
         default_value_t = 500_000
     )]
     pub attribution_max_impressions: usize,
-    /// Users neither seen nor written for this many minutes are forgotten; 0 = never.
+    /// Users neither seen nor written for this many minutes are forgotten; 0 = never. With
+    /// Redis: a user's keys expire this long after their last event.
     #[arg(long, env = "TANDEM_USER_IDLE_TTL_MIN", default_value_t = 0)]
     pub user_idle_ttl_min: u64,
+    /// Where user state lives: `memory` (this process; the default) or
+    /// `redis://[user:password@]host:port[/db]` (`rediss://` for TLS), shared by every
+    /// gateway on it: an event recorded by one is in any other's next answer. Redis follows
+    /// each gateway's event log and is caught up from it when it lost data or was out of
+    /// reach; --max-users, --user-state-mib and checkpoints are then not used (size Redis
+    /// with its own `maxmemory`, policy `volatile-lru`).
+    #[arg(long, env = "TANDEM_STATE_STORE", default_value = "memory")]
+    pub state_store: String,
+    /// Put before every Redis key (several deployments on one Redis).
+    #[arg(long, env = "TANDEM_REDIS_KEY_PREFIX", default_value = "tandem:")]
+    pub redis_key_prefix: String,
+    /// Longest a Recommend waits for a user's state in Redis, in milliseconds; past it the
+    /// answer is made without it and says `degraded`.
+    #[arg(long, env = "TANDEM_REDIS_READ_TIMEOUT_MS", default_value_t = 50)]
+    pub redis_read_timeout_ms: u64,
+    /// Longest a RecordEvents waits for its events to reach Redis, in milliseconds; past it
+    /// it is acknowledged anyway (the events are in the log) and Redis gets them from the
+    /// log's catch-up.
+    #[arg(long, env = "TANDEM_REDIS_WRITE_TIMEOUT_MS", default_value_t = 1000)]
+    pub redis_write_timeout_ms: u64,
+    /// How long producer event ids are remembered in Redis for retries that reach another
+    /// gateway, in seconds.
+    #[arg(long, env = "TANDEM_REDIS_DEDUPE_TTL_S", default_value_t = 86_400)]
+    pub redis_dedupe_ttl_s: u64,
     /// Directory of the event log: every accepted event is written (fsynced) here before it
     /// is acknowledged and replayed at start-up; closed segments are exported as Parquet to
     /// `<dir>/parquet/day=YYYY-MM-DD/`.
@@ -203,6 +228,24 @@ impl Config {
         }
         if self.max_users == 0 || self.user_state_mib == 0 {
             return Err("--max-users and --user-state-mib must be positive".into());
+        }
+        if self.state_store != "memory" {
+            if !(self.state_store.starts_with("redis://")
+                || self.state_store.starts_with("rediss://"))
+            {
+                return Err(format!(
+                    "--state-store must be `memory` or a redis:// (rediss://) URL, got `{}`",
+                    self.state_store
+                ));
+            }
+            if let Err(e) = redis_url_check(&self.state_store) {
+                return Err(format!("--state-store: {e}"));
+            }
+            if self.redis_read_timeout_ms == 0 || self.redis_write_timeout_ms == 0 {
+                return Err(
+                    "--redis-read-timeout-ms and --redis-write-timeout-ms must be positive".into(),
+                );
+            }
         }
         if self.event_segment_mib == 0 {
             return Err("--event-segment-mib must be positive".into());
@@ -388,6 +431,22 @@ impl Config {
         }
     }
 
+    /// Redis settings, when user state is shared.
+    pub(crate) fn redis(&self) -> Option<tandem_shared_state::RedisConfig> {
+        (self.state_store != "memory").then(|| tandem_shared_state::RedisConfig {
+            url: self.state_store.clone(),
+            key_prefix: self.redis_key_prefix.clone(),
+            read_timeout: Duration::from_millis(self.redis_read_timeout_ms),
+            write_timeout: Duration::from_millis(self.redis_write_timeout_ms),
+            dedupe_ttl: Duration::from_secs(self.redis_dedupe_ttl_s.max(1)),
+            events_per_user: self.history_capacity,
+            idle_ttl: (self.user_idle_ttl_min > 0)
+                .then(|| Duration::from_secs(self.user_idle_ttl_min.saturating_mul(60))),
+            trending: self.trending(),
+            trending_items: 10_000,
+        })
+    }
+
     pub(crate) fn trending(&self) -> tandem_personalization::TrendingConfig {
         tandem_personalization::TrendingConfig {
             half_life_ms: (self.trending_half_life_min as i64).saturating_mul(60_000),
@@ -406,4 +465,9 @@ impl Config {
             _ => "mixed",
         }
     }
+}
+
+/// Whether `url` parses as a Redis address (without connecting).
+fn redis_url_check(url: &str) -> Result<(), String> {
+    tandem_shared_state::check_url(url).map_err(|e| e.to_string())
 }

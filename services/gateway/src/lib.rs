@@ -18,11 +18,12 @@ use tandem_proto::v1::retrieval_service_server::RetrievalServiceServer;
 use tandem_ranking_api::{RankingAdminApi, RankingApi, load_ranker};
 use tandem_recommend::{
     CandidateStage, EventIntake, InProcessRanking, InProcessRetrieval, Recommender, RemoteRanking,
-    RemoteRetrieval, ScoringStage, Settings, Stages,
+    RemoteRetrieval, ScoringStage, Settings, Stages, StateWriter,
 };
 use tandem_recommend_api::{RecommenderAdminApi, RecommenderApi};
 use tandem_retrieval_api::RetrievalApi;
 use tandem_server::{Health, Ready, service_name};
+use tandem_shared_state::RedisState;
 use tokio::task::JoinHandle;
 
 pub use config::Config;
@@ -160,29 +161,53 @@ pub async fn start(
                     );
                 }
             };
-            let history = Arc::new(InMemoryState::new(config.state_limits(), config.trending()));
-            tokio::spawn(watch_user_state(history.clone()));
+            let redis = match config.redis() {
+                Some(redis) => Some(RedisState::connect(redis, catalog.clone()).await?),
+                None => None,
+            };
+            let local = redis.is_none().then(|| {
+                let local = Arc::new(InMemoryState::new(config.state_limits(), config.trending()));
+                tokio::spawn(watch_user_state(local.clone()));
+                local
+            });
+            let (state, writer): (Arc<dyn StateStore>, StateWriter) = match (&redis, &local) {
+                (Some(shared), _) => (shared.clone(), StateWriter::Shared(shared.clone())),
+                (None, Some(local)) => (local.clone(), StateWriter::Local(local.clone())),
+                (None, None) => return Err("no user state store".into()),
+            };
             let (log_config, shared) = (config.event_log(), catalog.clone());
-            let replay_history = history.clone();
-            let checkpoints = (config.checkpoint_interval_s > 0)
+            let checkpoints = (config.checkpoint_interval_s > 0 && local.is_some())
                 .then(|| tandem_recommend::checkpoint_dir(&config.event_log_dir));
+            let intake_writer = writer.clone();
             let (events, replayed) = tokio::task::spawn_blocking(move || {
+                // The shared store's follower is started from here: inside the runtime.
                 EventIntake::open(
                     &log_config,
                     shared,
-                    replay_history,
+                    intake_writer,
                     config.dedupe_window,
                     checkpoints,
                 )
             })
             .await??;
+            // Serve once Redis holds this gateway's log, or after a few seconds without it:
+            // answers are then degraded or missing recent events until it catches up.
+            if let Some(redis) = &redis
+                && !redis
+                    .wait_caught_up(std::time::Duration::from_secs(10))
+                    .await
+            {
+                tracing::warn!(
+                    "Redis is not caught up with the event log yet; serving, and catching it up in the background"
+                );
+            }
             tracing::info!(
                 dir = %config.event_log_dir.display(),
                 segments = replayed.segments,
                 batches = replayed.batches,
                 events = replayed.events,
                 expired_segments = replayed.expired_segments,
-                users = history.users(),
+                users = local.as_ref().map(|l| l.users()),
                 "replayed event log"
             );
             if config.event_retention_hours > 0
@@ -198,7 +223,7 @@ pub async fn start(
             }
             let mut built = Recommender::new(
                 catalog,
-                history,
+                state,
                 events,
                 Stages { retrieval, ranking },
                 Settings {
@@ -220,7 +245,23 @@ pub async fn start(
             }
             let built = Arc::new(built);
             recommender.set(built.clone());
-            if config.checkpoint_interval_s > 0 {
+            if let Some(redis) = redis {
+                // Users erased on another gateway leave this one's logs too.
+                let here = built.clone();
+                tokio::spawn(redis.follow_erasures(move |user: String| {
+                    let here = here.clone();
+                    async move {
+                        match here.forget_announced_user(&user).await {
+                            Ok(_) => true,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "could not erase a user another gateway forgot; retrying");
+                                false
+                            }
+                        }
+                    }
+                }));
+            }
+            if config.checkpoint_interval_s > 0 && local.is_some() {
                 tokio::spawn(checkpoint_periodically(
                     built,
                     std::time::Duration::from_secs(config.checkpoint_interval_s),
