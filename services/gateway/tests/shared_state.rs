@@ -194,3 +194,85 @@ async fn a_user_forgotten_on_one_gateway_leaves_every_gateways_state_and_logs() 
     assert_ne!(answer(&mut on_a, "staying").await.model_version, "trending");
     drop(redis);
 }
+
+/// Keys `r:<user>` (recent events) in Redis for each user.
+async fn users_in_redis(url: &str, users: &[String]) -> usize {
+    let client = redis::Client::open(url).expect("client");
+    let mut c = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let mut pipe = redis::pipe();
+    for user in users {
+        pipe.cmd("EXISTS").arg(format!("tandem:r:{user}"));
+    }
+    let found: Vec<i64> = pipe.query_async(&mut c).await.expect("EXISTS");
+    found.into_iter().filter(|f| *f == 1).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_under_load_loses_no_acknowledged_event() {
+    let catalog = catalog();
+    let mut redis = RedisServer::start();
+    let store = format!("--state-store={}", redis.url());
+    let a = start(config(&[&store])).await;
+    let b = start(config(&[&store])).await;
+    let item = items_in(&catalog, "toys", 1).remove(0);
+
+    // Two writers, one per gateway, each a new user per call, for as long as it takes.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for (name, addr) in [("a", a.addr), ("b", b.addr)] {
+        let (stop, item) = (stop.clone(), item.clone());
+        writers.push(tokio::spawn(async move {
+            let mut client = recommender(addr).await;
+            let mut acknowledged = Vec::new();
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let user = format!("load-{name}-{n}");
+                n += 1;
+                let recorded = client
+                    .record_events(pb::RecordEventsRequest {
+                        events: vec![event(&user, &item, pb::EventType::View, t0())],
+                    })
+                    .await
+                    .expect("every RecordEvents is acknowledged, Redis or not")
+                    .into_inner();
+                assert_eq!(recorded.accepted, 1);
+                acknowledged.push(user);
+            }
+            acknowledged
+        }));
+    }
+    let mut reader = recommender(b.addr).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    redis.kill();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let during = answer(&mut reader, "load-a-0").await;
+    assert!(during.degraded, "answers say Redis is gone");
+    redis.restart();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut acknowledged = Vec::new();
+    for w in writers {
+        acknowledged.extend(w.await.expect("writer"));
+    }
+    assert!(acknowledged.len() > 20, "load ran: {}", acknowledged.len());
+
+    // Every acknowledged event reaches the restarted (empty) Redis from the two logs.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let found = users_in_redis(&redis.url(), &acknowledged).await;
+        if found == acknowledged.len() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{found} of {} acknowledged users in Redis",
+            acknowledged.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let after = answer(&mut reader, "load-a-0").await;
+    assert!(!after.degraded && after.model_version != "trending");
+}
