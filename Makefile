@@ -7,6 +7,9 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+# Debian packages the tests and benchmarks start (redis-server, h2load): root installs them
+# directly, anyone else through sudo.
+APT := $(if $(filter 0,$(shell id -u)),,sudo )apt-get
 TOOLS := .tools
 BUF_VERSION := 1.59.0
 LISTEN ?= 127.0.0.1:50051
@@ -137,7 +140,7 @@ helm-test: $(VENV)/.helm-installed
 
 # Tests start a real redis-server (Debian's package) on loopback ports.
 redis-server:
-	command -v redis-server >/dev/null || (apt-get update -q && apt-get install -y -q redis-server)
+	command -v redis-server >/dev/null || ($(APT) update -q && $(APT) install -y -q redis-server)
 
 test: $(VENV)/.installed data/test/eval.json data/demo/eval.json lint helm-test redis-server
 	ORT_DYLIB_PATH=$(ORT_DYLIB_PATH) TANDEM_TEST_DATA=$(abspath data/test) \
@@ -182,7 +185,7 @@ train-from-served: $(VENV)/.installed
 # The 1M catalog's index is built once, then restored from its snapshot in data/large/state.
 E2E_REQUESTS ?= 20000
 bench-e2e: $(VENV)/.installed data/demo/eval.json data/large/eval.json
-	command -v h2load >/dev/null || (apt-get update -q && apt-get install -y -q nghttp2-client)
+	command -v h2load >/dev/null || ($(APT) update -q && $(APT) install -y -q nghttp2-client)
 	ORT_DYLIB_PATH=$(ORT_DYLIB_PATH) TANDEM_E2E_DATA=data/demo TANDEM_E2E_REQUESTS=$(E2E_REQUESTS) \
 		cargo bench -p tandem-gateway --bench e2e
 	ORT_DYLIB_PATH=$(ORT_DYLIB_PATH) TANDEM_E2E_DATA=data/large TANDEM_E2E_REQUESTS=$(E2E_REQUESTS) \
@@ -191,7 +194,7 @@ bench-e2e: $(VENV)/.installed data/demo/eval.json data/large/eval.json
 # The release gateway binary from outside: h2load (Debian nghttp2-client) at concurrency 1,
 # server CPU per Recommend and per Health call from /proc.
 bench-e2e-h2load: $(VENV)/.installed data/demo/eval.json
-	command -v h2load >/dev/null || (apt-get update -q && apt-get install -y -q nghttp2-client)
+	command -v h2load >/dev/null || ($(APT) update -q && $(APT) install -y -q nghttp2-client)
 	cargo build --release -p tandem-gateway
 	ORT_DYLIB_PATH=$(ORT_DYLIB_PATH) $(PY) load-tests/e2e/h2load_cpu.py --data data/demo
 

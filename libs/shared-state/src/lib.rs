@@ -9,7 +9,7 @@
 //! saying `degraded`.
 //!
 //! Reads on the answer path are one pipelined round trip per Recommend (recent events,
-//! purchases, impressions); trending is read once a second into each gateway's memory;
+//! purchases, the impressions that demote an item); trending is read once a second into each gateway's memory;
 //! impressions are written off the latency path.
 
 mod error;
@@ -53,6 +53,9 @@ pub struct RedisConfig {
     pub trending: TrendingConfig,
     /// Trending items kept in Redis and copied into each gateway every second.
     pub trending_items: usize,
+    /// Impressions of an item from which answers demote it (`--demote-after-shown`; 0:
+    /// never): an answer reads only the impressions that reached it.
+    pub demote_after_shown: u32,
 }
 
 /// A Redis-backed state store that follows this gateway's event log.

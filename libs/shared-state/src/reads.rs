@@ -45,7 +45,7 @@ impl RedisState {
             .cmd("HGETALL")
             .arg(self.key(&["p:", user_id]))
             .cmd("HGETALL")
-            .arg(self.key(&["s:", user_id]));
+            .arg(self.key(&["d:", user_id]));
         type Reply = (
             Vec<(String, f64)>,
             Vec<(String, String)>,
@@ -208,6 +208,7 @@ pub(crate) async fn write_impressions(state: Weak<RedisState>, mut rx: mpsc::Rec
                 .arg(shown.at_ms)
                 .arg(state.idle_ttl_s())
                 .arg(MAX_SHOWN)
+                .arg(state.config.demote_after_shown)
                 .arg(&shown.items)
                 .ignore();
         }

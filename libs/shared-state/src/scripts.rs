@@ -4,7 +4,8 @@
 //!
 //! Keys (after the configured prefix): `r:<user>` recent events (sorted set, score = event
 //! time, member = `<seq>:<n>:<type>:<item id>`), `p:<user>` purchases (hash, item id →
-//! `count:last ms`), `s:<user>` impressions (hash, item id → `times:last ms`), `trending`
+//! `count:last ms`), `s:<user>` impressions (hash, item id → `times:last ms`) and `d:<user>`
+//! the same for items shown often enough to be demoted (what an answer reads), `trending`
 //! (sorted set of scaled counts, see `tandem_personalization::TrendingConfig`) with
 //! `trending:meta` (`ref`, `latest`), `applied:<log id>` how far each gateway's log is
 //! applied, `e:<user>` the user's producer event ids (sorted set, score = when claimed). Scripts touch keys they
@@ -24,7 +25,7 @@ if current >= seq then return {0, current} end
 local p = ARGV[3]
 if ARGV[12] == 'F' then
   local u = ARGV[13]
-  redis.call('DEL', p .. 'r:' .. u, p .. 'p:' .. u, p .. 's:' .. u, p .. 'e:' .. u)
+  redis.call('DEL', p .. 'r:' .. u, p .. 'p:' .. u, p .. 's:' .. u, p .. 'd:' .. u, p .. 'e:' .. u)
   redis.call('SET', KEYS[1], ARGV[1])
   return {1, seq}
 end
@@ -56,6 +57,7 @@ for i = 13, #ARGV, 4 do
     redis.call('HSET', pkey, item, string.format('%d:%d', count + 1, last))
   end
   redis.call('HDEL', p .. 's:' .. u, item)
+  redis.call('HDEL', p .. 'd:' .. u, item)
   users[u] = true
   if ref == nil then ref = ts end
   if latest == nil or ts > latest then latest = ts end
@@ -84,6 +86,7 @@ for u, _ in pairs(users) do
     redis.call('EXPIRE', rkey, ttl)
     redis.call('EXPIRE', p .. 'p:' .. u, ttl)
     redis.call('EXPIRE', p .. 's:' .. u, ttl)
+    redis.call('EXPIRE', p .. 'd:' .. u, ttl)
   end
 end
 redis.call('HSET', mkey, 'ref', string.format('%d', ref), 'latest', string.format('%d', latest))
@@ -94,15 +97,18 @@ redis.call('SET', KEYS[1], ARGV[1])
 return {1, seq}
 "#;
 
-/// ARGV: prefix, user, time ms, idle TTL s (0: none), impressions kept, then item ids. Only
-/// for users with events (an answer to an unknown user creates no state); beyond the limit
-/// plus an eighth, the least recently shown are forgotten down to the limit.
+/// ARGV: prefix, user, time ms, idle TTL s (0: none), impressions kept, times shown from
+/// which an item is demoted (0: never), then item ids. Only for users with events (an answer
+/// to an unknown user creates no state); beyond the limit plus an eighth, the least recently
+/// shown are forgotten down to the limit. Items shown at least the demotion count are also
+/// in `d:<user>`, so that an answer reads only those.
 pub(crate) const SHOWN: &str = r#"
 local p, u = ARGV[1], ARGV[2]
 if redis.call('EXISTS', p .. 'r:' .. u) == 0 then return 0 end
-local skey = p .. 's:' .. u
+local skey, dkey = p .. 's:' .. u, p .. 'd:' .. u
 local at = tonumber(ARGV[3])
-for i = 6, #ARGV do
+local demote = tonumber(ARGV[6])
+for i = 7, #ARGV do
   local old = redis.call('HGET', skey, ARGV[i])
   local times, last = 0, at
   if old then
@@ -110,7 +116,9 @@ for i = 6, #ARGV do
     times = tonumber(string.sub(old, 1, sep - 1))
     last = math.max(tonumber(string.sub(old, sep + 1)), at)
   end
-  redis.call('HSET', skey, ARGV[i], string.format('%d:%d', times + 1, last))
+  local value = string.format('%d:%d', times + 1, last)
+  redis.call('HSET', skey, ARGV[i], value)
+  if demote > 0 and times + 1 >= demote then redis.call('HSET', dkey, ARGV[i], value) end
 end
 local keep = tonumber(ARGV[5])
 if redis.call('HLEN', skey) > keep + keep / 8 then
@@ -123,10 +131,14 @@ if redis.call('HLEN', skey) > keep + keep / 8 then
   table.sort(by_age, function(a, b) return a[1] < b[1] end)
   for j = 1, #by_age - keep do
     redis.call('HDEL', skey, by_age[j][2])
+    redis.call('HDEL', dkey, by_age[j][2])
   end
 end
 local ttl = tonumber(ARGV[4])
-if ttl > 0 then redis.call('EXPIRE', skey, ttl) end
+if ttl > 0 then
+  redis.call('EXPIRE', skey, ttl)
+  redis.call('EXPIRE', dkey, ttl)
+end
 return 1
 "#;
 

@@ -444,6 +444,7 @@ impl Config {
                 .then(|| Duration::from_secs(self.user_idle_ttl_min.saturating_mul(60))),
             trending: self.trending(),
             trending_items: 10_000,
+            demote_after_shown: self.demote_after_shown,
         })
     }
 
