@@ -22,7 +22,7 @@ MODEL ?= ranker
 ORT_DYLIB_PATH = $$(ls $(CURDIR)/$(VENV)/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* 2>/dev/null | head -n1)
 PIPELINE_SRC := $(wildcard models/tandem_pipeline/*.py)
 
-.PHONY: redis-server redis-cost eval eval-online loadtest soak helm-test help run run-split run-gpu gpu-venv build data test-data test lint buf-lint bench bench-e2e bench-e2e-h2load bench-ann bench-ann-large bench-ranking bench-ranking-gpu train-from-served clean
+.PHONY: redis-server redis-cost eval eval-online loadtest soak helm-test help run run-split run-gpu gpu-venv build data test-data test lint buf-lint bench bench-e2e bench-e2e-h2load bench-ann bench-ann-large bench-ann-synthetic bench-ranking bench-ranking-gpu train-from-served clean
 
 help:
 	@echo "make run        start tandem (embedded) on $(LISTEN) with the demo catalog and model"
@@ -39,7 +39,8 @@ help:
 	@echo "make helm-test  lint, render and validate the Helm chart offline (part of make test)"
 	@echo "make bench-e2e  embedded Recommend server CPU vs its stages (demo and 1M catalogs)"
 	@echo "make bench-e2e-h2load  the release gateway binary from outside (h2load): server CPU per Recommend and Health"
-	@echo "make bench-ann  retrieval vs hnswlib vs faiss on the 50k demo catalog (bench-ann-large: 1M)"
+	@echo "make bench-ann  retrieval vs hnswlib vs faiss on the 50k demo catalog (bench-ann-large: 1M;"
+	@echo "                bench-ann-synthetic: two other shapes; VECTORS=file: your own vectors)"
 	@echo "make bench-ranking  ranking rows/s and latency vs the Python onnxruntime floor"
 	@echo "make bench-ranking-gpu  the same on the CUDA provider (GPU node; GPU_REQUIREMENTS picks the CUDA major)"
 	@echo "make run-gpu    make run with the CUDA execution provider (onnxruntime-gpu wheel, --features cuda)"
@@ -198,8 +199,21 @@ bench-e2e-h2load: $(VENV)/.installed data/demo/eval.json
 	cargo build --release -p tandem-gateway
 	ORT_DYLIB_PATH=$(ORT_DYLIB_PATH) $(PY) load-tests/e2e/h2load_cpu.py --data data/demo
 
+# The demo catalog, or your own vectors: make bench-ann VECTORS=x.{parquet,fvecs,npy}
+# [QUERIES=q.{parquet,fvecs,npy}] [METRIC=ip|l2|cosine] (ground truth computed here).
 bench-ann: $(VENV)/.bench-installed data/demo/eval.json
+ifdef VECTORS
+	$(PY) load-tests/ann/compare.py --vectors $(VECTORS) $(if $(QUERIES),--query-file $(QUERIES)) \
+		--metric $(or $(METRIC),ip) --out load-tests/ann/results
+else
 	$(PY) load-tests/ann/compare.py --data data/demo --out load-tests/ann/results
+endif
+
+# Two seeded sets of other shapes (200k x 64 clustered with varied norms, 200k x 128 weakly
+# clustered unit vectors), several minutes each.
+bench-ann-synthetic: $(VENV)/.bench-installed
+	$(PY) load-tests/ann/compare.py --synthetic clustered64 --out load-tests/ann/results
+	$(PY) load-tests/ann/compare.py --synthetic weak128 --out load-tests/ann/results
 
 bench-ann-large: $(VENV)/.bench-installed data/large/eval.json
 	$(PY) load-tests/ann/compare.py --data data/large --out load-tests/ann/results

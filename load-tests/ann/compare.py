@@ -1,12 +1,23 @@
-"""Retrieval benchmark: tandem vs hnswlib vs faiss HNSWFlat on one pipeline catalog.
+"""Retrieval benchmark: tandem vs hnswlib vs faiss HNSWFlat on the same vectors.
 
-Same vectors, same M and ef_construction, same queries, recall@k against exact brute force.
-Queries are real user query vectors: the type- and recency-weighted mean of a train user's
-recent items (the pipeline's `user_vector`, what the gateway sends), normalized. The metric
-is inner product on the raw item vectors, for all three engines (hnswlib `ip`, faiss
-METRIC_INNER_PRODUCT): the embeddings carry popularity in their norm.
+Same vectors, same M and ef_construction, same queries, recall@k against exact brute force,
+each engine's build time, bytes per item and process memory, and per ef_search recall and
+queries/s; the summary gives q/s interpolated at recall 0.90 / 0.95 / 0.99.
+
+Vectors, one of:
+  --data DIR       a pipeline catalog (items.parquet, events/): queries are real user query
+                   vectors (the type- and recency-weighted mean of a train user's recent items,
+                   what the gateway sends); inner product on the raw vectors (the embeddings
+                   carry popularity in their norm).
+  --vectors FILE   your own: .parquet (a fixed-size or variable list column of floats,
+                   --column, default `embedding`), .fvecs or .npy; queries from --query-file
+                   (same formats) or, without one, --queries rows held out of the set.
+  --synthetic NAME seeded sets of other shapes: `clustered64` (64-d, 1,000 clusters, norms
+                   varying over a log-normal spread, inner product) or `weak128` (128-d, 100
+                   weak clusters, unit norm); --items rows (default 200,000).
 
     python load-tests/ann/compare.py --data data/demo --out load-tests/ann/results
+    python load-tests/ann/compare.py --vectors my.fvecs --metric l2 --out /tmp/mine
 """
 
 from __future__ import annotations
@@ -84,7 +95,8 @@ def timed_qps(run, nq: int, min_seconds: float = 2.0) -> float:
 def bench_hnswlib(xa, qa, truth, args) -> dict:
     import hnswlib
 
-    idx = hnswlib.Index(space="ip", dim=xa.shape[1])
+    space = {"ip": "ip", "l2": "l2", "cosine": "cosine"}[args.metric]
+    idx = hnswlib.Index(space=space, dim=xa.shape[1])
     idx.init_index(max_elements=len(xa), ef_construction=args.ef_construction, M=args.m, random_seed=7)
     idx.set_num_threads(args.threads)
     t0 = time.perf_counter()
@@ -94,7 +106,7 @@ def bench_hnswlib(xa, qa, truth, args) -> dict:
         idx.save_index(f"{d}/i.bin")
         size = os.path.getsize(f"{d}/i.bin")
         t0 = time.perf_counter()
-        hnswlib.Index(space="ip", dim=xa.shape[1]).load_index(f"{d}/i.bin")
+        hnswlib.Index(space=space, dim=xa.shape[1]).load_index(f"{d}/i.bin")
         load = time.perf_counter() - t0
     runs = []
     for ef in args.ef:
@@ -113,7 +125,11 @@ def bench_faiss(xa, qa, truth, args) -> dict:
     import faiss
 
     faiss.omp_set_num_threads(args.threads)
-    idx = faiss.IndexHNSWFlat(xa.shape[1], args.m, faiss.METRIC_INNER_PRODUCT)
+    if args.metric == "cosine":
+        xa = xa / np.linalg.norm(xa, axis=1, keepdims=True)
+        qa = qa / np.linalg.norm(qa, axis=1, keepdims=True)
+    metric = faiss.METRIC_L2 if args.metric == "l2" else faiss.METRIC_INNER_PRODUCT
+    idx = faiss.IndexHNSWFlat(xa.shape[1], args.m, metric)
     idx.hnsw.efConstruction = args.ef_construction
     t0 = time.perf_counter()
     idx.add(xa)
@@ -146,7 +162,8 @@ def bench_tandem(items: Path, queries: Path, truth: Path, args) -> dict:
     cmd = ["cargo", "run", "--quiet", "--release", "-p", "tandem-retrieval", "--example", "ann_bench", "--",
            "--items", str(items), "--queries", str(queries), "--truth", str(truth), "--k", str(args.k),
            "--m", str(args.m), "--ef-construction", str(args.ef_construction),
-           "--ef", ",".join(map(str, args.ef)), "--threads", str(args.threads)]
+           "--ef", ",".join(map(str, args.ef)), "--threads", str(args.threads),
+           "--metric", {"ip": "ip", "l2": "l2", "cosine": "cosine"}[args.metric]]
     out = subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True,
                          env={**os.environ, "RUST_LOG": "warn"})
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -167,7 +184,7 @@ def machine() -> str:
 
 def table(results: list[dict], n: int, dim: int, nq: int, args) -> str:
     lines = [
-        f"### {n:,} items x {dim}-d (inner product), {nq} user queries, k={args.k}, "
+        f"### {n:,} items x {dim}-d ({args.metric}), {nq} queries, k={args.k}, "
         f"M={args.m}, ef_construction={args.ef_construction}, {args.threads} threads",
         "",
         f"Machine: {machine()}",
@@ -187,9 +204,141 @@ def table(results: list[dict], n: int, dim: int, nq: int, args) -> str:
     return "\n".join(lines) + "\n"
 
 
+def read_vectors(path: Path, column: str) -> np.ndarray:
+    """Rows of float32 from .npy, .fvecs or a Parquet list column."""
+    if path.suffix == ".npy":
+        x = np.load(path)
+    elif path.suffix == ".fvecs":
+        raw = np.fromfile(path, dtype="<i4")
+        dim = int(raw[0])
+        x = raw.reshape(-1, dim + 1)[:, 1:].view("<f4")
+    elif path.suffix == ".parquet":
+        col = pq.read_table(path, columns=[column]).column(column).combine_chunks()
+        values = col.flatten().to_numpy(zero_copy_only=False)
+        x = values.reshape(len(col), -1)
+    else:
+        sys.exit(f"{path}: expected .parquet, .fvecs or .npy")
+    if x.ndim != 2 or not len(x):
+        sys.exit(f"{path}: expected a non-empty 2-d array of vectors, got shape {x.shape}")
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def synthetic(name: str, n: int, nq: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded sets the project's own pipeline never produced; queries come from the same
+    distribution, not from the set."""
+    rng = np.random.default_rng(seed)
+    if name == "clustered64":
+        dim, clusters = 64, 1000
+        centres = rng.normal(size=(clusters, dim)).astype(np.float32)
+
+        def draw(m):
+            x = centres[rng.integers(clusters, size=m)] + 0.35 * rng.normal(size=(m, dim))
+            return (x * rng.lognormal(0.0, 0.5, size=(m, 1))).astype(np.float32)
+    elif name == "weak128":
+        dim, clusters = 128, 100
+        centres = rng.normal(size=(clusters, dim)).astype(np.float32)
+
+        def draw(m):
+            x = 0.35 * centres[rng.integers(clusters, size=m)] + rng.normal(size=(m, dim))
+            return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    else:
+        sys.exit(f"unknown synthetic set {name} (clustered64, weak128)")
+    x = np.concatenate([draw(min(100_000, n - s)) for s in range(0, n, 100_000)])
+    return x, draw(nq)
+
+
+def exact_top_metric(x: np.ndarray, q: np.ndarray, k: int, metric: str) -> np.ndarray:
+    if metric == "ip":
+        return exact_top(x, q, k)
+    xs = x / np.linalg.norm(x, axis=1, keepdims=True) if metric == "cosine" else x
+    norms = (xs * xs).sum(axis=1)
+    top = np.empty((len(q), k), dtype=np.uint32)
+    for s in range(0, len(q), 256):
+        qb = q[s:s + 256]
+        # Smaller is closer: squared L2 (the |q|² term ranks nothing), or minus cosine.
+        scores = norms[None, :] - 2 * qb @ xs.T if metric == "l2" else -(qb @ xs.T)
+        part = np.argpartition(scores, k, axis=1)[:, :k]
+        order = np.argsort(np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
+        top[s:s + 256] = np.take_along_axis(part, order, axis=1)
+    return top
+
+
+def write_catalog(x: np.ndarray, path: Path) -> None:
+    """The columns tandem's catalog needs, around the vectors (ann_bench reads a catalog)."""
+    import pyarrow as pa
+
+    n, dim = x.shape
+    emb = pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1), type=pa.float32()), dim)
+    table = pa.table({
+        "item_id": pa.array([f"v{i}" for i in range(n)]),
+        "embedding": emb,
+        "category": pa.array(["all"] * n),
+        "price": pa.array(np.ones(n, dtype=np.float32)),
+        "in_stock": pa.array(np.ones(n, dtype=bool)),
+        "popularity": pa.array(np.zeros(n, dtype=np.float32)),
+    })
+    pq.write_table(table, path)
+
+
+def at_recall(runs: list[dict], target: float) -> str:
+    """q/s (one thread) at `target` recall, linear between the ef steps around it."""
+    pts = sorted((r["recall"], r["qps_1"]) for r in runs)
+    if not pts or pts[-1][0] < target:
+        return "not reached"
+    if pts[0][0] >= target:
+        return f"≥ {max(q for r, q in pts if r >= target):,.0f}"
+    for (r0, q0), (r1, q1) in zip(pts, pts[1:]):
+        if r0 < target <= r1:
+            q = q0 + (q1 - q0) * (target - r0) / (r1 - r0) if r1 > r0 else q1
+            return f"{q:,.0f}"
+    return "not reached"
+
+
+def in_child(fn, *args):
+    """Runs an engine in a forked process, so its memory is its own to report."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    parent, child = ctx.Pipe(duplex=False)
+
+    def run():
+        result = fn(*args)
+        status = Path("/proc/self/status").read_text()
+        for key, name in (("VmRSS:", "rss_mib"), ("VmHWM:", "peak_rss_mib")):
+            kib = next((int(l.split()[1]) for l in status.splitlines() if l.startswith(key)), 0)
+            result[name] = kib / 1024
+        child.send(result)
+
+    proc = ctx.Process(target=run)
+    proc.start()
+    result = parent.recv()
+    proc.join()
+    return result
+
+
+def summary(results: list[dict], n: int, dim: int) -> str:
+    lines = [
+        "| engine | build s | bytes/item (index) | RSS after build MiB | q/s @ recall 0.90 | @ 0.95 | @ 0.99 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        rss = f"{r['rss_mib']:.0f}" if r.get("rss_mib") else "n/a"
+        lines.append(f"| {r['engine']} | {r['build_s']:.1f} | {r['bytes_per_item']:.0f} | {rss} | "
+                     f"{at_recall(r['runs'], 0.90)} | {at_recall(r['runs'], 0.95)} | {at_recall(r['runs'], 0.99)} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, required=True, help="pipeline output dir (items.parquet, events/)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", type=Path, help="pipeline output dir (items.parquet, events/)")
+    src.add_argument("--vectors", type=Path, help="your vectors: .parquet, .fvecs or .npy")
+    src.add_argument("--synthetic", help="clustered64 or weak128")
+    p.add_argument("--query-file", type=Path, help="queries for --vectors (.parquet, .fvecs, .npy)")
+    p.add_argument("--column", default="embedding", help="the vector column of a Parquet file")
+    p.add_argument("--items", type=int, default=200_000, help="rows of a synthetic set")
+    p.add_argument("--metric", choices=["ip", "l2", "cosine"], default="ip")
+    p.add_argument("--name", help="results file stem (default from the set)")
     p.add_argument("--out", type=Path, help="directory for the JSON and Markdown results")
     p.add_argument("--queries", type=int, default=1000)
     p.add_argument("--k", type=int, default=10)
@@ -201,35 +350,62 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=11)
     args = p.parse_args()
 
-    items = args.data / "items.parquet"
-    x, ids = load_items(items)
-    q = user_queries(args.data, x, ids, args.queries, args.seed)
-    truth = exact_top(x, q, args.k)
-    xa = x
-    qa = np.ascontiguousarray(q / np.linalg.norm(q, axis=1, keepdims=True), dtype=np.float32)
-    print(f"{len(x)} items x {x.shape[1]}, {len(q)} queries", file=sys.stderr)
-    results = []
-    with tempfile.TemporaryDirectory() as d:
-        qf, tf = Path(d) / "queries.f32", Path(d) / "truth.u32"
-        q.astype("<f4").tofile(qf)
-        truth.astype("<u4").tofile(tf)
-        for engine in args.engines.split(","):
-            print(f"running {engine} ...", file=sys.stderr)
-            if engine == "tandem":
-                results.append(bench_tandem(items, qf, tf, args))
-            elif engine == "hnswlib":
-                results.append(bench_hnswlib(xa, qa, truth, args))
-            elif engine == "faiss":
-                results.append(bench_faiss(xa, qa, truth, args))
+    scratch = tempfile.TemporaryDirectory()
+    if args.data:
+        items = args.data / "items.parquet"
+        x, ids = load_items(items)
+        q = user_queries(args.data, x, ids, args.queries, args.seed)
+        what = f"pipeline catalog {args.data}, real user query vectors"
+        stem = args.name or (f"{len(x) // 1000}k" if len(x) < 1_000_000 else f"{len(x) // 1_000_000}m")
+    else:
+        if args.synthetic:
+            x, q = synthetic(args.synthetic, args.items, args.queries, args.seed)
+            what = f"synthetic `{args.synthetic}` (seed {args.seed}), queries drawn from the same distribution"
+            stem = args.name or f"{args.synthetic}-{args.items // 1000}k"
+        else:
+            x = read_vectors(args.vectors, args.column)
+            if args.query_file:
+                q = read_vectors(args.query_file, args.column)
+                what = f"{args.vectors.name}, queries {args.query_file.name}"
             else:
-                sys.exit(f"unknown engine {engine}")
-    md = table(results, len(x), x.shape[1], len(q), args)
+                rng = np.random.default_rng(args.seed)
+                held = rng.choice(len(x), size=min(args.queries, len(x) // 10), replace=False)
+                keep = np.ones(len(x), dtype=bool)
+                keep[held] = False
+                q, x = x[held], np.ascontiguousarray(x[keep])
+                what = f"{args.vectors.name}, {len(q)} rows held out as queries"
+            stem = args.name or args.vectors.stem
+        if q.shape[1] != x.shape[1]:
+            sys.exit(f"queries are {q.shape[1]}-d, vectors {x.shape[1]}-d")
+        items = Path(scratch.name) / "items.parquet"
+        write_catalog(x, items)
+    metric = args.metric
+    truth = exact_top_metric(x, q, args.k, metric)
+    xa = x
+    qa = np.ascontiguousarray(q / np.linalg.norm(q, axis=1, keepdims=True), dtype=np.float32) if metric == "ip" else q
+    print(f"{len(x)} items x {x.shape[1]}, {len(q)} queries, metric {metric}", file=sys.stderr)
+    results = []
+    qf, tf = Path(scratch.name) / "queries.f32", Path(scratch.name) / "truth.u32"
+    q.astype("<f4").tofile(qf)
+    truth.astype("<u4").tofile(tf)
+    for engine in args.engines.split(","):
+        print(f"running {engine} ...", file=sys.stderr)
+        if engine == "tandem":
+            results.append(bench_tandem(items, qf, tf, args))
+        elif engine == "hnswlib":
+            results.append(in_child(bench_hnswlib, xa, qa, truth, args))
+        elif engine == "faiss":
+            results.append(in_child(bench_faiss, xa, qa, truth, args))
+        else:
+            sys.exit(f"unknown engine {engine}")
+    md = (f"Vectors: {what}.\n\n" + summary(results, len(x), x.shape[1]) + "\n"
+          + table(results, len(x), x.shape[1], len(q), args))
     print(md)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        stem = f"{len(x) // 1000}k" if len(x) < 1_000_000 else f"{len(x) // 1_000_000}m"
         (args.out / f"{stem}.json").write_text(json.dumps(results, indent=2))
         (args.out / f"{stem}.md").write_text(md)
+    scratch.cleanup()
 
 
 if __name__ == "__main__":

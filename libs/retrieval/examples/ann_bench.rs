@@ -66,6 +66,19 @@ fn read_raw<T: Copy>(path: &PathBuf, from: fn([u8; 4]) -> T) -> Result<Vec<T>, S
         .collect())
 }
 
+/// The process's resident and peak resident memory now, in MiB (Linux; 0 elsewhere).
+fn memory_mib() -> (f64, f64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+            .map_or(0.0, |kib| kib / 1024.0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
 fn main() -> Result<(), String> {
     let args = parse()?;
     let catalog = Arc::new(Catalog::open(&args.items).map_err(|e| e.to_string())?);
@@ -89,6 +102,7 @@ fn main() -> Result<(), String> {
     let started = Instant::now();
     let index = Index::build(catalog.clone(), params).map_err(|e| e.to_string())?;
     let build_s = started.elapsed().as_secs_f64();
+    let (rss_after_build, peak_after_build) = memory_mib();
     // What a restart costs instead of a build: write a snapshot, time loading it.
     let snapshots = tempfile::tempdir().map_err(|e| e.to_string())?;
     index
@@ -159,7 +173,7 @@ fn main() -> Result<(), String> {
         ));
     }
     println!(
-        "{{\"engine\":\"tandem\",\"items\":{},\"dim\":{dim},\"kernels\":\"{}\",\"threads\":{},\"build_s\":{build_s:.2},\"load_s\":{load_s:.3},\"bytes_per_item\":{:.0},\"runs\":[{}]}}",
+        "{{\"engine\":\"tandem\",\"items\":{},\"dim\":{dim},\"kernels\":\"{}\",\"threads\":{},\"build_s\":{build_s:.2},\"load_s\":{load_s:.3},\"bytes_per_item\":{:.0},\"rss_mib\":{rss_after_build:.0},\"peak_rss_mib\":{peak_after_build:.0},\"runs\":[{}]}}",
         catalog.len(),
         index.space().kernels().name,
         args.threads,
