@@ -212,8 +212,8 @@ endif
 # Two seeded sets of other shapes (200k x 64 clustered with varied norms, 200k x 128 weakly
 # clustered unit vectors), several minutes each.
 bench-ann-synthetic: $(VENV)/.bench-installed
-	$(PY) load-tests/ann/compare.py --synthetic clustered64 --out load-tests/ann/results
-	$(PY) load-tests/ann/compare.py --synthetic weak128 --out load-tests/ann/results
+	$(PY) load-tests/ann/compare.py --synthetic clustered64 --ef 16,32,64,128,256,512,1024 --out load-tests/ann/results
+	$(PY) load-tests/ann/compare.py --synthetic weak128 --ef 16,32,64,128,256,512,1024 --out load-tests/ann/results
 
 bench-ann-large: $(VENV)/.bench-installed data/large/eval.json
 	$(PY) load-tests/ann/compare.py --data data/large --out load-tests/ann/results

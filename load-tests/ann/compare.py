@@ -12,9 +12,10 @@ Vectors, one of:
   --vectors FILE   your own: .parquet (a fixed-size or variable list column of floats,
                    --column, default `embedding`), .fvecs or .npy; queries from --query-file
                    (same formats) or, without one, --queries rows held out of the set.
-  --synthetic NAME seeded sets of other shapes: `clustered64` (64-d, 1,000 clusters, norms
-                   varying over a log-normal spread, inner product) or `weak128` (128-d, 100
-                   weak clusters, unit norm); --items rows (default 200,000).
+  --synthetic NAME seeded sets of other shapes: `clustered64` (64-d, 1,000 overlapping
+                   clusters: centres N(0, 1), spread 2; norms scaled by a log-normal with
+                   sigma 0.5; inner product) or `weak128` (128-d, 100 weak clusters: 0.5 x
+                   centre + N(0, 1), unit norm); --items rows (default 200,000).
 
     python load-tests/ann/compare.py --data data/demo --out load-tests/ann/results
     python load-tests/ann/compare.py --vectors my.fvecs --metric l2 --out /tmp/mine
@@ -232,14 +233,14 @@ def synthetic(name: str, n: int, nq: int, seed: int) -> tuple[np.ndarray, np.nda
         centres = rng.normal(size=(clusters, dim)).astype(np.float32)
 
         def draw(m):
-            x = centres[rng.integers(clusters, size=m)] + 0.35 * rng.normal(size=(m, dim))
+            x = centres[rng.integers(clusters, size=m)] + 2.0 * rng.normal(size=(m, dim))
             return (x * rng.lognormal(0.0, 0.5, size=(m, 1))).astype(np.float32)
     elif name == "weak128":
         dim, clusters = 128, 100
         centres = rng.normal(size=(clusters, dim)).astype(np.float32)
 
         def draw(m):
-            x = 0.35 * centres[rng.integers(clusters, size=m)] + rng.normal(size=(m, dim))
+            x = 0.5 * centres[rng.integers(clusters, size=m)] + rng.normal(size=(m, dim))
             return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
     else:
         sys.exit(f"unknown synthetic set {name} (clustered64, weak128)")
