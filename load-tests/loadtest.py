@@ -49,6 +49,19 @@ def fail(message: str) -> None:
     sys.exit(1)
 
 
+def server_env() -> dict:
+    """The environment for a started server: ONNX Runtime from the project venv unless
+    ORT_DYLIB_PATH is set, warnings only."""
+    env = dict(os.environ)
+    if "ORT_DYLIB_PATH" not in env:
+        libs = sorted(ROOT.glob(".venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.*"))
+        if not libs:
+            fail("no ONNX Runtime library: run `make .venv/.installed` or set ORT_DYLIB_PATH")
+        env["ORT_DYLIB_PATH"] = str(libs[0])
+    env.setdefault("RUST_LOG", "warn")
+    return env
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -46,13 +46,7 @@ def main() -> None:
     data = ROOT / "data" / "demo"
     port, metrics_port = loadtest.free_port(), loadtest.free_port()
     addr = f"127.0.0.1:{port}"
-    env = dict(loadtest.os.environ)
-    if "ORT_DYLIB_PATH" not in env:
-        libs = sorted(ROOT.glob(".venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.*"))
-        if not libs:
-            loadtest.fail("no ONNX Runtime library: run `make .venv/.installed` or set ORT_DYLIB_PATH")
-        env["ORT_DYLIB_PATH"] = str(libs[0])
-    env.setdefault("RUST_LOG", "warn")
+    env = loadtest.server_env()
     with tempfile.TemporaryDirectory(prefix="tandem-soak-") as scratch:
         servers = loadtest.Servers.__new__(loadtest.Servers)
         servers.procs = []

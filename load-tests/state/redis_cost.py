@@ -51,13 +51,7 @@ def main() -> None:
         loadtest.fail("redis-server not found: apt-get install redis-server (make redis-server does)")
     bin_dir = ROOT / "target" / "release"
     data = ROOT / "data" / "demo"
-    env = dict(loadtest.os.environ)
-    if "ORT_DYLIB_PATH" not in env:
-        libs = sorted(ROOT.glob(".venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.*"))
-        if not libs:
-            loadtest.fail("no ONNX Runtime library: run `make .venv/.installed` or set ORT_DYLIB_PATH")
-        env["ORT_DYLIB_PATH"] = str(libs[0])
-    env.setdefault("RUST_LOG", "warn")
+    env = loadtest.server_env()
     rates = [int(r) for r in args.rates.split(",")]
     rows = []
     with tempfile.TemporaryDirectory(prefix="tandem-redis-cost-") as scratch:

@@ -158,13 +158,7 @@ impl RedisState {
             self.push_apply(&mut pipe, key, *seq, expect, record);
         }
         let replies = self.run_scripts(&pipe).await;
-        self.note(
-            &replies
-                .as_ref()
-                .map(|_| ())
-                .map_err(|e| SharedStateError::Unexpected(e.to_string())),
-            "apply",
-        );
+        self.note(&replies, "apply");
         for reply in replies? {
             let (code, position): (i64, u64) = redis::from_redis_value(reply)
                 .map_err(|e| SharedStateError::Unexpected(e.to_string()))?;
@@ -185,13 +179,7 @@ impl RedisState {
                 .await
         })
         .await;
-        self.note(
-            &read
-                .as_ref()
-                .map(|_| ())
-                .map_err(|e| SharedStateError::Unexpected(e.to_string())),
-            "position",
-        );
+        self.note(&read, "position");
         Ok(read?.unwrap_or(0))
     }
 
@@ -404,13 +392,7 @@ impl LogFollower for RedisState {
             cmd.arg(*user).arg(*event_id);
         }
         let claimed = self.run_scripts(&pipe).await;
-        self.note(
-            &claimed
-                .as_ref()
-                .map(|_| ())
-                .map_err(|e| SharedStateError::Unexpected(e.to_string())),
-            "claim",
-        );
+        self.note(&claimed, "claim");
         let reply = claimed.ok()?.into_iter().next()?;
         let flags: Vec<i64> = redis::from_redis_value(reply).ok()?;
         (flags.len() == ids.len()).then(|| flags.into_iter().map(|f| f == 1).collect())

@@ -179,12 +179,9 @@ impl RedisState {
         true
     }
 
-    /// How far this gateway's event log is applied in Redis.
-    pub fn applied_seq(&self) -> u64 {
-        self.applied.load(Ordering::Acquire)
-    }
-
-    fn note(&self, outcome: &Result<(), SharedStateError>, op: &'static str) {
+    /// Counts a failed call and logs (and exports) when reachability changes: not per call,
+    /// since every answer reads Redis.
+    fn note<T>(&self, outcome: &Result<T, SharedStateError>, op: &'static str) {
         let ok = outcome.is_ok();
         if !ok {
             metrics::counter!("tandem_shared_state_errors_total", "op" => op).increment(1);
@@ -195,7 +192,7 @@ impl RedisState {
             } else if let Err(e) = outcome {
                 tracing::warn!(error = %e, "Redis is out of reach");
             }
+            metrics::gauge!("tandem_shared_state_up").set(if ok { 1.0 } else { 0.0 });
         }
-        metrics::gauge!("tandem_shared_state_up").set(if ok { 1.0 } else { 0.0 });
     }
 }

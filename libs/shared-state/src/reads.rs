@@ -56,7 +56,7 @@ impl RedisState {
                 pipe.query_async(&mut c).await
             })
             .await;
-        self.note(&read.as_ref().map(|_| ()).map_err(clone_for_note), "read");
+        self.note(&read, "read");
         let (recent, purchased, shown) = read?;
         let mut history = UserHistory::default();
         // Members are `<seq>:<n>:<type>:<item id>`, in time order (the score).
@@ -113,10 +113,7 @@ impl RedisState {
                 pipe.query_async(&mut c).await
             })
             .await;
-        self.note(
-            &read.as_ref().map(|_| ()).map_err(clone_for_note),
-            "trending",
-        );
+        self.note(&read, "trending");
         let ((reference, latest), scaled) = read?;
         let now = match (reference, latest) {
             (Some(r), Some(l)) => {
@@ -131,11 +128,6 @@ impl RedisState {
         *self.trending.write().unwrap_or_else(|e| e.into_inner()) = top;
         Ok(())
     }
-}
-
-/// The error for the reachability note (the original goes to the caller).
-fn clone_for_note(e: &SharedStateError) -> SharedStateError {
-    SharedStateError::Unexpected(e.to_string())
 }
 
 #[async_trait::async_trait]
@@ -217,7 +209,7 @@ pub(crate) async fn write_impressions(state: Weak<RedisState>, mut rx: mpsc::Rec
             metrics::counter!("tandem_shared_state_impressions_dropped_total")
                 .increment(batch.len() as u64);
         }
-        state.note(&written.map(|_| ()), "impressions");
+        state.note(&written, "impressions");
         batch.clear();
     }
 }

@@ -161,20 +161,22 @@ pub async fn start(
                     );
                 }
             };
-            let redis = match config.redis() {
-                Some(redis) => Some(RedisState::connect(redis, catalog.clone()).await?),
-                None => None,
-            };
-            let local = redis.is_none().then(|| {
-                let local = Arc::new(InMemoryState::new(config.state_limits(), config.trending()));
-                tokio::spawn(watch_user_state(local.clone()));
-                local
-            });
-            let (state, writer): (Arc<dyn StateStore>, StateWriter) = match (&redis, &local) {
-                (Some(shared), _) => (shared.clone(), StateWriter::Shared(shared.clone())),
-                (None, Some(local)) => (local.clone(), StateWriter::Local(local.clone())),
-                (None, None) => return Err("no user state store".into()),
-            };
+            // Redis shared by the replicas, or this process's memory.
+            let (state, writer, redis, local): (Arc<dyn StateStore>, StateWriter, _, _) =
+                match config.redis() {
+                    Some(redis) => {
+                        let shared = RedisState::connect(redis, catalog.clone()).await?;
+                        let writer = StateWriter::Shared(shared.clone());
+                        (shared.clone(), writer, Some(shared), None)
+                    }
+                    None => {
+                        let local =
+                            Arc::new(InMemoryState::new(config.state_limits(), config.trending()));
+                        tokio::spawn(watch_user_state(local.clone()));
+                        let writer = StateWriter::Local(local.clone());
+                        (local.clone(), writer, None, Some(local))
+                    }
+                };
             let (log_config, shared) = (config.event_log(), catalog.clone());
             let checkpoints = (config.checkpoint_interval_s > 0 && local.is_some())
                 .then(|| tandem_recommend::checkpoint_dir(&config.event_log_dir));
