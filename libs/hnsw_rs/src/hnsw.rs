@@ -169,16 +169,14 @@ pub struct Point<'b, T: Clone + Send + Sync> {
     /// a point id identifying point as stored in our structure
     p_id: PointId,
     /// neighbours info
-    pub(crate) neighbours: Arc<RwLock<Vec<Vec<Arc<PointWithOrder<'b, T>>>>>>,
+    pub(crate) neighbours: Arc<RwLock<Vec<Vec<PointWithOrder<'b, T>>>>>,
 }
 
 impl<'b, T: Clone + Send + Sync> Point<'b, T> {
     pub fn new(v: Vec<T>, origin_id: usize, p_id: PointId) -> Self {
-        let mut neighbours = Vec::with_capacity(NB_LAYER_MAX as usize);
-        // CAVEAT, perhaps pass nb layer as arg ?
-        for _ in 0..NB_LAYER_MAX {
-            neighbours.push(Vec::<Arc<PointWithOrder<T>>>::new());
-        }
+        // PATCH(tandem): one list per layer the point lives on (was NB_LAYER_MAX = 16 for
+        // every point: 384 bytes of empty vectors each).
+        let neighbours = Self::empty_neighbourhood(p_id);
         Point {
             data: PointData::new_v(v),
             origin_id,
@@ -188,17 +186,19 @@ impl<'b, T: Clone + Send + Sync> Point<'b, T> {
     }
 
     pub fn new_from_mmap(s: &'b [T], origin_id: usize, p_id: PointId) -> Self {
-        let mut neighbours = Vec::with_capacity(NB_LAYER_MAX as usize);
-        // CAVEAT, perhaps pass nb layer as arg ?
-        for _ in 0..NB_LAYER_MAX {
-            neighbours.push(Vec::<Arc<PointWithOrder<T>>>::new());
-        }
+        // PATCH(tandem): one list per layer the point lives on (was NB_LAYER_MAX = 16 for
+        // every point: 384 bytes of empty vectors each).
+        let neighbours = Self::empty_neighbourhood(p_id);
         Point {
             data: PointData::new_s(s),
             origin_id,
             p_id,
             neighbours: Arc::new(RwLock::new(neighbours)),
         }
+    }
+
+    fn empty_neighbourhood(p_id: PointId) -> Vec<Vec<PointWithOrder<'b, T>>> {
+        (0..=p_id.0).map(|_| Vec::new()).collect()
     }
 
     /// get a reference to vector data
@@ -261,6 +261,9 @@ impl<'b, T: Clone + Send + Sync> Point<'b, T> {
 //===========================================================================================
 
 /// A structure to store neighbours for of a point.
+// PATCH(tandem): stored by value in neighbour lists and heaps (was `Arc<PointWithOrder>`, one
+// allocation per link and per heap entry), and carries a copy of the point's id so that the
+// visited check of a search reads the neighbour list only, not each neighbour's `Point`.
 #[derive(Debug, Clone)]
 pub(crate) struct PointWithOrder<'b, T: Clone + Send + Sync> {
     /// the identificateur of the point for which we store a distance to a point for which
@@ -268,6 +271,8 @@ pub(crate) struct PointWithOrder<'b, T: Clone + Send + Sync> {
     point_ref: Arc<Point<'b, T>>,
     /// The distance to a point_ref to the request point (not represented in the structure)
     dist_to_ref: f32,
+    /// `point_ref.p_id`, copied.
+    p_id: PointId,
 }
 
 impl<T: Clone + Send + Sync> PartialEq for PointWithOrder<'_, T> {
@@ -301,6 +306,7 @@ impl<'b, T: Clone + Send + Sync> PointWithOrder<'b, T> {
         PointWithOrder {
             point_ref: Arc::clone(point_ref),
             dist_to_ref,
+            p_id: point_ref.p_id,
         }
     }
 } // end of impl block
@@ -730,6 +736,127 @@ impl<'b, T: Clone + Send + Sync + 'b> Iterator for IterPointLayer<'_, 'b, T> {
 
 // ============================================================================================
 
+// PATCH(tandem): a search-time heap entry: a point and its distance to the query, without
+// touching the point's reference count.
+struct Candidate<'b, T: Clone + Send + Sync> {
+    dist: f32,
+    /// From `Arc::as_ptr` of a point in the index's point table.
+    point: *const Point<'b, T>,
+}
+
+impl<T: Clone + Send + Sync> Clone for Candidate<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T: Clone + Send + Sync> Copy for Candidate<'_, T> {}
+
+impl<'b, T: Clone + Send + Sync> Candidate<'b, T> {
+    #[inline]
+    fn point(&self) -> &Point<'b, T> {
+        // SAFETY: `point` comes from an `Arc<Point>` held by the point table
+        // (`PointIndexation::points_by_layer`), which never removes a point while the index
+        // is borrowed; candidates live only inside one `search_layer` call on `&self`.
+        unsafe { &*self.point }
+    }
+
+    fn to_arc(self) -> Arc<Point<'b, T>> {
+        // SAFETY: as in `point`; the count is incremented before the new `Arc` takes it over.
+        unsafe {
+            Arc::increment_strong_count(self.point);
+            Arc::from_raw(self.point)
+        }
+    }
+}
+
+impl<T: Clone + Send + Sync> PartialEq for Candidate<'_, T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.dist == other.dist
+    }
+}
+impl<T: Clone + Send + Sync> Eq for Candidate<'_, T> {}
+impl<T: Clone + Send + Sync> PartialOrd for Candidate<'_, T> {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl<T: Clone + Send + Sync> Ord for Candidate<'_, T> {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.dist.total_cmp(&other.dist)
+    }
+}
+
+// PATCH(tandem): per-thread visited marks, one epoch stamp per point (by layer and rank in
+// layer), as hnswlib's VisitedList: starting a search is one increment, a visit check one load.
+struct VisitedMarks {
+    epoch: u16,
+    layers: Vec<Vec<u16>>,
+}
+
+impl VisitedMarks {
+    /// Begins a new search: every point becomes unvisited.
+    fn start(&mut self) {
+        if self.epoch == u16::MAX {
+            for marks in &mut self.layers {
+                marks.fill(0);
+            }
+            self.epoch = 0;
+        }
+        self.epoch += 1;
+    }
+
+    /// Marks a point; false if it was already visited in this search.
+    #[inline]
+    fn insert(&mut self, p_id: PointId) -> bool {
+        let layer = p_id.0 as usize;
+        if layer >= self.layers.len() {
+            self.layers.resize_with(layer + 1, Vec::new);
+        }
+        let marks = &mut self.layers[layer];
+        let rank = p_id.1 as usize;
+        if rank >= marks.len() {
+            marks.resize((rank + 1).next_power_of_two().max(1024), 0);
+        }
+        if marks[rank] == self.epoch {
+            false
+        } else {
+            marks[rank] = self.epoch;
+            true
+        }
+    }
+}
+
+thread_local! {
+    static VISITED: std::cell::RefCell<VisitedMarks> = const {
+        std::cell::RefCell::new(VisitedMarks { epoch: 0, layers: Vec::new() })
+    };
+}
+
+/// Asks the CPU to load the cache line at `p` (a hint; no effect on results).
+#[inline(always)]
+fn prefetch_ptr<P>(p: *const P) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        // SAFETY: prefetch is a hint and never faults, whatever the address.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p as *const i8) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+/// Asks the CPU to load up to the first 512 bytes of a slice into cache.
+#[inline(always)]
+fn prefetch_slice<T>(v: &[T]) {
+    let start = v.as_ptr() as *const u8;
+    let bytes = std::mem::size_of_val(v).min(512);
+    let mut offset = 0;
+    while offset < bytes {
+        prefetch_ptr(start.wrapping_add(offset));
+        offset += 64;
+    }
+}
+
 // The fields are made pub(crate) to be able to initialize struct from hnswio
 /// The Base structure for hnsw implementation.  
 /// The main useful functions are : new, insert, insert_parallel, search, parallel_search and file_dump
@@ -926,7 +1053,7 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
         ef: usize,
         layer: u8,
         filter: Option<&dyn FilterT>,
-    ) -> BinaryHeap<Arc<PointWithOrder<'b, T>>> {
+    ) -> BinaryHeap<PointWithOrder<'b, T>> {
         //
         trace!(
             "entering search_layer with entry_point_id {:?} layer : {:?} ef {:?} ",
@@ -936,128 +1063,126 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
         // here we allocate a binary_heap on values not on reference beccause we want to return
         // log2(skiplist_size) must be greater than 1.
         let skiplist_size = ef.max(2);
-        // we will store positive distances in this one
-        let mut return_points = BinaryHeap::<Arc<PointWithOrder<T>>>::with_capacity(skiplist_size);
         //
         if entry_point.p_id.1 < 0 {
             trace!("search layer negative point id : {:?}", entry_point.p_id);
-            return return_points;
+            return BinaryHeap::new();
         }
         // initialize visited points
         let dist_to_entry_point = self.dist_f.eval(point, entry_point.data.get_v());
         trace!("       distance to entry point: {:?} ", dist_to_entry_point);
-        // keep a list of id visited
-        let mut visited_point_id = HashMap::<PointId, Arc<Point<T>>>::new();
-        visited_point_id.insert(entry_point.p_id, Arc::clone(&entry_point));
-        //
-        let mut candidate_points =
-            BinaryHeap::<Arc<PointWithOrder<T>>>::with_capacity(skiplist_size);
-        candidate_points.push(Arc::new(PointWithOrder::new(
-            &entry_point,
-            -dist_to_entry_point,
-        )));
-        return_points.push(Arc::new(PointWithOrder::new(
-            &entry_point,
-            dist_to_entry_point,
-        )));
-        // at the beginning candidate_points contains point passed as arg in layer entry_point_id.0
-        while !candidate_points.is_empty() {
-            // get nearest point in candidate_points
-            let c = candidate_points.pop().unwrap();
-            // f farthest point to
-            let f = return_points.peek().unwrap();
-            assert!(f.dist_to_ref >= 0.);
-            assert!(c.dist_to_ref <= 0.);
-            trace!(
-                "Comparaing c : {:?} f : {:?}",
-                -(c.dist_to_ref),
-                f.dist_to_ref
-            );
-            if -(c.dist_to_ref) > f.dist_to_ref {
-                // this comparison requires that we are sure that distances compared are distances to the same point :
-                // This is the case we compare distance to point passed as arg.
-                trace!(
-                    "Fast return from search_layer, nb points : {:?} \n \t c {:?} \n \t f {:?} dists: {:?}  {:?}",
-                    return_points.len(),
-                    c.point_ref.p_id,
-                    f.point_ref.p_id,
-                    -(c.dist_to_ref),
-                    f.dist_to_ref
-                );
-                if filter.is_none() {
-                    return return_points;
-                } else if return_points.len() >= ef {
-                    return_points.retain(|p| {
-                        filter
-                            .as_ref()
-                            .unwrap()
-                            .hnsw_filter(&p.point_ref.get_origin_id())
-                    });
-                }
-            }
-            // now we scan neighborhood of c in layer and increment visited_point, candidate_points
-            // and optimize candidate_points so that it contains points with lowest distances to point arg
+        // PATCH(tandem): the candidate and result heaps hold plain pointers to points
+        // (was an `Arc<PointWithOrder>` per entry: an allocation and two reference-count
+        // updates per entry, on counts that every inserting thread shares). Only the
+        // returned points are turned back into `Arc`s.
+        // we will store positive distances in this one
+        let mut return_points = BinaryHeap::<Candidate<T>>::with_capacity(skiplist_size + 1);
+        // PATCH(tandem): visited points are marked in a per-thread table indexed by point id
+        // (was a HashMap<PointId, Arc<Point>> filled per search: hashing, rehashing and a
+        // reference-count increment per visited point).
+        VISITED.with_borrow_mut(|visited| {
+            visited.start();
+            visited.insert(entry_point.p_id);
             //
-            let neighbours_c_l = &c.point_ref.neighbours.read()[layer as usize];
-            let c_pid = c.point_ref.p_id;
-            trace!(
-                "       search_layer, {:?} has  nb neighbours  : {:?} ",
-                c_pid,
-                neighbours_c_l.len()
-            );
-            for e in neighbours_c_l {
-                // HERE WE sEE THAT neighbours should be stored as PointIdWithOrder !!
-                // CAVEAT what if several point_id with same distance to ref point?
-                if !visited_point_id.contains_key(&e.point_ref.p_id) {
-                    visited_point_id.insert(e.point_ref.p_id, Arc::clone(&e.point_ref));
-                    trace!("             visited insertion {:?}", e.point_ref.p_id);
-                    let f_opt = return_points.peek();
-                    if f_opt.is_none() {
-                        // do some debug info, dumped distance is from e to c! as e is in c neighbours
-                        debug!("return points empty when inserting {:?}", e.point_ref.p_id);
-                        return return_points;
+            let mut candidate_points =
+                BinaryHeap::<std::cmp::Reverse<Candidate<T>>>::with_capacity(skiplist_size);
+            let entry = Candidate {
+                dist: dist_to_entry_point,
+                point: Arc::as_ptr(&entry_point),
+            };
+            candidate_points.push(std::cmp::Reverse(entry));
+            return_points.push(entry);
+            // indexes (in the neighbour list being scanned) of the neighbours not yet visited
+            let mut fresh = Vec::<u32>::with_capacity(2 * self.max_nb_connection);
+            // at the beginning candidate_points contains point passed as arg in layer entry_point_id.0
+            while let Some(std::cmp::Reverse(c)) = candidate_points.pop() {
+                // f farthest point to
+                let f_dist = return_points.peek().map_or(f32::INFINITY, |f| f.dist);
+                if c.dist > f_dist {
+                    // this comparison requires that we are sure that distances compared are distances to the same point :
+                    // This is the case we compare distance to point passed as arg.
+                    if filter.is_none() {
+                        return;
+                    } else if return_points.len() >= ef {
+                        return_points.retain(|p| {
+                            filter
+                                .as_ref()
+                                .unwrap()
+                                .hnsw_filter(&p.point().get_origin_id())
+                        });
                     }
-                    let f = f_opt.unwrap();
+                }
+                // now we scan neighborhood of c in layer and increment visited_point, candidate_points
+                // and optimize candidate_points so that it contains points with lowest distances to point arg
+                //
+                let neighbours_guard = c.point().neighbours.read();
+                // a point has no list above its own layer
+                let neighbours_c_l = neighbours_guard
+                    .get(layer as usize)
+                    .map_or(&[][..], |list| list.as_slice());
+                // PATCH(tandem): mark first and prefetch the unvisited neighbours' vectors, then
+                // compute distances, so that their cache misses overlap.
+                fresh.clear();
+                for (i, e) in neighbours_c_l.iter().enumerate() {
+                    if visited.insert(e.p_id) {
+                        prefetch_ptr(Arc::as_ptr(&e.point_ref));
+                        fresh.push(i as u32);
+                    }
+                }
+                for &i in &fresh {
+                    prefetch_slice(neighbours_c_l[i as usize].point_ref.data.get_v());
+                }
+                for &i in &fresh {
+                    let e = &neighbours_c_l[i as usize];
+                    let Some(f) = return_points.peek() else {
+                        debug!("return points empty when inserting {:?}", e.p_id);
+                        return;
+                    };
                     let e_dist_to_p = self.dist_f.eval(point, e.point_ref.data.get_v());
-                    let f_dist_to_p = f.dist_to_ref;
+                    let f_dist_to_p = f.dist;
                     if e_dist_to_p < f_dist_to_p || return_points.len() < ef {
-                        let e_prime = Arc::new(PointWithOrder::new(&e.point_ref, e_dist_to_p));
                         // a neighbour of neighbour is better, we insert it into candidate with the distance to point
-                        trace!(
-                            "                inserting new candidate {:?}",
-                            e_prime.point_ref.p_id
-                        );
-                        candidate_points
-                            .push(Arc::new(PointWithOrder::new(&e.point_ref, -e_dist_to_p)));
+                        let e_prime = Candidate {
+                            dist: e_dist_to_p,
+                            point: Arc::as_ptr(&e.point_ref),
+                        };
+                        candidate_points.push(std::cmp::Reverse(e_prime));
                         //
                         if let Some(f) = filter {
-                            let id: &usize = &e_prime.point_ref.get_origin_id();
+                            let id: &usize = &e.point_ref.get_origin_id();
                             if f.hnsw_filter(id) {
                                 if return_points.len() == 1 {
-                                    let only_id = return_points.peek().unwrap().point_ref.origin_id;
+                                    let only_id = return_points.peek().unwrap().point().origin_id;
                                     if !f.hnsw_filter(&only_id) {
                                         return_points.clear()
                                     }
                                 }
-                                return_points.push(Arc::clone(&e_prime))
+                                return_points.push(e_prime)
                             }
                         } else {
-                            return_points.push(Arc::clone(&e_prime));
+                            return_points.push(e_prime);
                         }
 
                         if return_points.len() > ef {
                             return_points.pop();
                         }
                     } // end if e.dist_to_ref < f.dist_to_ref
-                }
-            } // end of for on neighbours_c
-        } // end of while in candidates
+                } // end of for on neighbours_c
+            } // end of while in candidates
+        });
         //
         trace!(
             "return from search_layer, nb points : {:?}",
             return_points.len()
         );
         return_points
+            .into_iter()
+            .map(|c| PointWithOrder {
+                point_ref: c.to_arc(),
+                dist_to_ref: c.dist,
+                p_id: c.point().p_id,
+            })
+            .collect()
     } // end of search_layer
 
     /// insert a tuple (&Vec, usize) with its external id as given by the client.
@@ -1133,12 +1258,9 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
             // sorted_points = from_positive_binaryheap_to_negative_binary_heap(&mut sorted_points);
             //
             if let Some(ep) = sorted_points.pop() {
-                // useful for projecting lower layer to upper layer. keep track of points encountered.
-                if new_point.neighbours.read()[l as usize].len()
-                    < self.get_max_nb_connection() as usize
-                {
-                    new_point.neighbours.write()[l as usize].push(Arc::clone(&ep));
-                }
+                // PATCH(tandem): the nearest point found on a layer above the new point's was
+                // also pushed into the new point's list for that layer; no search reads a list
+                // above a point's level (no link there leads to it), so it is no longer kept.
                 // get the lowest distance point
                 let tmp_dist = self.dist_f.eval(data, ep.point_ref.data.get_v());
                 if tmp_dist < dist_to_entry {
@@ -1178,7 +1300,7 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
                     nb_conn = self.max_nb_connection;
                     extend_c = false;
                 }
-                let mut neighbours = Vec::<Arc<PointWithOrder<T>>>::with_capacity(nb_conn);
+                let mut neighbours = Vec::<PointWithOrder<T>>::with_capacity(nb_conn);
                 self.select_neighbours(
                     data,
                     &mut sorted_points,
@@ -1252,6 +1374,10 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
                     // fix from vidaunited (https://github.com/vidaunited), store potential reverse neighbout at correct layer
                     // This potential reverse add provide a symetric edge only if new_point is sufficiently close to q_point from q_point point of view
                     let l_n = l as usize;
+                    if l_n >= q_point_neighbours.len() {
+                        // q does not live on this layer: no list to link back from
+                        continue;
+                    }
                     let already = q_point_neighbours[l_n]
                         .iter()
                         .position(|old| old.point_ref.p_id == new_point.p_id);
@@ -1262,15 +1388,22 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
                         //   panic!();
                         continue;
                     }
-                    q_point_neighbours[l_n].push(Arc::new(n_to_add));
-                    let nbn_at_l = q_point_neighbours[l_n].len();
-                    //
                     // if l < level, update upward chaining, insert does a sort! t_q has a neighbour not yet in global table of points!
                     let threshold_shrinking = if l_n > 0 {
                         self.max_nb_connection
                     } else {
                         2 * self.max_nb_connection
                     };
+                    // PATCH(tandem): a list holds at most threshold + 1 entries; reserve exactly
+                    // that (doubling took a full layer-0 list from 32 to 64 slots).
+                    let list = &mut q_point_neighbours[l_n];
+                    if list.len() == list.capacity() {
+                        list.reserve_exact(
+                            (threshold_shrinking + 1).saturating_sub(list.len()).max(1),
+                        );
+                    }
+                    list.push(n_to_add);
+                    let nbn_at_l = q_point_neighbours[l_n].len();
                     let shrink = nbn_at_l > threshold_shrinking;
                     {
                         // sort and shring if necessary
@@ -1296,12 +1429,12 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
     fn select_neighbours(
         &self,
         data: &[T],
-        candidates: &mut BinaryHeap<Arc<PointWithOrder<'b, T>>>,
+        candidates: &mut BinaryHeap<PointWithOrder<'b, T>>,
         nb_neighbours_asked: usize,
         extend_candidates_asked: bool,
         layer: u8,
         keep_pruned: bool,
-        neighbours_vec: &mut Vec<Arc<PointWithOrder<'b, T>>>,
+        neighbours_vec: &mut Vec<PointWithOrder<'b, T>>,
     ) {
         //
         trace!(
@@ -1318,8 +1451,7 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
                 while !candidates.is_empty() {
                     let p = candidates.pop().unwrap();
                     assert!(-p.dist_to_ref >= 0.);
-                    neighbours_vec
-                        .push(Arc::new(PointWithOrder::new(&p.point_ref, -p.dist_to_ref)));
+                    neighbours_vec.push(PointWithOrder::new(&p.point_ref, -p.dist_to_ref));
                 }
                 return;
             } else {
@@ -1338,7 +1470,12 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
             let mut new_candidates_set = HashMap::<PointId, Arc<Point<T>>>::new();
             // get a list of all neighbours of candidates
             for (_p_id, p_point) in candidates_set.iter() {
-                let n_p_layer = &p_point.neighbours.read()[layer as usize];
+                let n_p_layer = p_point
+                    .neighbours
+                    .read()
+                    .get(layer as usize)
+                    .cloned()
+                    .unwrap_or_default();
                 for q in n_p_layer {
                     if !candidates_set.contains_key(&q.point_ref.p_id)
                         && !new_candidates_set.contains_key(&q.point_ref.p_id)
@@ -1354,11 +1491,11 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
             );
             for (_p_id, p_point) in new_candidates_set.iter() {
                 let dist_topoint = self.dist_f.eval(data, p_point.data.get_v());
-                candidates.push(Arc::new(PointWithOrder::new(p_point, -dist_topoint)));
+                candidates.push(PointWithOrder::new(p_point, -dist_topoint));
             }
         } // end if extend_candidates
         //
-        let mut discarded_points = BinaryHeap::<Arc<PointWithOrder<T>>>::new();
+        let mut discarded_points = BinaryHeap::<PointWithOrder<T>>::new();
         while !candidates.is_empty() && neighbours_vec.len() < nb_neighbours_asked {
             // compare distances of e to data. we do not need to recompute dists!
             if let Some(e_p) = candidates.pop() {
@@ -1373,19 +1510,13 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
                 }
                 if e_to_insert {
                     trace!("inserting neighbours : {:?} ", e_p.point_ref.p_id);
-                    neighbours_vec.push(Arc::new(PointWithOrder::new(
-                        &e_p.point_ref,
-                        -e_p.dist_to_ref,
-                    )));
+                    neighbours_vec.push(PointWithOrder::new(&e_p.point_ref, -e_p.dist_to_ref));
                 } else {
                     trace!("discarded neighbours : {:?} ", e_p.point_ref.p_id);
                     // ep is taken from a binary heap, so it has a negative sign, we keep its sign
                     // to store it in another binary heap will possibly need to retain the best ones from the discarde binaryHeap
                     if keep_pruned {
-                        discarded_points.push(Arc::new(PointWithOrder::new(
-                            &e_p.point_ref,
-                            e_p.dist_to_ref,
-                        )));
+                        discarded_points.push(PointWithOrder::new(&e_p.point_ref, e_p.dist_to_ref));
                     }
                 }
             }
@@ -1398,10 +1529,10 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
                 let best_point = discarded_points.pop().unwrap();
                 // do not forget to reverse sign
                 assert!(best_point.dist_to_ref <= 0.);
-                neighbours_vec.push(Arc::new(PointWithOrder::new(
+                neighbours_vec.push(PointWithOrder::new(
                     &best_point.point_ref,
                     -best_point.dist_to_ref,
-                )));
+                ));
             }
         };
         //
@@ -1423,7 +1554,7 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
     }
 
     // search the first knbn nearest neigbours of a data, but can modify ef for layer > 1
-    // This function return Vec<Arc<PointWithOrder<T> >>
+    // This function return Vec<PointWithOrder<T> >>
     // The parameter ef controls the width of the search in the lowest level, it must be greater
     // than number of neighbours asked. A rule of thumb could be between knbn and max_nb_connection.
     #[allow(unused)]
@@ -1466,13 +1597,7 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
         let last = knbn.min(ef).min(neighbours.len());
         let knn_neighbours: Vec<Neighbour> = neighbours[0..last]
             .iter()
-            .map(|p| {
-                Neighbour::new(
-                    p.as_ref().point_ref.origin_id,
-                    p.as_ref().dist_to_ref,
-                    p.as_ref().point_ref.p_id,
-                )
-            })
+            .map(|p| Neighbour::new(p.point_ref.origin_id, p.dist_to_ref, p.point_ref.p_id))
             .collect();
 
         knn_neighbours
@@ -1509,7 +1634,8 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
             let mut has_changed = false;
             // search in stored neighbours
             {
-                let neighbours = &pivot.neighbours.read()[layer as usize];
+                let lists = pivot.neighbours.read();
+                let neighbours = lists.get(layer as usize).map_or(&[][..], |l| l.as_slice());
                 for n in neighbours {
                     // get the lowest  distance point.
                     let tmp_dist = self.dist_f.eval(data, n.point_ref.data.get_v());
@@ -1547,11 +1673,11 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
             let knn_neighbours: Vec<Neighbour> = neighbours[0..last]
                 .iter()
                 .filter_map(|p| {
-                    if filter_t.hnsw_filter(&p.as_ref().point_ref.origin_id) {
+                    if filter_t.hnsw_filter(&p.point_ref.origin_id) {
                         Some(Neighbour::new(
-                            p.as_ref().point_ref.origin_id,
-                            p.as_ref().dist_to_ref,
-                            p.as_ref().point_ref.p_id,
+                            p.point_ref.origin_id,
+                            p.dist_to_ref,
+                            p.point_ref.p_id,
                         ))
                     } else {
                         None
@@ -1563,13 +1689,7 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
         } else {
             let knn_neighbours: Vec<Neighbour> = neighbours[0..last]
                 .iter()
-                .map(|p| {
-                    Neighbour::new(
-                        p.as_ref().point_ref.origin_id,
-                        p.as_ref().dist_to_ref,
-                        p.as_ref().point_ref.p_id,
-                    )
-                })
+                .map(|p| Neighbour::new(p.point_ref.origin_id, p.dist_to_ref, p.point_ref.p_id))
                 .collect();
 
             knn_neighbours
@@ -1637,14 +1757,14 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
 // The vector is sorted by construction
 #[allow(unused)]
 fn from_negative_binaryheap_to_sorted_vector<'b, T: Send + Sync + Copy>(
-    heap_points: &mut BinaryHeap<Arc<PointWithOrder<'b, T>>>,
-) -> Vec<Arc<PointWithOrder<'b, T>>> {
+    heap_points: &mut BinaryHeap<PointWithOrder<'b, T>>,
+) -> Vec<PointWithOrder<'b, T>> {
     let nb_points = heap_points.len();
-    let mut vec_points = Vec::<Arc<PointWithOrder<T>>>::with_capacity(nb_points);
+    let mut vec_points = Vec::<PointWithOrder<T>>::with_capacity(nb_points);
     //
     for p in heap_points.iter() {
         assert!(p.dist_to_ref <= 0.);
-        let reverse_p = Arc::new(PointWithOrder::new(&p.point_ref, -p.dist_to_ref));
+        let reverse_p = PointWithOrder::new(&p.point_ref, -p.dist_to_ref);
         vec_points.push(reverse_p);
     }
     trace!(
@@ -1659,14 +1779,14 @@ fn from_negative_binaryheap_to_sorted_vector<'b, T: Send + Sync + Copy>(
 // and returns a binary_heap of points with their correct negative distance to some reference distance
 //
 fn from_positive_binaryheap_to_negative_binary_heap<'b, T: Send + Sync + Clone>(
-    positive_heap: &mut BinaryHeap<Arc<PointWithOrder<'b, T>>>,
-) -> BinaryHeap<Arc<PointWithOrder<'b, T>>> {
+    positive_heap: &mut BinaryHeap<PointWithOrder<'b, T>>,
+) -> BinaryHeap<PointWithOrder<'b, T>> {
     let nb_points = positive_heap.len();
-    let mut negative_heap = BinaryHeap::<Arc<PointWithOrder<T>>>::with_capacity(nb_points);
+    let mut negative_heap = BinaryHeap::<PointWithOrder<T>>::with_capacity(nb_points);
     //
     for p in positive_heap.iter() {
         assert!(p.dist_to_ref >= 0.);
-        let reverse_p = Arc::new(PointWithOrder::new(&p.point_ref, -p.dist_to_ref));
+        let reverse_p = PointWithOrder::new(&p.point_ref, -p.dist_to_ref);
         negative_heap.push(reverse_p);
     }
     trace!(

@@ -724,10 +724,18 @@ impl HnswIo {
                     // now n_point is the Arc<Point> corresponding to neighbour n of point,
                     // construct a corresponding PointWithOrder
                     let n_pwo = PointWithOrder::<T>::new(n_point, n.distance);
-                    point.neighbours.write()[l].push(Arc::new(n_pwo));
+                    // PATCH(tandem): a point has lists for its own layers only; dumps written
+                    // before may hold entries above them.
+                    let mut lists = point.neighbours.write();
+                    if lists.len() <= l {
+                        lists.resize_with(l + 1, Vec::new);
+                    }
+                    lists[l].push(n_pwo);
                 } // end of for n
                 //  must sort
-                point.neighbours.write()[l].sort_unstable();
+                if let Some(list) = point.neighbours.write().get_mut(l) {
+                    list.sort_unstable();
+                }
             } // end of for l
             nbp += 1;
             if nbp.is_multiple_of(500_000) {
