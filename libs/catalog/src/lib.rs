@@ -111,6 +111,30 @@ impl Catalog {
         self.item_ids.len()
     }
 
+    /// Heap bytes held, by part, for memory reports.
+    pub fn memory(&self) -> CatalogMemory {
+        let id_lookup = self.by_item_id.capacity() * (std::mem::size_of::<(String, ItemIdx)>() + 1)
+            + self.by_item_id.keys().map(String::capacity).sum::<usize>();
+        let attributes = 4 * self.category_codes.capacity()
+            + self.categories.iter().map(String::capacity).sum::<usize>()
+            + self.price.get_array_memory_size()
+            + self.in_stock.get_array_memory_size()
+            + self.popularity.get_array_memory_size()
+            + 4 * self.by_popularity.capacity()
+            + self
+                .extra_numeric
+                .iter()
+                .map(|(_, values)| values.get_array_memory_size())
+                .sum::<usize>();
+        CatalogMemory {
+            embeddings: std::mem::size_of_val(&self.embeddings[..]),
+            item_ids: self.item_ids.get_array_memory_size(),
+            id_lookup,
+            attributes,
+            related: self.related.heap_bytes(),
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.item_ids.is_empty()
     }
@@ -254,6 +278,26 @@ impl Catalog {
             by_item_id,
             by_popularity,
         }
+    }
+}
+
+/// A catalog's heap bytes by part.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CatalogMemory {
+    pub embeddings: usize,
+    /// The id strings as loaded.
+    pub item_ids: usize,
+    /// The id → row map (its keys are copies of the ids).
+    pub id_lookup: usize,
+    /// Category, price, stock, popularity, trend columns and the popularity order.
+    pub attributes: usize,
+    /// The co-occurrence table.
+    pub related: usize,
+}
+
+impl CatalogMemory {
+    pub fn total(&self) -> usize {
+        self.embeddings + self.item_ids + self.id_lookup + self.attributes + self.related
     }
 }
 

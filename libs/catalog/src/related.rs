@@ -25,6 +25,10 @@ pub struct Related {
 }
 
 impl Related {
+    pub(crate) fn heap_bytes(&self) -> usize {
+        4 * (self.offsets.capacity() + self.items.capacity() + self.weights.capacity())
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         self.items.is_empty()
     }

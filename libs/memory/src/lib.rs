@@ -170,6 +170,26 @@ impl<T: Pod + fmt::Debug> fmt::Debug for HugeArray<T> {
     }
 }
 
+/// Returns the pages that other threads freed to the operating system, on every thread of
+/// rayon's pool and on the caller's.
+///
+/// The servers allocate with mimalloc, which keeps a block freed by another thread on its
+/// owner thread's page until that thread allocates again. After an index build, rayon's
+/// workers (who allocated hnsw_rs's transient graph) sit idle and the caller freed it, so
+/// without this the build's peak stayed resident for good. Harmless when mimalloc is linked
+/// but not the global allocator: its heaps are then empty.
+pub fn release_freed_memory() {
+    fn collect() {
+        // SAFETY: mi_collect has no preconditions; it only walks the calling thread's heap.
+        #[allow(unsafe_code)]
+        unsafe {
+            libmimalloc_sys::mi_collect(true);
+        }
+    }
+    rayon::broadcast(|_| collect());
+    collect();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -34,6 +34,42 @@ pub fn load_index(
     Ok(index)
 }
 
+/// Heap bytes by component, as `tandem_memory_bytes{component}` reports them.
+fn memory_components(index: &Index) -> [(&'static str, usize); 10] {
+    let i = index.memory();
+    let c = index.catalog().memory();
+    [
+        ("index_vectors", i.vectors),
+        ("index_links", i.links),
+        ("index_rows", i.rows),
+        ("index_appended", i.appended),
+        ("index_fresh_estimate", i.fresh_estimate),
+        ("catalog_embeddings", c.embeddings),
+        ("catalog_ids", c.item_ids),
+        ("catalog_id_lookup", c.id_lookup),
+        ("catalog_attributes", c.attributes),
+        ("catalog_related", c.related),
+    ]
+}
+
+/// One line at start-up: what the index and catalog hold, so a resident set can be told
+/// apart from them (the rest is ONNX Runtime, user state and the runtime).
+fn log_memory(index: &Index) {
+    let mib = |b: usize| (b as f64 / (1 << 20) as f64 * 10.0).round() / 10.0;
+    let parts = memory_components(index);
+    let total: usize = parts.iter().map(|(_, b)| b).sum();
+    let listed = parts
+        .iter()
+        .map(|(name, bytes)| format!("{name}={}", mib(*bytes)))
+        .collect::<Vec<_>>()
+        .join(" ");
+    tracing::info!(
+        total_mib = mib(total),
+        bytes_per_item = total / index.live_items().max(1),
+        "index and catalog memory (MiB): {listed}"
+    );
+}
+
 /// As `load_index` with the catalog already loaded (the embedded gateway shares it).
 pub fn open_index(
     catalog: Arc<Catalog>,
@@ -52,15 +88,22 @@ pub fn open_index(
 const METRICS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Keeps `tandem_index_*` gauges current while the index lives: live rows, tombstones, rows
-/// in the fresh segments, and the age of the last snapshot (absent until one is written).
+/// in the fresh segments, and the age of the last snapshot (absent until one is written);
+/// and `tandem_memory_bytes` by component.
 fn spawn_metrics(index: &Arc<Index>) {
+    log_memory(index);
     let index = Arc::downgrade(index);
     let spawned = std::thread::Builder::new()
         .name("index-metrics".into())
         .spawn(move || {
             while let Some(index) = index.upgrade() {
                 let counts = index.counts();
+                let memory = memory_components(&index);
                 drop(index);
+                for (component, bytes) in memory {
+                    metrics::gauge!("tandem_memory_bytes", "component" => component)
+                        .set(bytes as f64);
+                }
                 metrics::gauge!("tandem_index_rows").set(counts.live as f64);
                 metrics::gauge!("tandem_index_tombstones").set(counts.tombstones as f64);
                 metrics::gauge!("tandem_index_fresh_rows").set(counts.fresh as f64);

@@ -5,6 +5,11 @@
 //!
 //! Queries and ground truth are raw little-endian files: `queries.f32` (rows of `dim` f32)
 //! and `truth.u32` (rows of `k` row numbers of items.parquet, best first).
+//!
+//! Memory is reported as the servers hold it: on mimalloc (their allocator), the resident
+//! set after the build, and that of a fresh process restored from the build's snapshot
+//! (`--restore DIR`, run as a child), beside the bytes each part of the index and catalog
+//! holds.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -13,6 +18,9 @@ use std::time::Instant;
 
 use tandem_catalog::Catalog;
 use tandem_retrieval::{Index, IndexParams, ItemFilter, Metric, SearchParams, SearchStats};
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 struct Args {
     items: PathBuf,
@@ -24,6 +32,8 @@ struct Args {
     ef: Vec<usize>,
     threads: usize,
     metric: Metric,
+    /// Only restore the index from this snapshot directory and report memory.
+    restore: Option<PathBuf>,
 }
 
 fn parse() -> Result<Args, String> {
@@ -37,6 +47,7 @@ fn parse() -> Result<Args, String> {
         ef: vec![16, 32, 64, 128, 256],
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         metric: Metric::InnerProduct,
+        restore: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -52,6 +63,7 @@ fn parse() -> Result<Args, String> {
             "--threads" => args.threads = num(&value)?,
             "--metric" => args.metric = value.parse()?,
             "--ef" => args.ef = value.split(',').map(num).collect::<Result<Vec<_>, _>>()?,
+            "--restore" => args.restore = Some(value.into()),
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -79,8 +91,46 @@ fn memory_mib() -> (f64, f64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
+/// The parts' bytes as JSON fields.
+fn memory_json(catalog: &Catalog, index: &Index) -> String {
+    let c = catalog.memory();
+    let i = index.memory();
+    format!(
+        "\"index_vectors\":{},\"index_links\":{},\"index_rows\":{},\"catalog_embeddings\":{},\"catalog_ids\":{},\"catalog_id_lookup\":{},\"catalog_attributes\":{},\"catalog_bytes\":{}",
+        i.vectors,
+        i.links,
+        i.rows,
+        c.embeddings,
+        c.item_ids,
+        c.id_lookup,
+        c.attributes + c.related,
+        c.total()
+    )
+}
+
+/// A restart: the index and its catalog restored from a snapshot, in a new process.
+fn restore_only(dir: &std::path::Path, params: IndexParams) -> Result<(), String> {
+    let (index, _) =
+        Index::from_snapshots(dir, params).ok_or("the snapshot just written does not load")?;
+    let (rss, peak) = memory_mib();
+    println!(
+        "{{\"rss_mib\":{rss:.0},\"peak_rss_mib\":{peak:.0},{}}}",
+        memory_json(index.catalog(), &index)
+    );
+    Ok(())
+}
+
 fn main() -> Result<(), String> {
     let args = parse()?;
+    let params = IndexParams {
+        max_connections: args.m,
+        ef_construction: args.ef_construction,
+        metric: args.metric,
+        ..IndexParams::default()
+    };
+    if let Some(dir) = &args.restore {
+        return restore_only(dir, params);
+    }
     let catalog = Arc::new(Catalog::open(&args.items).map_err(|e| e.to_string())?);
     let dim = catalog.dim();
     let queries = read_raw(&args.queries, f32::from_le_bytes)?;
@@ -93,12 +143,6 @@ fn main() -> Result<(), String> {
             args.k
         ));
     }
-    let params = IndexParams {
-        max_connections: args.m,
-        ef_construction: args.ef_construction,
-        metric: args.metric,
-        ..IndexParams::default()
-    };
     let started = Instant::now();
     let index = Index::build(catalog.clone(), params).map_err(|e| e.to_string())?;
     let build_s = started.elapsed().as_secs_f64();
@@ -113,6 +157,7 @@ fn main() -> Result<(), String> {
         .ok_or("the snapshot just written does not load")?;
     let load_s = started.elapsed().as_secs_f64();
     drop(restored);
+    let restart = restart_memory(&args, snapshots.path())?;
     let none = ItemFilter::default();
 
     let mut runs = Vec::new();
@@ -173,12 +218,39 @@ fn main() -> Result<(), String> {
         ));
     }
     println!(
-        "{{\"engine\":\"tandem\",\"items\":{},\"dim\":{dim},\"kernels\":\"{}\",\"threads\":{},\"build_s\":{build_s:.2},\"load_s\":{load_s:.3},\"bytes_per_item\":{:.0},\"rss_mib\":{rss_after_build:.0},\"peak_rss_mib\":{peak_after_build:.0},\"runs\":[{}]}}",
+        "{{\"engine\":\"tandem\",\"items\":{},\"dim\":{dim},\"kernels\":\"{}\",\"threads\":{},\"build_s\":{build_s:.2},\"load_s\":{load_s:.3},\"bytes_per_item\":{:.0},\"rss_mib\":{rss_after_build:.0},\"peak_rss_mib\":{peak_after_build:.0},{},\"restart\":{restart},\"runs\":[{}]}}",
         catalog.len(),
         index.space().kernels().name,
         args.threads,
         index.index_bytes() as f64 / catalog.len() as f64,
+        memory_json(&catalog, &index),
         runs.join(",")
     );
     Ok(())
+}
+
+/// Runs this program again with `--restore` and returns the JSON it prints.
+fn restart_memory(args: &Args, dir: &std::path::Path) -> Result<String, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let out = std::process::Command::new(exe)
+        .arg("--items")
+        .arg(&args.items)
+        .args(["--m", &args.m.to_string()])
+        .args(["--ef-construction", &args.ef_construction.to_string()])
+        .args(["--metric", args.metric.as_str()])
+        .arg("--restore")
+        .arg(dir)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!(
+            "restore run failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .last()
+        .map(str::to_owned)
+        .ok_or_else(|| "restore run printed nothing".to_owned())
 }

@@ -339,12 +339,18 @@ impl Graph {
 
     /// Heap bytes held, for memory-per-item reports.
     pub(crate) fn heap_bytes(&self) -> usize {
-        4 * (self.vectors.len()
-            + self.rows.len()
-            + self.links0.len()
-            + self.upper.len()
-            + self.upper_start.len())
-            + self.levels.len()
+        let (vectors, links, rows) = self.heap_bytes_by_part();
+        vectors + links + rows
+    }
+
+    /// Heap bytes of the vectors, the links (with levels and offsets) and the row map.
+    pub(crate) fn heap_bytes_by_part(&self) -> (usize, usize, usize) {
+        (
+            4 * self.vectors.capacity(),
+            4 * (self.links0.capacity() + self.upper.capacity() + self.upper_start.capacity())
+                + self.levels.capacity(),
+            4 * self.rows.capacity(),
+        )
     }
 
     /// The item-store row of a node.

@@ -232,6 +232,27 @@ struct State {
     dead_indexed: usize,
 }
 
+/// An index's heap bytes by part.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IndexMemory {
+    /// The graph's stored vectors.
+    pub vectors: usize,
+    /// The graph's links, levels and link offsets.
+    pub links: usize,
+    /// The graph's node → row map.
+    pub rows: usize,
+    /// Rows appended by upserts (their vectors and attributes) and tombstones.
+    pub appended: usize,
+    /// The mutable segments holding rows written since the graph was built (estimated).
+    pub fresh_estimate: usize,
+}
+
+impl IndexMemory {
+    pub fn total(&self) -> usize {
+        self.vectors + self.links + self.rows + self.appended + self.fresh_estimate
+    }
+}
+
 /// Sizes of an index's parts.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct IndexCounts {
@@ -336,6 +357,8 @@ impl Index {
             let started = Instant::now();
             match snapshot::read(&path).and_then(|data| Self::from_snapshot(data, params)) {
                 Ok((index, seq)) => {
+                    // The file and its decoded parts were copied into the index: return them.
+                    tandem_memory::release_freed_memory();
                     tracing::info!(
                         path = %path.display(),
                         items = index.live_items(),
@@ -522,6 +545,25 @@ impl Index {
     /// Heap bytes of the search structures (graph and stored vectors), not the catalog.
     pub fn index_bytes(&self) -> usize {
         self.read().map(|s| s.graph.heap_bytes()).unwrap_or(0)
+    }
+
+    /// Heap bytes by part, for memory reports (the catalog's own are `Catalog::memory`).
+    pub fn memory(&self) -> IndexMemory {
+        let Ok(state) = self.read() else {
+            return IndexMemory::default();
+        };
+        let (vectors, links, rows) = state.graph.heap_bytes_by_part();
+        // hnsw_rs keeps a point (its vector, an `Arc` and a lock) and up to 2·M links of
+        // 24 bytes per fresh row; an estimate, as the crate does not report its size.
+        let per_fresh = 4 * self.space.stored_len() + 48 * self.params.max_connections + 160;
+        let fresh_rows = state.fresh.len() + state.sealed.as_ref().map_or(0, |sealed| sealed.len());
+        IndexMemory {
+            vectors,
+            links,
+            rows,
+            appended: state.rows.appended_bytes(),
+            fresh_estimate: fresh_rows * per_fresh,
+        }
     }
 
     /// Resolves a client filter against the live items (categories added by upserts included).
@@ -906,5 +948,9 @@ fn build_graph(
         .collect();
     hnsw.parallel_insert_slice(&points);
     drop(points);
-    Graph::from_hnsw(&hnsw, space.stored_len(), rows, vectors)
+    let graph = Graph::from_hnsw(&hnsw, space.stored_len(), rows, vectors);
+    // hnsw_rs's graph is several times the frozen one: give its pages back now.
+    drop(hnsw);
+    tandem_memory::release_freed_memory();
+    graph
 }

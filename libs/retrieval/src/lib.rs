@@ -19,8 +19,8 @@ pub use error::RetrievalError;
 pub use filter::{Attributes, FilterSpec, ItemFilter};
 pub use graph::SearchStats;
 pub use index::{
-    Candidate, CurrentItem, CurrentItems, Index, IndexCounts, IndexParams, MAX_K, SearchParams,
-    Shard, WriteOutcome,
+    Candidate, CurrentItem, CurrentItems, Index, IndexCounts, IndexMemory, IndexParams, MAX_K,
+    SearchParams, Shard, WriteOutcome,
 };
 pub use rows::ItemUpdate;
 pub use space::{Metric, Space};

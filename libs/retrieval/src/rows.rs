@@ -62,6 +62,21 @@ impl Rows {
         }
     }
 
+    /// Heap bytes of the rows appended by upserts and of the tombstones.
+    pub(crate) fn appended_bytes(&self) -> usize {
+        let strings = |v: &[String]| v.iter().map(|s| 24 + s.capacity()).sum::<usize>();
+        strings(&self.extra_ids)
+            + strings(&self.extra_categories)
+            + 4 * (self.extra_vectors.capacity()
+                + self.extra_category.capacity()
+                + self.extra_price.capacity()
+                + self.extra_popularity.capacity())
+            + self.extra_in_stock.capacity()
+            + 8 * self.deleted.capacity()
+            + self.moved.capacity() * (std::mem::size_of::<(String, Option<ItemIdx>)>() + 1)
+            + self.moved.keys().map(String::capacity).sum::<usize>()
+    }
+
     pub(crate) fn space(&self) -> Space {
         self.space
     }

@@ -197,4 +197,21 @@ async fn the_scrape_counts_known_traffic() {
         value(&samples, "tandem_index_rows", &[]),
         catalog().len() as f64
     );
+    // Memory by component: the graph's vectors are the catalog's, as stored (4 bytes each).
+    let catalog = catalog();
+    let stored = value(
+        &samples,
+        "tandem_memory_bytes",
+        &[("component", "index_vectors")],
+    );
+    assert!(
+        stored >= (4 * catalog.len() * catalog.dim()) as f64,
+        "index_vectors {stored}"
+    );
+    for component in ["index_links", "catalog_embeddings", "catalog_ids"] {
+        assert!(
+            value(&samples, "tandem_memory_bytes", &[("component", component)]) > 0.0,
+            "{component}"
+        );
+    }
 }
