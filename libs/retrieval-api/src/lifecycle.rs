@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use tandem_catalog::Catalog;
+use tandem_catalog::{Catalog, CatalogMemory};
 use tandem_retrieval::{Index, IndexParams};
 
 use crate::StateArgs;
@@ -34,10 +34,10 @@ pub fn load_index(
     Ok(index)
 }
 
-/// Heap bytes by component, as `tandem_memory_bytes{component}` reports them.
-fn memory_components(index: &Index) -> [(&'static str, usize); 10] {
+/// Heap bytes by component, as `tandem_memory_bytes{component}` reports them. The catalog
+/// never changes under an index, so its part (a walk over every id) is measured once.
+fn memory_components(index: &Index, c: &CatalogMemory) -> [(&'static str, usize); 10] {
     let i = index.memory();
-    let c = index.catalog().memory();
     [
         ("index_vectors", i.vectors),
         ("index_links", i.links),
@@ -54,9 +54,9 @@ fn memory_components(index: &Index) -> [(&'static str, usize); 10] {
 
 /// One line at start-up: what the index and catalog hold, so a resident set can be told
 /// apart from them (the rest is ONNX Runtime, user state and the runtime).
-fn log_memory(index: &Index) {
+fn log_memory(index: &Index, catalog: &CatalogMemory) {
     let mib = |b: usize| (b as f64 / (1 << 20) as f64 * 10.0).round() / 10.0;
-    let parts = memory_components(index);
+    let parts = memory_components(index, catalog);
     let total: usize = parts.iter().map(|(_, b)| b).sum();
     let listed = parts
         .iter()
@@ -91,14 +91,15 @@ const METRICS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 /// in the fresh segments, and the age of the last snapshot (absent until one is written);
 /// and `tandem_memory_bytes` by component.
 fn spawn_metrics(index: &Arc<Index>) {
-    log_memory(index);
+    let catalog_memory = index.catalog().memory();
+    log_memory(index, &catalog_memory);
     let index = Arc::downgrade(index);
     let spawned = std::thread::Builder::new()
         .name("index-metrics".into())
         .spawn(move || {
             while let Some(index) = index.upgrade() {
                 let counts = index.counts();
-                let memory = memory_components(&index);
+                let memory = memory_components(&index, &catalog_memory);
                 drop(index);
                 for (component, bytes) in memory {
                     metrics::gauge!("tandem_memory_bytes", "component" => component)

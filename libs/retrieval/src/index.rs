@@ -247,12 +247,6 @@ pub struct IndexMemory {
     pub fresh_estimate: usize,
 }
 
-impl IndexMemory {
-    pub fn total(&self) -> usize {
-        self.vectors + self.links + self.rows + self.appended + self.fresh_estimate
-    }
-}
-
 /// Sizes of an index's parts.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct IndexCounts {
