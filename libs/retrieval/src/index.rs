@@ -617,7 +617,7 @@ impl Index {
         let mut found = if unfiltered {
             state
                 .graph
-                .search(&self.space, &query, k, ef, |_| true, &mut stats)
+                .search_all(&self.space, &query, k, ef, &mut stats)
         } else {
             state.graph.search(
                 &self.space,
@@ -922,7 +922,7 @@ impl Index {
 
 /// hnsw_rs builds over `rows` (all cores), then the graph is copied to the flat layout.
 /// `vectors` holds the rows' stored vectors in order.
-fn build_graph(
+pub(crate) fn build_graph(
     space: &Space,
     params: &IndexParams,
     rows: Vec<ItemIdx>,
