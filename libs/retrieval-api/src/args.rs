@@ -37,6 +37,11 @@ pub struct IndexArgs {
     /// Fraction of tombstoned rows in the index that triggers a background rebuild.
     #[arg(long, env = "TANDEM_REBUILD_TOMBSTONE_RATIO", default_value_t = 0.2)]
     pub rebuild_tombstone_ratio: f64,
+    /// Walk the graph on 8-bit codes of the vectors and rescore the beam exactly (`ip` and
+    /// `cosine`; unfiltered searches). Costs one byte per dimension and item; `false` walks
+    /// on the exact vectors.
+    #[arg(long, env = "TANDEM_QUANTIZED_WALK", default_value_t = true, action = clap::ArgAction::Set)]
+    pub quantized_walk: bool,
 }
 
 impl IndexArgs {
@@ -76,6 +81,7 @@ impl IndexArgs {
             ef_search: self.ef_search,
             max_ef_search: self.max_ef_search,
             metric: self.metric,
+            quantized_walk: self.quantized_walk,
             ..IndexParams::default()
         })
     }

@@ -32,6 +32,8 @@ struct Args {
     ef: Vec<usize>,
     threads: usize,
     metric: Metric,
+    /// Walk on 8-bit codes and rescore exactly (tandem's default).
+    quantized_walk: bool,
     /// Only restore the index from this snapshot directory and report memory.
     restore: Option<PathBuf>,
 }
@@ -47,6 +49,7 @@ fn parse() -> Result<Args, String> {
         ef: vec![16, 32, 64, 128, 256],
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         metric: Metric::InnerProduct,
+        quantized_walk: true,
         restore: None,
     };
     let mut it = std::env::args().skip(1);
@@ -64,6 +67,9 @@ fn parse() -> Result<Args, String> {
             "--metric" => args.metric = value.parse()?,
             "--ef" => args.ef = value.split(',').map(num).collect::<Result<Vec<_>, _>>()?,
             "--restore" => args.restore = Some(value.into()),
+            "--quantized-walk" => {
+                args.quantized_walk = value.parse().map_err(|e| format!("{flag}: {e}"))?
+            }
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -128,6 +134,7 @@ fn main() -> Result<(), String> {
         max_connections: args.m,
         ef_construction: args.ef_construction,
         metric: args.metric,
+        quantized_walk: args.quantized_walk,
         ..IndexParams::default()
     };
     if let Some(dir) = &args.restore {
@@ -219,9 +226,10 @@ fn main() -> Result<(), String> {
         ));
     }
     println!(
-        "{{\"engine\":\"tandem\",\"items\":{},\"dim\":{dim},\"kernels\":\"{}\",\"threads\":{},\"build_s\":{build_s:.2},\"load_s\":{load_s:.3},\"bytes_per_item\":{:.0},\"rss_mib\":{rss_after_build:.0},\"peak_rss_mib\":{peak_after_build:.0},{},\"restart\":{restart},\"runs\":[{}]}}",
+        "{{\"engine\":\"tandem\",\"items\":{},\"dim\":{dim},\"kernels\":\"{}\",\"quantized_walk\":{},\"threads\":{},\"build_s\":{build_s:.2},\"load_s\":{load_s:.3},\"bytes_per_item\":{:.0},\"rss_mib\":{rss_after_build:.0},\"peak_rss_mib\":{peak_after_build:.0},{},\"restart\":{restart},\"runs\":[{}]}}",
         catalog.len(),
         index.space().kernels().name,
+        args.quantized_walk,
         args.threads,
         index.index_bytes() as f64 / catalog.len() as f64,
         memory_json(&catalog, &index),
@@ -239,6 +247,7 @@ fn restart_memory(args: &Args, dir: &std::path::Path) -> Result<String, String> 
         .args(["--m", &args.m.to_string()])
         .args(["--ef-construction", &args.ef_construction.to_string()])
         .args(["--metric", args.metric.as_str()])
+        .args(["--quantized-walk", &args.quantized_walk.to_string()])
         .arg("--restore")
         .arg(dir)
         .output()

@@ -43,6 +43,9 @@ pub struct IndexParams {
     pub rebuild_tombstone_ratio: f64,
     /// The part of the catalog this index serves; upserts of other shards' items are refused.
     pub shard: Option<Shard>,
+    /// Unfiltered searches walk the graph on 8-bit codes of the vectors and rescore their
+    /// beam exactly (inner-product metrics only; see `codes.rs`). Costs D bytes per item.
+    pub quantized_walk: bool,
 }
 
 /// Shard `index` of `count`: the items whose id hashes to it ([`tandem_catalog::shard_of`]).
@@ -98,7 +101,15 @@ impl Default for IndexParams {
             fresh_capacity: 20_000,
             rebuild_tombstone_ratio: 0.2,
             shard: None,
+            quantized_walk: true,
         }
+    }
+}
+
+impl IndexParams {
+    /// The kernel of the walk's codes, when this index uses them.
+    fn code_kernel(&self, space: &Space) -> Option<crate::kernels::CodeKernelFn> {
+        (self.quantized_walk && space.metric() != Metric::L2).then(|| space.kernels().dot_u8)
     }
 }
 
@@ -390,9 +401,12 @@ impl Index {
             Arc::new(Catalog::from_parts(data.items).map_err(|e| corrupt(e.to_string()))?);
         let space = Space::new(params.metric, catalog.dim(), Kernels::detect());
         let rows = Rows::restore(catalog.clone(), space, &data.deleted);
-        let graph = Graph::from_parts(data.graph, space.stored_len(), |row| {
-            ((row as usize) < rows.len()).then(|| rows.stored_vector(row).into_owned())
-        })
+        let graph = Graph::from_parts(
+            data.graph,
+            space.stored_len(),
+            |row| ((row as usize) < rows.len()).then(|| rows.stored_vector(row).into_owned()),
+            params.code_kernel(&space),
+        )
         .map_err(corrupt)?;
         if let Some(bad) = data.unindexed.iter().find(|r| **r as usize >= rows.len()) {
             return Err(corrupt(format!("unindexed row {bad} out of range")));
@@ -942,7 +956,13 @@ pub(crate) fn build_graph(
         .collect();
     hnsw.parallel_insert_slice(&points);
     drop(points);
-    let graph = Graph::from_hnsw(&hnsw, space.stored_len(), rows, vectors);
+    let graph = Graph::from_hnsw(
+        &hnsw,
+        space.stored_len(),
+        rows,
+        vectors,
+        params.code_kernel(space),
+    );
     // hnsw_rs's graph is several times the frozen one: give its pages back now.
     drop(hnsw);
     tandem_memory::release_freed_memory();

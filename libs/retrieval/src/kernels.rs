@@ -10,11 +10,15 @@ pub const LANES: usize = 8;
 /// A distance kernel over two equally long, padded vectors.
 pub type KernelFn = fn(&[f32], &[f32]) -> f32;
 
+/// A dot product of an `f32` query with 8-bit codes (the graph walk's quantized first pass).
+pub type CodeKernelFn = fn(&[f32], &[u8]) -> f32;
+
 /// The kernels this CPU runs best.
 #[derive(Clone, Copy)]
 pub struct Kernels {
     pub dot: KernelFn,
     pub squared_l2: KernelFn,
+    pub dot_u8: CodeKernelFn,
     /// Which implementation was selected, for logs and benchmark reports.
     pub name: &'static str,
 }
@@ -33,6 +37,7 @@ impl Kernels {
             return Self {
                 dot: avx2::dot,
                 squared_l2: avx2::squared_l2,
+                dot_u8: avx2::dot_u8,
                 name: "avx2+fma",
             };
         }
@@ -43,6 +48,7 @@ impl Kernels {
         Self {
             dot: portable_dot,
             squared_l2: portable_squared_l2,
+            dot_u8: portable_dot_u8,
             name: "portable",
         }
     }
@@ -100,6 +106,23 @@ pub fn portable_dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+pub fn portable_dot_u8(a: &[f32], codes: &[u8]) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    for (x, c) in a.chunks_exact(LANES).zip(codes.chunks_exact(LANES)) {
+        for i in 0..LANES {
+            acc[i] += x[i] * f32::from(c[i]);
+        }
+    }
+    let tail: f32 = a
+        .chunks_exact(LANES)
+        .remainder()
+        .iter()
+        .zip(codes.chunks_exact(LANES).remainder())
+        .map(|(x, c)| x * f32::from(*c))
+        .sum();
+    acc.iter().sum::<f32>() + tail
+}
+
 pub fn portable_squared_l2(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0.0f32; LANES];
     for (x, y) in a.chunks_exact(LANES).zip(b.chunks_exact(LANES)) {
@@ -134,6 +157,48 @@ mod avx2 {
     pub(super) fn squared_l2(a: &[f32], b: &[f32]) -> f32 {
         // SAFETY: as for `dot`.
         unsafe { squared_l2_avx2(a, b) }
+    }
+
+    pub(super) fn dot_u8(a: &[f32], codes: &[u8]) -> f32 {
+        // SAFETY: as for `dot`.
+        unsafe { dot_u8_avx2(a, codes) }
+    }
+
+    /// Eight codes widened to `f32` lanes, multiplied with eight query values.
+    #[target_feature(enable = "avx2,fma")]
+    fn dot_u8_avx2(a: &[f32], codes: &[u8]) -> f32 {
+        let n = a.len().min(codes.len());
+        let whole = n / LANES * LANES;
+        let (pa, pc) = (a.as_ptr(), codes.as_ptr());
+        let mut acc0 = _mm256_setzero_ps();
+        let mut acc1 = _mm256_setzero_ps();
+        let mut i = 0;
+        // SAFETY (loads): i + LANES <= whole <= both lengths; an 8-byte load of codes at i
+        // stays inside them, and neither load needs alignment.
+        unsafe {
+            while i + 2 * LANES <= whole {
+                let c0 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(
+                    pc.add(i).cast::<__m128i>(),
+                )));
+                let c1 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(
+                    pc.add(i + LANES).cast::<__m128i>(),
+                )));
+                acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), c0, acc0);
+                acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i + LANES)), c1, acc1);
+                i += 2 * LANES;
+            }
+            if i < whole {
+                let c0 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(
+                    pc.add(i).cast::<__m128i>(),
+                )));
+                acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), c0, acc0);
+            }
+        }
+        let mut sum = hsum(_mm256_add_ps(acc0, acc1));
+        for j in whole..n {
+            sum += a[j] * f32::from(codes[j]);
+        }
+        sum
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -226,6 +291,12 @@ mod tests {
             assert!(
                 (d - p).abs() <= 1e-4 * (1.0 + p.abs()),
                 "dot {len}: {d} vs {p}"
+            );
+            let codes: Vec<u8> = (0..len).map(|i| (i * 37 % 256) as u8).collect();
+            let (d, p) = ((k.dot_u8)(&a, &codes), portable_dot_u8(&a, &codes));
+            assert!(
+                (d - p).abs() <= 1e-3 * (1.0 + p.abs()),
+                "dot_u8 {len}: {d} vs {p}"
             );
             let (d, p) = ((k.squared_l2)(&a, &b), portable_squared_l2(&a, &b));
             assert!(

@@ -5,6 +5,7 @@
 //! the SIMD distances, [`space`] the metric (inner product by default) and [`filter`] what a
 //! request may return.
 
+mod codes;
 mod error;
 mod filter;
 mod graph;
