@@ -608,7 +608,8 @@ impl Graph {
     /// The `ef`-beam search: greedy descent through the upper layers, then a beam of width
     /// `ef` on layer 0 in which only rows passing `admit` enter the results (rejected nodes
     /// are still walked through, so the filter does not cut the graph). Returns up to `k`
-    /// (distance, row) pairs, nearest first.
+    /// (distance, row) pairs, nearest first. With codes, the walk runs on them and the
+    /// results are rescored exactly, as in [`Graph::search_all`].
     pub(crate) fn search(
         &self,
         space: &Space,
@@ -622,67 +623,46 @@ impl Graph {
             return Vec::new();
         }
         let ef = ef.max(k);
-        let dist = |local: u32| space.distance(query, self.vector(local));
-        let (current, current_d, mut evals) = self.descend(dist);
-
         SCRATCH.with_borrow_mut(|s| {
-            s.begin(self.rows.len());
-            s.visit(current);
-            let mut visited = 1u64;
-            let entry = Scored {
-                distance: current_d,
-                id: current,
+            let mut folded = std::mem::take(&mut s.folded);
+            let found: Vec<Scored> = match &self.codes {
+                Some(codes) => {
+                    let q = codes.fold(query, &mut folded);
+                    self.filtered_walk(
+                        s,
+                        ef,
+                        &admit,
+                        |local| 1.0 - q.dot(codes.code(local)),
+                        |local| prefetch(codes.code(local)),
+                        stats,
+                    );
+                    for r in s.results.iter() {
+                        prefetch(self.vector(r.id));
+                    }
+                    stats.distance_evals += s.results.len() as u64;
+                    s.results
+                        .drain()
+                        .map(|r| Scored {
+                            distance: space.distance(query, self.vector(r.id)),
+                            id: r.id,
+                        })
+                        .collect()
+                }
+                None => {
+                    self.filtered_walk(
+                        s,
+                        ef,
+                        &admit,
+                        |local| space.distance(query, self.vector(local)),
+                        |local| prefetch(self.vector(local)),
+                        stats,
+                    );
+                    s.results.drain().collect()
+                }
             };
-            s.candidates.push(Reverse(entry));
-            if admit(self.row(current)) {
-                s.results.push(entry);
-            }
-            let mut bound = s.results.peek().map_or(f32::INFINITY, |r| r.distance);
-            let mut batch = std::mem::take(&mut s.batch);
-            while let Some(Reverse(next)) = s.candidates.pop() {
-                if next.distance > bound && s.results.len() >= ef {
-                    break;
-                }
-                // Mark and prefetch first, score second: the vectors' cache misses overlap.
-                batch.clear();
-                for &nb in self.neighbours(next.id, 0) {
-                    if s.visit(nb) {
-                        prefetch(self.vector(nb));
-                        batch.push(nb);
-                    }
-                }
-                for &nb in &batch {
-                    visited += 1;
-                    let d = dist(nb);
-                    evals += 1;
-                    if s.results.len() < ef || d < bound {
-                        let item = Scored {
-                            distance: d,
-                            id: nb,
-                        };
-                        s.candidates.push(Reverse(item));
-                        if admit(self.row(nb)) {
-                            s.results.push(item);
-                            if s.results.len() > ef {
-                                s.results.pop();
-                            }
-                        }
-                        if let Some(worst) = s.results.peek() {
-                            bound = worst.distance;
-                        }
-                    }
-                }
-                // The node expanded next: its list loads while the heap is popped.
-                if let Some(Reverse(top)) = s.candidates.peek() {
-                    prefetch(self.links0_block(top.id));
-                }
-            }
-            s.batch = batch;
-            stats.distance_evals += evals;
-            stats.visited += visited;
-            let mut out: Vec<Scored> = s
-                .results
-                .drain()
+            s.folded = folded;
+            let mut out: Vec<Scored> = found
+                .into_iter()
                 .map(|r| Scored {
                     distance: r.distance,
                     id: self.rows[r.id as usize],
@@ -692,6 +672,75 @@ impl Graph {
             out.truncate(k);
             out
         })
+    }
+
+    /// HNSW's walk on layer 0 with a candidate heap and a result heap of admitted nodes,
+    /// scored with `dist` (`fetch` starts loading what it reads); leaves up to `ef` results
+    /// in `s.results`.
+    fn filtered_walk(
+        &self,
+        s: &mut Scratch,
+        ef: usize,
+        admit: impl Fn(u32) -> bool,
+        dist: impl Fn(u32) -> f32,
+        fetch: impl Fn(u32),
+        stats: &mut SearchStats,
+    ) {
+        let (current, current_d, mut evals) = self.descend(&dist);
+        s.begin(self.rows.len());
+        s.visit(current);
+        let mut visited = 1u64;
+        let entry = Scored {
+            distance: current_d,
+            id: current,
+        };
+        s.candidates.push(Reverse(entry));
+        if admit(self.row(current)) {
+            s.results.push(entry);
+        }
+        let mut bound = s.results.peek().map_or(f32::INFINITY, |r| r.distance);
+        let mut batch = std::mem::take(&mut s.batch);
+        while let Some(Reverse(next)) = s.candidates.pop() {
+            if next.distance > bound && s.results.len() >= ef {
+                break;
+            }
+            // Mark and prefetch first, score second: the cache misses overlap.
+            batch.clear();
+            for &nb in self.neighbours(next.id, 0) {
+                if s.visit(nb) {
+                    fetch(nb);
+                    batch.push(nb);
+                }
+            }
+            for &nb in &batch {
+                visited += 1;
+                let d = dist(nb);
+                evals += 1;
+                if s.results.len() < ef || d < bound {
+                    let item = Scored {
+                        distance: d,
+                        id: nb,
+                    };
+                    s.candidates.push(Reverse(item));
+                    if admit(self.row(nb)) {
+                        s.results.push(item);
+                        if s.results.len() > ef {
+                            s.results.pop();
+                        }
+                    }
+                    if let Some(worst) = s.results.peek() {
+                        bound = worst.distance;
+                    }
+                }
+            }
+            // The node expanded next: its list loads while the heap is popped.
+            if let Some(Reverse(top)) = s.candidates.peek() {
+                prefetch(self.links0_block(top.id));
+            }
+        }
+        s.batch = batch;
+        stats.distance_evals += evals;
+        stats.visited += visited;
     }
 
     /// Every admitted node scored: the exact answer, for selective filters and ground truth.
@@ -854,6 +903,12 @@ mod tests {
             }
             assert!(found.windows(2).all(|w| w[0] <= w[1]), "nearest first");
             hits_coded += found.iter().filter(|s| truth.contains(&s.id)).count();
+            let even = coded.search(&space, &q, 10, 32, |row| row % 2 == 0, &mut stats);
+            assert_eq!(even.len(), 10);
+            for s in &even {
+                assert!(s.id % 2 == 0, "only admitted rows");
+                assert_eq!(s.distance, space.distance(&q, coded.vector(s.id)));
+            }
             let found = plain.search_all(&space, &q, 10, 32, &mut stats);
             hits_plain += found.iter().filter(|s| truth.contains(&s.id)).count();
         }
