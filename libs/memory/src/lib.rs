@@ -219,3 +219,31 @@ mod tests {
         assert!(empty.is_empty());
     }
 }
+
+/// The process's resident set in bytes (Linux `VmRSS`; `None` elsewhere or unreadable).
+///
+/// ONNX Runtime allocates behind its C API, out of reach of any per-structure count, so what
+/// a model costs is measured as the resident set's growth while it loads.
+pub fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod resident_tests {
+    #[test]
+    fn the_resident_set_grows_when_memory_is_touched() {
+        let before = super::resident_bytes().expect("VmRSS on Linux");
+        let touched = vec![1u8; 64 << 20];
+        let after = super::resident_bytes().expect("VmRSS on Linux");
+        assert!(touched.iter().all(|b| *b == 1));
+        assert!(after >= before + (48 << 20), "{before} -> {after}");
+    }
+}

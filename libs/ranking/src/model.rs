@@ -49,6 +49,7 @@ pub struct ModelVersion {
     pruned_nodes: usize,
     batcher: Arc<Batcher>,
     loaded_at: std::time::SystemTime,
+    resident_bytes: u64,
 }
 
 impl std::fmt::Debug for ModelVersion {
@@ -75,6 +76,7 @@ impl ModelVersion {
         config: &RankerConfig,
     ) -> Result<Self, RankingError> {
         let started = Instant::now();
+        let resident_before = tandem_memory::resident_bytes();
         let spec = FeatureSpec::load(&dir.join("feature_spec.json"))?;
         spec.check_catalog(&catalog)?;
         let env = init_runtime(&config.ort_dylib_path)?;
@@ -140,6 +142,12 @@ impl ModelVersion {
             catalog.clone(),
             &version,
         )?;
+        // Sessions, their arenas after a warm-up run and the feature tables: loads run one at
+        // a time at start-up, so the growth is this version's (a reload under traffic also
+        // counts what requests allocated meanwhile).
+        let resident_bytes = resident_before
+            .zip(tandem_memory::resident_bytes())
+            .map_or(0, |(before, after)| after.saturating_sub(before));
         tracing::info!(
             version = label,
             model = %model_path.display(),
@@ -149,6 +157,7 @@ impl ModelVersion {
             intra_threads = config.intra_threads,
             batch_max_rows = config.batch.max_rows,
             batch_max_wait_us = config.batch.max_wait.as_micros() as u64,
+            resident_mib = resident_bytes >> 20,
             seconds = started.elapsed().as_secs_f32(),
             "loaded ranking model"
         );
@@ -164,6 +173,7 @@ impl ModelVersion {
             pruned_nodes,
             batcher,
             loaded_at: std::time::SystemTime::now(),
+            resident_bytes,
         })
     }
 
@@ -211,6 +221,12 @@ impl ModelVersion {
 
     pub fn loaded_at(&self) -> std::time::SystemTime {
         self.loaded_at
+    }
+
+    /// How much the process's resident set grew while this version loaded (ONNX Runtime's
+    /// sessions and arenas, the model's feature tables).
+    pub fn resident_bytes(&self) -> u64 {
+        self.resident_bytes
     }
 
     pub fn stats(&self) -> StatsSnapshot {

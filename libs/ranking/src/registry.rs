@@ -31,7 +31,8 @@ pub struct SplitEntry {
 
 /// `tandem_model_loaded{version}` (1 loaded, 0 unloaded since) and
 /// `tandem_traffic_split_share{version}` (the share of users routed to it), for dashboards
-/// that compare versions.
+/// that compare versions; `tandem_memory_bytes{component="ranking_models"}`, what the loaded
+/// versions added to the resident set.
 fn publish(routing: &Routing, replaced: Option<&Routing>) {
     let total: f64 = routing.split.iter().map(|e| f64::from(e.weight)).sum();
     for version in replaced.iter().flat_map(|r| r.versions.keys()) {
@@ -51,6 +52,8 @@ fn publish(routing: &Routing, replaced: Option<&Routing>) {
         metrics::gauge!("tandem_model_loaded", "version" => version.clone()).set(1.0);
         metrics::gauge!("tandem_traffic_split_share", "version" => version.clone()).set(share);
     }
+    let resident: u64 = routing.versions.values().map(|v| v.resident_bytes()).sum();
+    metrics::gauge!("tandem_memory_bytes", "component" => "ranking_models").set(resident as f64);
 }
 
 /// Parses `1=90,2=10` (or `2`, meaning all traffic).

@@ -115,8 +115,9 @@ impl Scratch {
 
 /// The `ef` nearest nodes seen so far, nearest first, each marked once expanded.
 ///
-/// Nodes are `u32` ids below 2³¹; the top bit is the mark, so an entry is 8 bytes and a
-/// beam of 16-32 fits in four cache lines.
+/// Node ids stay below 2³¹ (catalog rows are `u32`, and a shard of two billion items is far
+/// past what one process serves); the top bit is the mark, so an entry is 8 bytes and a
+/// beam of 16-32 fits in two to four cache lines.
 #[derive(Default)]
 struct Pool {
     entries: Vec<(f32, u32)>,
@@ -209,8 +210,8 @@ pub(crate) struct GraphParts {
 pub(crate) struct Graph {
     stored_len: usize,
     /// `len * stored_len` values in local-id order. This and the links are read at random,
-    /// one node per cache miss: on huge pages a miss costs no TLB walk as well (on the 1M
-    /// catalog, 260 MB of them, that is most of a search's time).
+    /// a node per cache miss: on 2 MiB pages a miss does not also walk the page tables (the
+    /// 1M catalog's graph is 290 MB; 4 KiB pages would need 70,000 TLB entries).
     vectors: HugeArray<f32>,
     /// Local id → row in the item store.
     rows: Vec<u32>,
@@ -228,7 +229,8 @@ pub(crate) struct Graph {
     levels: Vec<u8>,
     entry: u32,
     max_level: u8,
-    /// 8-bit codes of `vectors` for the walk of an unfiltered search ([`crate::codes`]).
+    /// 8-bit codes of `vectors` the walk scores on ([`crate::codes`]); `None` walks on
+    /// `vectors` (L2, or `--quantized-walk false`).
     codes: Option<Codes>,
 }
 

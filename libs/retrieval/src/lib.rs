@@ -1,9 +1,9 @@
 //! Candidate retrieval: an HNSW graph over the catalog's embeddings, searched under attribute
 //! filters.
 //!
-//! hnsw_rs builds the graph; [`graph`] holds the read-only copy queries run on, [`kernels`]
-//! the SIMD distances, [`space`] the metric (inner product by default) and [`filter`] what a
-//! request may return.
+//! hnsw_rs builds the graph; [`graph`] holds the read-only copy queries run on, `codes` the
+//! 8-bit codes its walk scores on, [`kernels`] the SIMD distances, [`space`] the metric (inner
+//! product by default) and [`filter`] what a request may return.
 
 mod codes;
 mod error;

@@ -208,7 +208,13 @@ async fn the_scrape_counts_known_traffic() {
         stored >= (4 * catalog.len() * catalog.dim()) as f64,
         "index_vectors {stored}"
     );
-    for component in ["index_links", "catalog_embeddings", "catalog_ids"] {
+    // ONNX Runtime's part: the resident set's growth while the model loaded.
+    for component in [
+        "index_links",
+        "catalog_embeddings",
+        "catalog_ids",
+        "ranking_models",
+    ] {
         assert!(
             value(&samples, "tandem_memory_bytes", &[("component", component)]) > 0.0,
             "{component}"
