@@ -213,7 +213,7 @@ endif
 # clustered unit vectors), several minutes each.
 bench-ann-synthetic: $(VENV)/.bench-installed
 	$(PY) load-tests/ann/compare.py --synthetic clustered64 --ef 16,32,64,128,256,512,1024 --out load-tests/ann/results
-	$(PY) load-tests/ann/compare.py --synthetic weak128 --ef 16,32,64,128,256,512,1024 --out load-tests/ann/results
+	$(PY) load-tests/ann/compare.py --synthetic weak128 --ef 16,32,64,128,256,512,1024,2048 --out load-tests/ann/results
 
 bench-ann-large: $(VENV)/.bench-installed data/large/eval.json
 	$(PY) load-tests/ann/compare.py --data data/large --out load-tests/ann/results
