@@ -103,6 +103,13 @@ impl FoldedQuery<'_> {
     pub(crate) fn dot(&self, code: &[u8]) -> f32 {
         self.base + (self.kernel)(self.folded, code)
     }
+
+    /// The distance to the node's decoded vector, as `Space::distance` gives it for the
+    /// inner-product metrics (the only ones with codes).
+    #[inline]
+    pub(crate) fn distance(&self, code: &[u8]) -> f32 {
+        1.0 - self.dot(code)
+    }
 }
 
 #[cfg(test)]

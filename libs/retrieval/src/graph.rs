@@ -524,27 +524,13 @@ impl Graph {
                     self.walk(
                         s,
                         &mut pool,
-                        |local| 1.0 - q.dot(codes.code(local)),
+                        |local| q.distance(codes.code(local)),
                         |local| prefetch(codes.code(local)),
                         stats,
                     );
-                    // The beam's head rescored on the exact vectors: the answer's order
-                    // and distances are exact.
-                    let rescored = rescore_count(k, ef);
-                    for (_, local) in pool.best(rescored) {
-                        prefetch(self.vector(local));
-                    }
-                    let mut exact: Vec<Scored> = pool
-                        .best(rescored)
-                        .map(|(_, local)| Scored {
-                            distance: space.distance(query, self.vector(local)),
-                            id: local,
-                        })
-                        .collect();
-                    stats.distance_evals += exact.len() as u64;
-                    exact.sort_unstable();
-                    exact.truncate(k);
-                    exact
+                    let head = pool.best(rescore_count(k, ef));
+                    let head = head.map(|(distance, id)| Scored { distance, id }).collect();
+                    self.rescore(space, query, head, k, stats)
                 }
                 None => {
                     self.walk(
@@ -568,6 +554,51 @@ impl Graph {
         })
     }
 
+    /// The walk's nearest on codes scored on the exact vectors, nearest first, `k` of them:
+    /// the answer's order and distances are exact.
+    fn rescore(
+        &self,
+        space: &Space,
+        query: &[f32],
+        head: Vec<Scored>,
+        k: usize,
+        stats: &mut SearchStats,
+    ) -> Vec<Scored> {
+        for r in &head {
+            prefetch(self.vector(r.id));
+        }
+        stats.distance_evals += head.len() as u64;
+        let mut exact: Vec<Scored> = head
+            .into_iter()
+            .map(|r| Scored {
+                distance: space.distance(query, self.vector(r.id)),
+                id: r.id,
+            })
+            .collect();
+        exact.sort_unstable();
+        exact.truncate(k);
+        exact
+    }
+
+    /// Marks `node`'s unvisited layer-0 neighbours and collects them in `batch`, each
+    /// `fetch`ed as it is found: marking and prefetching all before scoring any lets their
+    /// cache misses overlap.
+    fn unvisited_neighbours(
+        &self,
+        s: &mut Scratch,
+        node: u32,
+        batch: &mut Vec<u32>,
+        fetch: &impl Fn(u32),
+    ) {
+        batch.clear();
+        for &nb in self.neighbours(node, 0) {
+            if s.visit(nb) {
+                fetch(nb);
+                batch.push(nb);
+            }
+        }
+    }
+
     /// The pool's walk on layer 0 from the descent's entry, scoring nodes with `dist`;
     /// `fetch` starts loading what `dist` will read of a node.
     fn walk(
@@ -585,14 +616,7 @@ impl Graph {
         pool.insert(entry_d, entry);
         let mut batch = std::mem::take(&mut s.batch);
         while let Some(next) = pool.next_unexpanded() {
-            // Mark and prefetch first, score second: the cache misses overlap.
-            batch.clear();
-            for &nb in self.neighbours(next, 0) {
-                if s.visit(nb) {
-                    fetch(nb);
-                    batch.push(nb);
-                }
-            }
+            self.unvisited_neighbours(s, next, &mut batch, &fetch);
             for &nb in &batch {
                 visited += 1;
                 evals += 1;
@@ -635,7 +659,7 @@ impl Graph {
                         s,
                         ef,
                         &admit,
-                        |local| 1.0 - q.dot(codes.code(local)),
+                        |local| q.distance(codes.code(local)),
                         |local| prefetch(codes.code(local)),
                         stats,
                     );
@@ -645,16 +669,7 @@ impl Graph {
                         head.select_nth_unstable(rescored);
                         head.truncate(rescored);
                     }
-                    for r in &head {
-                        prefetch(self.vector(r.id));
-                    }
-                    stats.distance_evals += head.len() as u64;
-                    head.into_iter()
-                        .map(|r| Scored {
-                            distance: space.distance(query, self.vector(r.id)),
-                            id: r.id,
-                        })
-                        .collect()
+                    self.rescore(space, query, head, k, stats)
                 }
                 None => {
                     self.filtered_walk(
@@ -712,14 +727,7 @@ impl Graph {
             if next.distance > bound && s.results.len() >= ef {
                 break;
             }
-            // Mark and prefetch first, score second: the cache misses overlap.
-            batch.clear();
-            for &nb in self.neighbours(next.id, 0) {
-                if s.visit(nb) {
-                    fetch(nb);
-                    batch.push(nb);
-                }
-            }
+            self.unvisited_neighbours(s, next.id, &mut batch, &fetch);
             for &nb in &batch {
                 visited += 1;
                 let d = dist(nb);
