@@ -26,6 +26,12 @@ RUN .ci/image-rootfs.sh --variant "${VARIANT}" /rootfs
 
 FROM debian:bookworm-slim
 ARG VARIANT
+# ca-certificates: the system roots that verify an https:// OTLP collector when no
+# OTEL_EXPORTER_OTLP_CERTIFICATE names its CA.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/*
 LABEL org.opencontainers.image.title="tandem" \
       org.opencontainers.image.description="Real-time recommendations over gRPC: HNSW retrieval, ONNX ranking, one gateway" \
       org.opencontainers.image.licenses="Apache-2.0" \

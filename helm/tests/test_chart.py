@@ -273,6 +273,24 @@ def check_common(shape: str, values: dict, docs: list[dict]) -> None:
                 names = list(env)
                 R.check(names.index("K8S_POD_NAME") < names.index("OTEL_RESOURCE_ATTRIBUTES"),
                         f"{cname}: OTEL_RESOURCE_ATTRIBUTES comes after the vars it expands")
+                otel_tls = values["otel"]["tls"]
+                tls_env = {n: env.get(n, {}).get("value") for n in (
+                    "OTEL_EXPORTER_OTLP_CERTIFICATE", "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+                    "OTEL_EXPORTER_OTLP_CLIENT_KEY")}
+                mount = mounts.get("/etc/tandem/otel-tls", {})
+                if otel_tls["existingSecret"]:
+                    R.check(tls_env["OTEL_EXPORTER_OTLP_CERTIFICATE"] == "/etc/tandem/otel-tls/ca.crt"
+                            and mount.get("readOnly") is True
+                            and volumes.get(mount.get("name"), {}).get("secret", {}).get("secretName")
+                            == otel_tls["existingSecret"],
+                            f"{cname}: collector CA from Secret {otel_tls['existingSecret']}")
+                    R.check((tls_env["OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE"] == "/etc/tandem/otel-tls/tls.crt"
+                             and tls_env["OTEL_EXPORTER_OTLP_CLIENT_KEY"] == "/etc/tandem/otel-tls/tls.key")
+                            == bool(otel_tls["clientAuth"]),
+                            f"{cname}: collector client certificate exactly when otel.tls.clientAuth")
+                else:
+                    R.check(not any(tls_env.values()) and not mount,
+                            f"{cname}: no collector TLS files without otel.tls.existingSecret")
             else:
                 R.check(not any(n.startswith("OTEL_") for n in env), f"{cname}: no OTel env without an endpoint")
 
@@ -561,6 +579,11 @@ def main() -> int:
                 "gateway": {"autoscaling": {"enabled": False}, "replicas": 3},
                 "ranking": {"gpu": {"enabled": False}},
             },
+            "split, traces to a collector over mutual TLS": {
+                "mode": "split",
+                "otel": {"endpoint": "https://otel-collector.observability.svc:4317",
+                         "tls": {"existingSecret": "otel-client-tls", "clientAuth": True}},
+            },
             "embedded without persistence or preStop": {
                 "gateway": {"persistence": {"enabled": False}, "replicas": 2},
                 "shutdown": {"preStopSleepSeconds": 0, "terminationGracePeriodSeconds": 15},
@@ -582,6 +605,12 @@ def main() -> int:
         expect_rejected(chart, "a Redis URL without its scheme",
                         {"gateway": {"userState": {"redis": {"url": "redis.local:6379"}}}},
                         "/gateway/userState/redis/url", "schema")
+        expect_rejected(chart, "otel.tls.clientAuth without a Secret",
+                        {"otel": {"endpoint": "https://c:4317", "tls": {"clientAuth": True}}},
+                        "/otel/tls/existingSecret", "schema")
+        expect_rejected(chart, "collector TLS files for a plaintext endpoint",
+                        {"otel": {"endpoint": "http://c:4317", "tls": {"existingSecret": "otel-client-tls"}}},
+                        "otel.tls.existingSecret", "render")
         expect_rejected(chart, "a misspelt top-level key", {"mdoe": "split"}, "mdoe", "schema")
         expect_rejected(chart, "retrieval.shards: 0 at install", {**split, "retrieval": {"shards": 0}}, "/retrieval/shards", "render")
         expect_rejected(chart, "HPA min > max", {**split, "gateway": {"autoscaling": {"minReplicas": 5, "maxReplicas": 2}}},

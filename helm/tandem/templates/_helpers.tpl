@@ -235,6 +235,14 @@ spec:
           (dict "name" "OTEL_TRACES_SAMPLER" "value" $v.otel.tracesSampler)
           (dict "name" "OTEL_TRACES_SAMPLER_ARG" "value" (toString $v.otel.tracesSamplerArg))
           (dict "name" "OTEL_RESOURCE_ATTRIBUTES" "value" (join "," $attrs))) }}
+      {{- if $v.otel.tls.existingSecret }}
+      {{- $env = append $env (dict "name" "OTEL_EXPORTER_OTLP_CERTIFICATE" "value" "/etc/tandem/otel-tls/ca.crt") }}
+      {{- if $v.otel.tls.clientAuth }}
+      {{- $env = concat $env (list
+          (dict "name" "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE" "value" "/etc/tandem/otel-tls/tls.crt")
+          (dict "name" "OTEL_EXPORTER_OTLP_CLIENT_KEY" "value" "/etc/tandem/otel-tls/tls.key")) }}
+      {{- end }}
+      {{- end }}
       {{- end }}
       {{- $env = concat $env $cfg.extraEnv }}
       {{- with $env }}
@@ -288,6 +296,11 @@ spec:
           mountPath: /etc/tandem/tls
           readOnly: true
         {{- end }}
+        {{- if and $v.otel.endpoint $v.otel.tls.existingSecret }}
+        - name: otel-tls
+          mountPath: /etc/tandem/otel-tls
+          readOnly: true
+        {{- end }}
   volumes:
     - name: data
       {{- if eq $v.data.source "existingClaim" }}
@@ -312,6 +325,12 @@ spec:
         # Group-readable for fsGroup 10001 only: the key is not world-readable.
         defaultMode: 0440
     {{- end }}
+    {{- if and $v.otel.endpoint $v.otel.tls.existingSecret }}
+    - name: otel-tls
+      secret:
+        secretName: {{ $v.otel.tls.existingSecret }}
+        defaultMode: 0440
+    {{- end }}
 {{- end }}
 
 {{/* Combinations the schema cannot express; rendered from the gateway Deployment. */}}
@@ -327,6 +346,9 @@ spec:
 {{- end }}
 {{- if and $v.tls.clientAuth (not $v.tls.enabled) }}
 {{- fail "tls.clientAuth needs tls.enabled" }}
+{{- end }}
+{{- if and $v.otel.tls.existingSecret $v.otel.endpoint (not (hasPrefix "https://" (lower $v.otel.endpoint))) }}
+{{- fail (printf "otel.tls.existingSecret is set but otel.endpoint (%s) is not https://: the collector would be reached in plaintext" $v.otel.endpoint) }}
 {{- end }}
 {{- end }}
 

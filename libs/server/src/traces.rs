@@ -1,7 +1,10 @@
 //! Logs and traces. Logs go to stderr (`RUST_LOG`). Traces leave by OTLP when the standard
 //! `OTEL_*` environment asks for them (`OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT`, `_PROTOCOL`,
 //! `_HEADERS`, `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER[_ARG]`,
-//! `OTEL_BSP_*`), as collectors and operators expect; unset, no span is even built.
+//! `OTEL_BSP_*`), as collectors and operators expect; unset, no span is even built. An
+//! `https://` endpoint is reached over TLS, verified against
+//! `OTEL_EXPORTER_OTLP_[TRACES_]CERTIFICATE` when set (the system's roots otherwise), with a
+//! client certificate from `..._CLIENT_CERTIFICATE` and `..._CLIENT_KEY` for mutual TLS.
 //!
 //! Spans are `tracing` spans made into OpenTelemetry ones by `tracing-opentelemetry`, so the
 //! libraries only ever say `info_span!`. The W3C `traceparent` travels in gRPC metadata: a
@@ -11,6 +14,8 @@ use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::Layer as _;
@@ -26,11 +31,17 @@ const SPAN_TARGET_PREFIX: &str = "tandem";
 pub enum TelemetryError {
     #[error("{var}={value:?}: expected `http/protobuf` (the default), `http/json` or `grpc`")]
     Protocol { var: &'static str, value: String },
-    #[error(
-        "{var}={value}: OTLP export is plaintext (an in-cluster collector or node agent); \
-         TLS to the collector is not built in"
-    )]
-    Tls { var: &'static str, value: String },
+    #[error("{var}={path}: {error}")]
+    TlsFile {
+        var: &'static str,
+        path: String,
+        error: String,
+    },
+    #[error("{set} is set but {missing} is not: mutual TLS needs both the certificate and its key")]
+    TlsPair {
+        set: &'static str,
+        missing: &'static str,
+    },
     #[error("OTLP trace exporter: {0}")]
     Exporter(String),
 }
@@ -137,38 +148,37 @@ fn provider(
     protocol: Protocol,
     default_service_name: &str,
 ) -> Result<SdkTracerProvider, TelemetryError> {
-    use opentelemetry_otlp::{SpanExporter, WithExportConfig};
-    for var in [
-        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-        "OTEL_EXPORTER_OTLP_ENDPOINT",
-    ] {
-        if let Some(value) = env_value(var)
-            && value.to_ascii_lowercase().starts_with("https://")
-        {
-            return Err(TelemetryError::Tls { var, value });
-        }
-    }
+    use opentelemetry_otlp::{SpanExporter, WithExportConfig, WithHttpConfig, WithTonicConfig};
+    let tls = CollectorTls::from_env()?;
+    let tls = endpoint_is_https(protocol).then_some(tls);
     let builder = SdkTracerProvider::builder().with_resource(resource(default_service_name));
     let exporter_error =
         |e: opentelemetry_otlp::ExporterBuildError| TelemetryError::Exporter(e.to_string());
     let builder = match protocol {
         protocol @ (Protocol::HttpProtobuf | Protocol::HttpJson) => {
-            let exporter = SpanExporter::builder()
-                .with_http()
-                .with_protocol(if protocol == Protocol::HttpJson {
+            let exporter = SpanExporter::builder().with_http().with_protocol(
+                if protocol == Protocol::HttpJson {
                     opentelemetry_otlp::Protocol::HttpJson
                 } else {
                     opentelemetry_otlp::Protocol::HttpBinary
-                })
-                .build()
-                .map_err(exporter_error)?;
+                },
+            );
+            let exporter = match tls {
+                Some(tls) => exporter.with_http_client(tls.http_client()?),
+                None => exporter,
+            }
+            .build()
+            .map_err(exporter_error)?;
             builder.with_batch_exporter(exporter)
         }
         Protocol::Grpc => {
-            let exporter = SpanExporter::builder()
-                .with_tonic()
-                .build()
-                .map_err(exporter_error)?;
+            let exporter = SpanExporter::builder().with_tonic();
+            let exporter = match tls {
+                Some(tls) => exporter.with_tls_config(tls.tonic_config()),
+                None => exporter,
+            }
+            .build()
+            .map_err(exporter_error)?;
             let batches = opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor::builder(
                 exporter,
                 opentelemetry_sdk::runtime::Tokio,
@@ -178,6 +188,162 @@ fn provider(
         }
     };
     Ok(builder.build())
+}
+
+/// Whether the configured endpoint is reached over TLS: `https://`, or (gRPC only, as the
+/// exporter specification says) no scheme at all unless `OTEL_EXPORTER_OTLP_[TRACES_]INSECURE`
+/// is true.
+fn endpoint_is_https(protocol: Protocol) -> bool {
+    let Some(endpoint) = env_value("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        .or_else(|| env_value("OTEL_EXPORTER_OTLP_ENDPOINT"))
+    else {
+        return false;
+    };
+    let endpoint = endpoint.to_ascii_lowercase();
+    if endpoint.starts_with("https://") {
+        return true;
+    }
+    let insecure = env_value("OTEL_EXPORTER_OTLP_TRACES_INSECURE")
+        .or_else(|| env_value("OTEL_EXPORTER_OTLP_INSECURE"))
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    protocol == Protocol::Grpc && !endpoint.contains("://") && !insecure
+}
+
+/// TLS material for the collector connection, from the OTLP exporter specification's
+/// variables (the `TRACES_` one first), read at start-up so that a wrong path stops the
+/// process instead of every export failing later.
+#[derive(Debug, Clone, Default)]
+struct CollectorTls {
+    /// PEM roots that verify the collector (and the variable that named them); the system's
+    /// roots when unset.
+    ca: Option<(&'static str, Vec<u8>)>,
+    /// PEM certificate chain and key presented to the collector (and the certificate's
+    /// variable).
+    client: Option<(&'static str, Vec<u8>, Vec<u8>)>,
+}
+
+/// The first of a variable's signal-specific and general names that is set, read as a file.
+fn tls_file(vars: [&'static str; 2]) -> Result<Option<(&'static str, Vec<u8>)>, TelemetryError> {
+    let Some((var, path)) = vars
+        .into_iter()
+        .find_map(|var| env_value(var).map(|path| (var, path)))
+    else {
+        return Ok(None);
+    };
+    match std::fs::read(&path) {
+        Ok(pem) => Ok(Some((var, pem))),
+        Err(e) => Err(TelemetryError::TlsFile {
+            var,
+            path,
+            error: e.to_string(),
+        }),
+    }
+}
+
+fn invalid_pem(var: &'static str, error: &str) -> TelemetryError {
+    TelemetryError::TlsFile {
+        var,
+        path: env_value(var).unwrap_or_default(),
+        error: error.to_owned(),
+    }
+}
+
+impl CollectorTls {
+    /// Empty when no TLS variable is set: an `https://` endpoint then uses the system's roots
+    /// and no client certificate.
+    fn from_env() -> Result<Self, TelemetryError> {
+        let ca = tls_file([
+            "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+            "OTEL_EXPORTER_OTLP_CERTIFICATE",
+        ])?;
+        let cert = tls_file([
+            "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE",
+            "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+        ])?;
+        let key = tls_file([
+            "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY",
+            "OTEL_EXPORTER_OTLP_CLIENT_KEY",
+        ])?;
+        let client = match (cert, key) {
+            (Some((var, cert)), Some((key_var, key))) => {
+                if PrivateKeyDer::from_pem_slice(&key).is_err() {
+                    return Err(invalid_pem(key_var, "no PEM private key in it"));
+                }
+                Some((var, cert, key))
+            }
+            (None, None) => None,
+            (Some((set, _)), None) => {
+                return Err(TelemetryError::TlsPair {
+                    set,
+                    missing: "OTEL_EXPORTER_OTLP_CLIENT_KEY",
+                });
+            }
+            (None, Some((set, _))) => {
+                return Err(TelemetryError::TlsPair {
+                    set,
+                    missing: "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+                });
+            }
+        };
+        let certificates = ca.iter().map(|(var, pem)| (*var, pem));
+        let client_certificates = client.iter().map(|(var, pem, _)| (*var, pem));
+        for (var, pem) in certificates.chain(client_certificates) {
+            let certificates = CertificateDer::pem_slice_iter(pem).collect::<Result<Vec<_>, _>>();
+            if !certificates.is_ok_and(|c| !c.is_empty()) {
+                return Err(invalid_pem(var, "no PEM certificate in it"));
+            }
+        }
+        Ok(Self { ca, client })
+    }
+
+    /// The TLS settings of the OTLP/gRPC channel.
+    fn tonic_config(self) -> tonic::transport::ClientTlsConfig {
+        let config = tonic::transport::ClientTlsConfig::new();
+        let config = match self.ca {
+            Some((_, ca)) => config.ca_certificate(tonic::transport::Certificate::from_pem(ca)),
+            None => config.with_native_roots(),
+        };
+        match self.client {
+            Some((_, cert, key)) => {
+                config.identity(tonic::transport::Identity::from_pem(cert, key))
+            }
+            None => config,
+        }
+    }
+
+    /// The blocking HTTP client of OTLP/HTTP export (it runs on the SDK's batch thread), with
+    /// these roots and identity and the exporter's timeout (`OTEL_EXPORTER_OTLP_[TRACES_]TIMEOUT`,
+    /// milliseconds, default 10 s).
+    fn http_client(self) -> Result<reqwest::blocking::Client, TelemetryError> {
+        let timeout_ms = env_value("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT")
+            .or_else(|| env_value("OTEL_EXPORTER_OTLP_TIMEOUT"))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(10_000);
+        let invalid = |var: &'static str| {
+            move |e: reqwest::Error| TelemetryError::TlsFile {
+                var,
+                path: env_value(var).unwrap_or_default(),
+                error: e.to_string(),
+            }
+        };
+        let mut builder = reqwest::blocking::Client::builder()
+            .timeout(std::time::Duration::from_millis(timeout_ms));
+        if let Some((var, ca)) = self.ca {
+            let roots = reqwest::Certificate::from_pem_bundle(&ca).map_err(invalid(var))?;
+            builder = builder.tls_certs_only(roots);
+        }
+        if let Some((var, mut cert, key)) = self.client {
+            cert.push(b'\n');
+            cert.extend_from_slice(&key);
+            builder = builder.identity(reqwest::Identity::from_pem(&cert).map_err(invalid(var))?);
+        }
+        // A blocking client owns a runtime of its own, which must not be built (nor later
+        // dropped) on a Tokio worker: build it on a short-lived thread, as the exporter does.
+        std::thread::spawn(move || builder.build())
+            .join()
+            .map_err(|_| TelemetryError::Exporter("building the HTTP client panicked".into()))?
+            .map_err(|e| TelemetryError::Exporter(format!("HTTP client: {e}")))
+    }
 }
 
 /// Logs to stderr (`RUST_LOG` filters; default `info`) and, when the `OTEL_*` environment
@@ -197,6 +363,9 @@ pub fn init_telemetry(default_service_name: &str) -> Result<Telemetry, Telemetry
         return Ok(Telemetry { provider: None });
     }
     let protocol = protocol()?;
+    // The HTTP client's TLS (rustls) takes the process's crypto provider: ring, which tonic's
+    // TLS already links (reqwest's default would add a second one, aws-lc). Already set: kept.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let provider = provider(protocol, default_service_name)?;
     let tracer = provider.tracer("tandem");
     let spans = tracing_opentelemetry::layer()

@@ -95,6 +95,14 @@ fn take(store: &Mutex<Received>, request: &ExportTraceServiceRequest) {
 
 /// An OTLP/HTTP receiver (`POST /v1/traces`, protobuf) on loopback.
 async fn receiver() -> (SocketAddr, Arc<Mutex<Received>>) {
+    receiver_with(None).await
+}
+
+/// The same receiver behind TLS: `tls` holds its certificate and the CA its clients'
+/// certificates must be signed by.
+async fn receiver_with(
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> (SocketAddr, Arc<Mutex<Received>>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind receiver");
@@ -139,10 +147,30 @@ async fn receiver() -> (SocketAddr, Arc<Mutex<Received>>) {
                         )
                     }
                 });
-            tokio::spawn(
-                hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), serve),
-            );
+            let tls = tls.clone();
+            let errors = shared.clone();
+            tokio::spawn(async move {
+                let http = hyper::server::conn::http1::Builder::new();
+                let served = match tls {
+                    None => {
+                        http.serve_connection(hyper_util::rt::TokioIo::new(stream), serve)
+                            .await
+                    }
+                    Some(tls) => match tls.accept(stream).await {
+                        Ok(stream) => {
+                            http.serve_connection(hyper_util::rt::TokioIo::new(stream), serve)
+                                .await
+                        }
+                        Err(e) => {
+                            if let Ok(mut store) = errors.lock() {
+                                store.errors.push(format!("TLS handshake: {e}"));
+                            }
+                            return;
+                        }
+                    },
+                };
+                drop(served);
+            });
         }
     });
     (addr, store)
@@ -163,14 +191,24 @@ impl TraceService for GrpcReceiver {
 }
 
 async fn grpc_receiver() -> (SocketAddr, Arc<Mutex<Received>>) {
+    grpc_receiver_with(None).await
+}
+
+async fn grpc_receiver_with(
+    tls: Option<tonic::transport::ServerTlsConfig>,
+) -> (SocketAddr, Arc<Mutex<Received>>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind receiver");
     let addr = listener.local_addr().expect("receiver addr");
     let store = Arc::new(Mutex::new(Received::default()));
     let service = TraceServiceServer::new(GrpcReceiver(store.clone()));
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        server = server.tls_config(tls).expect("receiver TLS");
+    }
     tokio::spawn(
-        tonic::transport::Server::builder()
+        server
             .add_service(service)
             .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
     );
@@ -582,4 +620,211 @@ async fn an_embedded_gateway_exports_by_otlp_grpc_under_the_environment_s_servic
     }
     // In one process the stages are called, not dialled: no client spans.
     assert!(!got.spans.iter().any(|s| s.kind == SpanKind::Client as i32));
+}
+
+/// A collector that requires mutual TLS: its CA, its certificate and the client certificate
+/// the servers present, as the `OTEL_EXPORTER_OTLP_*` TLS variables name them.
+struct CollectorTls {
+    _dir: tempfile::TempDir,
+    ca: PathBuf,
+    server: (PathBuf, PathBuf),
+    client: (PathBuf, PathBuf),
+}
+
+impl CollectorTls {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let authority =
+            tandem_server::testing::Authority::new(dir.path(), "collector").expect("CA");
+        let ca = authority.ca_file().expect("CA file");
+        let server = authority
+            .leaf("collector", &["localhost", "127.0.0.1"])
+            .expect("collector certificate");
+        let client = authority
+            .leaf("exporter", &["tandem-gateway"])
+            .expect("client certificate");
+        Self {
+            _dir: dir,
+            ca,
+            server,
+            client,
+        }
+    }
+
+    fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            (
+                "OTEL_EXPORTER_OTLP_CERTIFICATE",
+                self.ca.display().to_string(),
+            ),
+            (
+                "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+                self.client.0.display().to_string(),
+            ),
+            (
+                "OTEL_EXPORTER_OTLP_CLIENT_KEY",
+                self.client.1.display().to_string(),
+            ),
+        ]
+    }
+
+    /// The HTTPS receiver's TLS: its certificate, client certificates required.
+    fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(&self.ca).expect("CA pem") {
+            roots.add(cert.expect("CA cert")).expect("CA root");
+        }
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .expect("client verifier");
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&self.server.0)
+            .expect("cert pem")
+            .map(|c| c.expect("cert"))
+            .collect();
+        let key = PrivateKeyDer::from_pem_file(&self.server.1).expect("key pem");
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)
+            .expect("server config");
+        tokio_rustls::TlsAcceptor::from(Arc::new(config))
+    }
+
+    /// The gRPC receiver's TLS: its certificate, client certificates required.
+    fn tonic_server(&self) -> tonic::transport::ServerTlsConfig {
+        let read = |p: &PathBuf| std::fs::read(p).expect("pem");
+        tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(
+                read(&self.server.0),
+                read(&self.server.1),
+            ))
+            .client_ca_root(tonic::transport::Certificate::from_pem(read(&self.ca)))
+    }
+}
+
+/// Starts an embedded gateway exporting to `otlp` with `env`, makes `calls` Recommends and
+/// waits until the collector has every one of their server spans.
+async fn recommends_reach(
+    otlp_env: &[(&str, &str)],
+    store: &Mutex<Received>,
+    user: &str,
+    calls: usize,
+) {
+    let data = test_data();
+    let gateway = free_port();
+    let state = state_dir();
+    let unused = free_port();
+    let _gateway = spawn_with(
+        "tandem-gateway",
+        &[
+            format!("--listen={gateway}"),
+            format!("--items={}", data.join("items.parquet").display()),
+            format!("--model-dir={}", data.join("models/ranker").display()),
+            "--ranking-sessions=1".into(),
+            format!("--event-log-dir={}", state.path().join("events").display()),
+            format!("--served-log-dir={}", state.path().join("served").display()),
+        ],
+        unused,
+        otlp_env,
+    );
+    wait_serving(gateway).await;
+    let mut client = recommender(gateway).await;
+    clicks_in(&mut client, user, "kitchen", 3).await;
+    for _ in 0..calls {
+        client
+            .recommend(request(user, 10))
+            .await
+            .expect("recommend");
+    }
+    wait_for(store, "every Recommend's server span over TLS", |got| {
+        got.spans
+            .iter()
+            .filter(|s| s.name == "tandem.v1.RecommenderService/Recommend")
+            .count()
+            >= calls
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn traces_reach_a_collector_that_requires_mutual_tls_by_http_and_by_grpc() {
+    let tls = CollectorTls::new();
+    let tls_env = tls.env();
+    let with = |endpoint: String, protocol: &'static str| {
+        let mut env: Vec<(&str, String)> = tls_env.clone();
+        env.push(("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint));
+        env.push(("OTEL_EXPORTER_OTLP_PROTOCOL", protocol.to_owned()));
+        env
+    };
+
+    let (https, store) = receiver_with(Some(tls.acceptor())).await;
+    let env = with(
+        format!("https://localhost:{}", https.port()),
+        "http/protobuf",
+    );
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    recommends_reach(&env, &store, "https-user", 20).await;
+    {
+        let got = store.lock().expect("store");
+        assert!(got.errors.is_empty(), "{:?}", got.errors);
+        assert_eq!(got.spans[0].service, "tandem-gateway");
+    }
+
+    let (grpcs, store) = grpc_receiver_with(Some(tls.tonic_server())).await;
+    let env = with(format!("https://localhost:{}", grpcs.port()), "grpc");
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    recommends_reach(&env, &store, "grpcs-user", 20).await;
+
+    // Without the client certificate the collector refuses the connection: nothing arrives
+    // (what the test above shows is the exporter presenting it, not a lenient receiver).
+    let (strict, store) = receiver_with(Some(tls.acceptor())).await;
+    let gateway = free_port();
+    let state = state_dir();
+    let data = test_data();
+    let endpoint = format!("https://localhost:{}", strict.port());
+    let ca = tls.ca.display().to_string();
+    let _gateway = spawn_with(
+        "tandem-gateway",
+        &[
+            format!("--listen={gateway}"),
+            format!("--items={}", data.join("items.parquet").display()),
+            format!("--model-dir={}", data.join("models/ranker").display()),
+            "--ranking-sessions=1".into(),
+            format!("--event-log-dir={}", state.path().join("events").display()),
+            format!("--served-log-dir={}", state.path().join("served").display()),
+        ],
+        strict,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", ca.as_str()),
+        ],
+    );
+    wait_serving(gateway).await;
+    let mut client = recommender(gateway).await;
+    clicks_in(&mut client, "anonymous-exporter", "kitchen", 3).await;
+    client
+        .recommend(request("anonymous-exporter", 10))
+        .await
+        .expect("recommend");
+    wait_for(&store, "the refused handshake", |got| {
+        !got.errors.is_empty()
+    })
+    .await;
+    let got = store.lock().expect("store");
+    assert!(
+        got.spans.is_empty(),
+        "spans arrived without a client certificate"
+    );
+    assert!(
+        got.errors.iter().all(|e| e.starts_with("TLS handshake")),
+        "{:?}",
+        got.errors
+    );
 }

@@ -65,15 +65,47 @@ fn an_unknown_otlp_protocol_is_refused_naming_the_variable() {
 }
 
 #[test]
-fn an_https_collector_is_refused_rather_than_silently_unreached() {
+fn collector_tls_files_that_cannot_be_used_are_refused_naming_the_variable() {
     let (ok, stderr) = ranking(
         &["--listen=127.0.0.1:0"],
-        &[("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4318")],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4318"),
+            (
+                "OTEL_EXPORTER_OTLP_CERTIFICATE",
+                "/nonexistent/collector-ca.pem",
+            ),
+        ],
     );
     assert!(!ok);
     assert!(
-        stderr.contains("OTEL_EXPORTER_OTLP_ENDPOINT=https://collector:4318")
-            && stderr.contains("plaintext"),
+        stderr.contains("OTEL_EXPORTER_OTLP_CERTIFICATE=/nonexistent/collector-ca.pem"),
+        "{stderr}"
+    );
+    let this_binary = env!("CARGO_BIN_EXE_tandem-ranking");
+    let (ok, stderr) = ranking(
+        &["--listen=127.0.0.1:0"],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4318"),
+            ("OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE", this_binary),
+        ],
+    );
+    assert!(!ok);
+    assert!(
+        stderr.contains("OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE is set")
+            && stderr.contains("OTEL_EXPORTER_OTLP_CLIENT_KEY is not"),
+        "{stderr}"
+    );
+    // Not PEM at all: refused at start-up, not on the first export.
+    let (ok, stderr) = ranking(
+        &["--listen=127.0.0.1:0"],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4318"),
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/dev/null"),
+        ],
+    );
+    assert!(!ok);
+    assert!(
+        stderr.contains("OTEL_EXPORTER_OTLP_CERTIFICATE"),
         "{stderr}"
     );
 }
