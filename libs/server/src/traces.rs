@@ -240,6 +240,7 @@ fn tls_file(vars: [&'static str; 2]) -> Result<Option<(&'static str, Vec<u8>)>, 
     }
 }
 
+/// A TLS file the collector connection cannot use, named by its variable.
 fn invalid_pem(var: &'static str, error: &str) -> TelemetryError {
     TelemetryError::TlsFile {
         var,
@@ -319,13 +320,7 @@ impl CollectorTls {
             .or_else(|| env_value("OTEL_EXPORTER_OTLP_TIMEOUT"))
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(10_000);
-        let invalid = |var: &'static str| {
-            move |e: reqwest::Error| TelemetryError::TlsFile {
-                var,
-                path: env_value(var).unwrap_or_default(),
-                error: e.to_string(),
-            }
-        };
+        let invalid = |var: &'static str| move |e: reqwest::Error| invalid_pem(var, &e.to_string());
         let mut builder = reqwest::blocking::Client::builder()
             .timeout(std::time::Duration::from_millis(timeout_ms));
         if let Some((var, ca)) = self.ca {

@@ -269,6 +269,32 @@ fn spawn_with(name: &str, args: &[String], otlp: SocketAddr, env: &[(&str, &str)
     Process(child)
 }
 
+/// An embedded gateway on the test catalog exporting to `otlp` (`env` adds to the OTel
+/// environment), once SERVING: the process, its address and its state directory.
+async fn embedded_gateway(
+    otlp: SocketAddr,
+    env: &[(&str, &str)],
+) -> (Process, SocketAddr, tempfile::TempDir) {
+    let data = test_data();
+    let gateway = free_port();
+    let state = state_dir();
+    let process = spawn_with(
+        "tandem-gateway",
+        &[
+            format!("--listen={gateway}"),
+            format!("--items={}", data.join("items.parquet").display()),
+            format!("--model-dir={}", data.join("models/ranker").display()),
+            "--ranking-sessions=1".into(),
+            format!("--event-log-dir={}", state.path().join("events").display()),
+            format!("--served-log-dir={}", state.path().join("served").display()),
+        ],
+        otlp,
+        env,
+    );
+    wait_serving(gateway).await;
+    (process, gateway, state)
+}
+
 async fn wait_serving(addr: SocketAddr) {
     let until = Instant::now() + Duration::from_secs(120);
     while Instant::now() < until {
@@ -554,20 +580,8 @@ async fn a_split_recommend_is_one_trace_across_three_processes_and_spans_keep_co
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_embedded_gateway_exports_by_otlp_grpc_under_the_environment_s_service_name() {
-    let data = test_data();
     let (otlp, store) = grpc_receiver().await;
-    let gateway = free_port();
-    let state = state_dir();
-    let _gateway = spawn_with(
-        "tandem-gateway",
-        &[
-            format!("--listen={gateway}"),
-            format!("--items={}", data.join("items.parquet").display()),
-            format!("--model-dir={}", data.join("models/ranker").display()),
-            "--ranking-sessions=1".into(),
-            format!("--event-log-dir={}", state.path().join("events").display()),
-            format!("--served-log-dir={}", state.path().join("served").display()),
-        ],
+    let (_gateway, gateway, _state) = embedded_gateway(
         otlp,
         &[
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
@@ -577,8 +591,8 @@ async fn an_embedded_gateway_exports_by_otlp_grpc_under_the_environment_s_servic
                 "deployment.environment=ci,team=recs",
             ),
         ],
-    );
-    wait_serving(gateway).await;
+    )
+    .await;
     let mut client = recommender(gateway).await;
     clicks_in(&mut client, "grpc-user", "kitchen", 5).await;
     const CALLS: usize = 200;
@@ -717,24 +731,8 @@ async fn recommends_reach(
     user: &str,
     calls: usize,
 ) {
-    let data = test_data();
-    let gateway = free_port();
-    let state = state_dir();
-    let unused = free_port();
-    let _gateway = spawn_with(
-        "tandem-gateway",
-        &[
-            format!("--listen={gateway}"),
-            format!("--items={}", data.join("items.parquet").display()),
-            format!("--model-dir={}", data.join("models/ranker").display()),
-            "--ranking-sessions=1".into(),
-            format!("--event-log-dir={}", state.path().join("events").display()),
-            format!("--served-log-dir={}", state.path().join("served").display()),
-        ],
-        unused,
-        otlp_env,
-    );
-    wait_serving(gateway).await;
+    // The endpoint comes with `otlp_env`.
+    let (_gateway, gateway, _state) = embedded_gateway(free_port(), otlp_env).await;
     let mut client = recommender(gateway).await;
     clicks_in(&mut client, user, "kitchen", 3).await;
     for _ in 0..calls {
@@ -785,28 +783,16 @@ async fn traces_reach_a_collector_that_requires_mutual_tls_by_http_and_by_grpc()
     // Without the client certificate the collector refuses the connection: nothing arrives
     // (what the test above shows is the exporter presenting it, not a lenient receiver).
     let (strict, store) = receiver_with(Some(tls.acceptor())).await;
-    let gateway = free_port();
-    let state = state_dir();
-    let data = test_data();
     let endpoint = format!("https://localhost:{}", strict.port());
     let ca = tls.ca.display().to_string();
-    let _gateway = spawn_with(
-        "tandem-gateway",
-        &[
-            format!("--listen={gateway}"),
-            format!("--items={}", data.join("items.parquet").display()),
-            format!("--model-dir={}", data.join("models/ranker").display()),
-            "--ranking-sessions=1".into(),
-            format!("--event-log-dir={}", state.path().join("events").display()),
-            format!("--served-log-dir={}", state.path().join("served").display()),
-        ],
+    let (_gateway, gateway, _state) = embedded_gateway(
         strict,
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
             ("OTEL_EXPORTER_OTLP_CERTIFICATE", ca.as_str()),
         ],
-    );
-    wait_serving(gateway).await;
+    )
+    .await;
     let mut client = recommender(gateway).await;
     clicks_in(&mut client, "anonymous-exporter", "kitchen", 3).await;
     client
