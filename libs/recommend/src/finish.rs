@@ -37,7 +37,8 @@ impl Finisher<'_> {
         prefer: &HashSet<u32>,
         time_left: impl Fn() -> Option<std::time::Duration>,
     ) -> Vec<RecommendedItem> {
-        let mut filter = plan.filter.clone();
+        // Copied only when a backfilled item turns out gone and is excluded.
+        let mut filter = std::borrow::Cow::Borrowed(&plan.filter);
         let mut checked: HashMap<ItemIdx, ItemAttributes> = HashMap::new();
         let mut placed = self.apply(plan, &filter, &ranked, prefer);
         for round in 0..=BACKFILL_CHECK_ROUNDS {
@@ -85,7 +86,7 @@ impl Finisher<'_> {
             if gone.is_empty() {
                 break;
             }
-            filter.exclude(gone.iter().copied());
+            filter.to_mut().exclude(gone.iter().copied());
             if round == BACKFILL_CHECK_ROUNDS {
                 // Out of rounds: drop what is gone rather than show it.
                 placed.retain(|p| !gone.contains(&p.idx));

@@ -536,17 +536,26 @@ impl Recommender {
     /// Candidates the ANN search did not return: the user's own items when repeats are
     /// allowed, the items most related to their history, and this week's most bought.
     fn other_sources(&self, plan: &Plan, found: &[Candidate], now_ms: i64) -> Vec<ItemIdx> {
+        let own = plan.repeats == RepeatPurchases::Allowed
+            && self.sources.own_items > 0
+            && !plan.items.is_empty();
+        let related = self.sources.related > 0 && self.catalog.has_related();
+        let trending = self.sources.trending > 0 && !self.weekly_buyers.is_empty();
+        if !(own || related || trending) {
+            // The default: the search's candidates alone, no set of them to build.
+            return Vec::new();
+        }
         let mut seen: HashSet<ItemIdx> = found.iter().map(|c| c.idx).collect();
         let mut extra = Vec::new();
         let admit = |idx: ItemIdx| plan.filter.admits(self.catalog.as_ref(), idx);
-        if plan.repeats == RepeatPurchases::Allowed {
+        if own {
             for idx in own_items(&plan.items, self.sources.own_items) {
                 if admit(idx) && seen.insert(idx) {
                     extra.push(idx);
                 }
             }
         }
-        if self.sources.related > 0 && self.catalog.has_related() {
+        if related {
             let strength = related_strength(
                 &self.catalog,
                 &plan.items,
@@ -753,17 +762,31 @@ where
                 "{stage} skipped: no time left before the deadline"
             )));
         }
-        Some(budget) => match tokio::time::timeout(budget, call(started.checked_add(budget))).await
-        {
-            Ok(result) => result,
-            Err(_) => {
-                record("timeout");
-                return Err(StageError::Unavailable(format!(
-                    "{stage} timed out after its {} ms budget",
-                    budget.as_millis()
-                )));
+        Some(budget) => {
+            let deadline = started.checked_add(budget);
+            let mut pending = std::pin::pin!(call(deadline));
+            // A stage in this process answers on its first poll: no timer to arm and disarm
+            // (the timer wheel's lock, twice per call). A timeout polls its future first too,
+            // so an answer that is ready is taken as before.
+            let first =
+                std::future::poll_fn(|cx| std::task::Poll::Ready(pending.as_mut().poll(cx))).await;
+            match (first, deadline) {
+                (std::task::Poll::Ready(result), _) => result,
+                (std::task::Poll::Pending, None) => pending.await,
+                (std::task::Poll::Pending, Some(deadline)) => {
+                    match tokio::time::timeout_at(deadline.into(), pending).await {
+                        Ok(result) => result,
+                        Err(_) => {
+                            record("timeout");
+                            return Err(StageError::Unavailable(format!(
+                                "{stage} timed out after its {} ms budget",
+                                budget.as_millis()
+                            )));
+                        }
+                    }
+                }
             }
-        },
+        }
     };
     record(if result.is_ok() { "ok" } else { "error" });
     result

@@ -108,46 +108,54 @@ pub(crate) fn apply(
     demoted: &dyn Fn(ItemIdx) -> bool,
     backfill: impl Iterator<Item = Placed>,
 ) -> Vec<Placed> {
-    let mut order: Vec<usize> = (0..ranked.len()).collect();
-    // Stable, as before: equal (score, id) pairs keep their input order.
-    order.sort_by(|&a, &b| {
-        let (a, b) = (&ranked[a], &ranked[b]);
-        b.score.total_cmp(&a.score).then(a.idx.cmp(&b.idx))
-    });
-    let mut seen = FastSet::with_capacity_and_hasher(ranked.len() + k, Default::default());
-    order.retain(|&i| seen.insert(ranked[i].idx));
-    let (kept, moved): (Vec<usize>, Vec<usize>) =
-        order.into_iter().partition(|&i| !demoted(ranked[i].idx));
-
     let cap = if max_per_category == 0 {
         usize::MAX
     } else {
         max_per_category
     };
+    let mut seen = FastSet::with_capacity_and_hasher(ranked.len() + k, Default::default());
     let mut per_category: FastMap<Category, usize> = FastMap::default();
     let mut out = Vec::with_capacity(k);
     let mut set_aside = Vec::new();
-    let in_order = kept
-        .iter()
-        .map(|&i| (i, false))
-        .chain(moved.iter().map(|&i| (i, true)));
-    for (i, was_demoted) in in_order {
-        if out.len() == k {
-            break;
-        }
-        let mut p = ranked[i].clone();
-        if was_demoted {
-            p.effects.push(RuleEffect::Demoted);
-        }
+    // Places `p` under the category cap, or hands it back.
+    let mut place = |out: &mut Vec<Placed>, p: Placed| {
         let n = per_category
             .entry(p.attributes.category.clone())
             .or_default();
         if *n < cap {
             *n += 1;
             out.push(p);
+            None
         } else {
-            set_aside.push(p);
+            Some(p)
         }
+    };
+    // Best first, each item once (at its best score); demoted items wait until the others
+    // are used up. Stops at k: the demotion check and the order are only paid for the items
+    // an answer reaches.
+    let mut waiting = Vec::new();
+    for i in BestFirst::new(ranked, k) {
+        if out.len() == k {
+            break;
+        }
+        let p = &ranked[i];
+        if !seen.insert(p.idx) {
+            continue;
+        }
+        if demoted(p.idx) {
+            waiting.push(i);
+            continue;
+        }
+        set_aside.extend(place(&mut out, p.clone()));
+    }
+    // Below k the order ran out: every candidate is in `seen`, every demoted one waits.
+    for i in waiting {
+        if out.len() == k {
+            break;
+        }
+        let mut p = ranked[i].clone();
+        p.effects.push(RuleEffect::Demoted);
+        set_aside.extend(place(&mut out, p));
     }
     if out.len() < k {
         for mut p in backfill {
@@ -157,14 +165,9 @@ pub(crate) fn apply(
             if !seen.insert(p.idx) {
                 continue;
             }
-            let n = per_category
-                .entry(p.attributes.category.clone())
-                .or_default();
-            if *n < cap {
-                *n += 1;
-                p.effects.push(RuleEffect::Backfill);
-                out.push(p);
-            }
+            p.effects.push(RuleEffect::Backfill);
+            // Over the cap, a backfilled item is not kept in reserve.
+            let _ = place(&mut out, p);
         }
     }
     for mut p in set_aside {
@@ -175,6 +178,69 @@ pub(crate) fn apply(
         out.push(p);
     }
     out
+}
+
+/// Indexes into the candidates, best first: score descending, then catalog index, then
+/// position (a strict order, so sorting without stability keeps the input order of equals).
+/// Sorts integer keys (no reads through the indexes while sorting), and only as far as it is
+/// read: a selection brings the best few to the front and they are sorted; the rest is sorted
+/// if a caller reads past them. An answer of k items most often reads a little over k of the
+/// hundreds of candidates.
+struct BestFirst {
+    /// (score descending, then catalog index) as one key, and the position.
+    order: Vec<(u64, u32)>,
+    /// `order[..sorted]` is in final order.
+    sorted: usize,
+    next: usize,
+    first: usize,
+}
+
+impl BestFirst {
+    fn new(ranked: &[Placed], k: usize) -> Self {
+        let order = ranked
+            .iter()
+            .enumerate()
+            .map(|(row, p)| {
+                // `f32::total_cmp`'s order as an unsigned key, flipped for descending.
+                let bits = p.score.to_bits() as i32;
+                let ascending = (bits ^ ((((bits >> 31) as u32) >> 1) as i32)) as u32 ^ (1 << 31);
+                ((u64::from(!ascending) << 32) | u64::from(p.idx), row as u32)
+            })
+            .collect();
+        Self {
+            order,
+            sorted: 0,
+            next: 0,
+            first: 2 * k + 8,
+        }
+    }
+}
+
+impl Iterator for BestFirst {
+    type Item = usize;
+
+    fn next(&mut self) -> Option<usize> {
+        if self.next == self.sorted {
+            let rest = &mut self.order[self.sorted..];
+            if rest.is_empty() {
+                return None;
+            }
+            // The first read sorts the best few; a second sorts the rest.
+            let take = if self.sorted == 0 {
+                self.first.min(rest.len())
+            } else {
+                rest.len()
+            };
+            if take < rest.len() {
+                rest.select_nth_unstable(take);
+            }
+            rest[..take].sort_unstable();
+            self.sorted += take;
+        }
+        let (_, row) = self.order[self.next];
+        self.next += 1;
+        Some(row as usize)
+    }
 }
 
 #[cfg(test)]
@@ -238,5 +304,112 @@ mod tests {
             "the cap yields only when nothing else fills k"
         );
         assert_eq!(capped[5].effects, [RuleEffect::OverCategoryCap]);
+    }
+
+    /// The rules as first written: a full stable sort, dedupe, partition, then the cap.
+    fn apply_by_full_sort(
+        ranked: &[Placed],
+        k: usize,
+        max_per_category: usize,
+        demoted: &dyn Fn(ItemIdx) -> bool,
+        backfill: impl Iterator<Item = Placed>,
+    ) -> Vec<Placed> {
+        let mut order: Vec<usize> = (0..ranked.len()).collect();
+        order.sort_by(|&a, &b| {
+            let (a, b) = (&ranked[a], &ranked[b]);
+            b.score.total_cmp(&a.score).then(a.idx.cmp(&b.idx))
+        });
+        let mut seen = HashSet::new();
+        order.retain(|&i| seen.insert(ranked[i].idx));
+        let (kept, moved): (Vec<usize>, Vec<usize>) =
+            order.into_iter().partition(|&i| !demoted(ranked[i].idx));
+        let cap = if max_per_category == 0 {
+            usize::MAX
+        } else {
+            max_per_category
+        };
+        let mut per_category: HashMap<Category, usize> = HashMap::new();
+        let (mut out, mut set_aside) = (Vec::new(), Vec::new());
+        let in_order = kept.iter().map(|&i| (i, false));
+        for (i, was_demoted) in in_order.chain(moved.iter().map(|&i| (i, true))) {
+            if out.len() == k {
+                break;
+            }
+            let mut p = ranked[i].clone();
+            if was_demoted {
+                p.effects.push(RuleEffect::Demoted);
+            }
+            let n = per_category
+                .entry(p.attributes.category.clone())
+                .or_default();
+            if *n < cap {
+                *n += 1;
+                out.push(p);
+            } else {
+                set_aside.push(p);
+            }
+        }
+        for mut p in backfill {
+            if out.len() == k {
+                break;
+            }
+            if !seen.insert(p.idx) {
+                continue;
+            }
+            let n = per_category
+                .entry(p.attributes.category.clone())
+                .or_default();
+            if *n < cap {
+                *n += 1;
+                p.effects.push(RuleEffect::Backfill);
+                out.push(p);
+            }
+        }
+        for mut p in set_aside {
+            if out.len() == k {
+                break;
+            }
+            p.effects.push(RuleEffect::OverCategoryCap);
+            out.push(p);
+        }
+        out
+    }
+
+    #[test]
+    fn reading_the_order_only_as_far_as_k_gives_the_full_sorts_answer() {
+        let catalog = catalog();
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |n: u64| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1);
+            (state >> 33) % n
+        };
+        for case in 0..2_000 {
+            let n = next(300) as usize;
+            let items = catalog.len() as u64;
+            // Few distinct scores and items: ties and duplicates on every case.
+            let ranked: Vec<Placed> = (0..n)
+                .map(|row| {
+                    let i = next(items) as ItemIdx;
+                    Placed {
+                        candidate: Some(row),
+                        ..Placed::new(i, next(20) as f32 / 10.0, row as f32, catalog.attributes(i))
+                    }
+                })
+                .collect();
+            let k = 1 + next(40) as usize;
+            let cap = next(4) as usize;
+            let every = 1 + next(5) as ItemIdx;
+            let demoted = |i: ItemIdx| every > 1 && i.is_multiple_of(every);
+            let fill = (0..catalog.len() as ItemIdx)
+                .rev()
+                .map(|i| Placed::new(i, 0.0, 0.0, catalog.attributes(i)));
+            assert_eq!(
+                apply(&ranked, k, cap, &demoted, fill.clone()),
+                apply_by_full_sort(&ranked, k, cap, &demoted, fill),
+                "case {case}: n {n}, k {k}, cap {cap}, demoted every {every}"
+            );
+        }
     }
 }
