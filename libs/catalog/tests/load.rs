@@ -152,3 +152,50 @@ fn a_shard_keeps_its_items_and_the_whole_vocabulary() {
     assert_eq!(total, 600);
     assert_eq!(shard_of("item-000123", 4), shard_of("item-000123", 4));
 }
+
+/// A co-occurrence table larger than one resolving chunk, with each item's rows split into
+/// several runs, ids the catalog does not hold in either column, and weights to tell rows
+/// apart: every item gets its known pairs in file order, nothing else.
+#[test]
+fn related_pairs_keep_file_order_and_skip_unknown_ids() {
+    let batch = synthetic_batch(50, 4, 3, 7);
+    let (dir, path) = write(&batch);
+    let id = |i: usize| format!("item-{i:06}");
+    let mut rows: Vec<(String, String, f32)> = Vec::new();
+    let mut expected: Vec<Vec<(u32, f32)>> = vec![Vec::new(); 50];
+    for n in 0..30_000usize {
+        // Runs of 1 to 4 rows per item, items revisited all through the file.
+        let item = (n / (1 + n % 4)) * 7 % 53;
+        let related = (n * 13 + 5) % 57;
+        let weight = n as f32 / 1000.0;
+        rows.push((id(item), id(related), weight));
+        if item < 50 && related < 50 {
+            expected[item].push((related as u32, weight));
+        }
+    }
+    let pairs: Vec<(&str, &str, f32)> = rows
+        .iter()
+        .map(|(a, b, w)| (a.as_str(), b.as_str(), *w))
+        .collect();
+    tandem_catalog::testing::write_related(&pairs, &dir.path().join(tandem_catalog::RELATED_FILE))
+        .expect("write related");
+    let catalog = Catalog::open(&path).expect("open");
+    for (item, want) in expected.iter().enumerate() {
+        let (items, weights) = catalog.related(item as u32);
+        let got: Vec<(u32, f32)> = items.iter().copied().zip(weights.iter().copied()).collect();
+        assert_eq!(&got, want, "item {item}");
+    }
+    assert!(expected.iter().map(Vec::len).sum::<usize>() > 20_000);
+
+    // A bad weight anywhere (here in a later chunk) names the file and the weight.
+    let mut bad = pairs.clone();
+    bad[20_000].2 = -1.0;
+    tandem_catalog::testing::write_related(&bad, &dir.path().join(tandem_catalog::RELATED_FILE))
+        .expect("write related");
+    match Catalog::open(&path) {
+        Err(CatalogError::Related { reason, .. }) => {
+            assert!(reason.contains("weight -1"), "{reason}")
+        }
+        other => panic!("expected a related-table error, got {other:?}"),
+    }
+}
