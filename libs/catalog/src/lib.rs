@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use arrow::array::{Array, BooleanArray, Float32Array, StringArray};
+use compact_str::CompactString;
 use tandem_memory::HugeArray;
 
 pub use attributes::{Category, ItemAttributes};
@@ -65,7 +66,9 @@ pub struct Catalog {
     price: Float32Array,
     in_stock: BooleanArray,
     popularity: Float32Array,
-    by_item_id: HashMap<String, ItemIdx>,
+    /// Keys inline up to 24 bytes (`CompactString`): a lookup of a 1M-item map otherwise
+    /// misses the cache twice, on the entry and on the key's own allocation.
+    by_item_id: HashMap<CompactString, ItemIdx>,
     /// All items, most popular first: the fallback when a user has no history.
     by_popularity: Vec<ItemIdx>,
     /// Any other numeric column of the file (trend figures a model reads), by name.
@@ -113,8 +116,14 @@ impl Catalog {
 
     /// Heap bytes held, by part, for memory reports.
     pub fn memory(&self) -> CatalogMemory {
-        let id_lookup = self.by_item_id.capacity() * (std::mem::size_of::<(String, ItemIdx)>() + 1)
-            + self.by_item_id.keys().map(String::capacity).sum::<usize>();
+        let id_lookup = self.by_item_id.capacity()
+            * (std::mem::size_of::<(CompactString, ItemIdx)>() + 1)
+            + self
+                .by_item_id
+                .keys()
+                .filter(|k| k.is_heap_allocated())
+                .map(CompactString::capacity)
+                .sum::<usize>();
         let attributes = 4 * self.category_codes.capacity()
             + self.categories.iter().map(String::capacity).sum::<usize>()
             + self.price.get_array_memory_size()
@@ -251,7 +260,7 @@ impl Catalog {
         let by_item_id = rows
             .iter()
             .enumerate()
-            .map(|(i, &r)| (self.item_id(r).to_owned(), i as ItemIdx))
+            .map(|(i, &r)| (CompactString::from(self.item_id(r)), i as ItemIdx))
             .collect();
         let by_popularity = popularity_order(&popularity);
         let extra_numeric = self
@@ -356,7 +365,7 @@ impl Catalog {
             .item_ids
             .iter()
             .enumerate()
-            .map(|(i, id)| (id.clone(), i as ItemIdx))
+            .map(|(i, id)| (CompactString::from(id.as_str()), i as ItemIdx))
             .collect();
         let popularity = Float32Array::from(parts.popularity);
         let by_popularity = popularity_order(&popularity);

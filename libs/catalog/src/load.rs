@@ -7,6 +7,7 @@ use std::path::Path;
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Float32Array, RecordBatch};
 use arrow::compute::{cast, concat_batches};
 use arrow::datatypes::{DataType, Float32Type};
+use compact_str::CompactString;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use tandem_memory::HugeArray;
 
@@ -161,7 +162,10 @@ pub(crate) fn from_batch(batch: &RecordBatch) -> Result<Catalog, CatalogError> {
                 reason: format!("empty id in row {idx}"),
             });
         }
-        if by_item_id.insert(id.to_owned(), idx as ItemIdx).is_some() {
+        if by_item_id
+            .insert(CompactString::from(id), idx as ItemIdx)
+            .is_some()
+        {
             return Err(CatalogError::DuplicateItemId(id.to_owned()));
         }
     }

@@ -211,7 +211,7 @@ impl BestFirst {
             order,
             sorted: 0,
             next: 0,
-            first: 2 * k + 8,
+            first: k.saturating_mul(2).saturating_add(8),
         }
     }
 }
