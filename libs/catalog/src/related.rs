@@ -59,17 +59,12 @@ impl Related {
             reason,
         };
         let file = File::open(path).map_err(|e| bad(e.to_string()))?;
-        let builder =
-            ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| bad(e.to_string()))?;
-        let rows = usize::try_from(builder.metadata().file_metadata().num_rows()).unwrap_or(0);
-        let reader = builder
-            .with_batch_size(65_536)
-            .build()
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+            .and_then(|b| b.with_batch_size(65_536).build())
             .map_err(|e| bad(e.to_string()))?;
-        let mut pairs: Vec<Pair> = Vec::new();
-        // Sized once (26.8 M pairs on the 1M catalog): growing by doubling copied and faulted
-        // in hundreds of MB. A count the memory cannot hold just grows as it goes.
-        let _ = pairs.try_reserve_exact(rows);
+        // The resolved chunks in file order, kept as they are (no copy into one list of
+        // tens of millions of pairs): the counting sort below reads them in turn.
+        let mut resolved: Vec<Vec<Pair>> = Vec::new();
         for batch in reader {
             let batch = batch.map_err(|e| bad(e.to_string()))?;
             let col = |name: &str, to: &DataType| {
@@ -123,22 +118,24 @@ impl Related {
                 })
                 .collect();
             for chunk in chunks {
-                pairs.extend(chunk?);
+                resolved.push(chunk?);
             }
         }
         // Grouped by item with a counting sort (stable: each item's rows keep the file's
         // order, strongest first), no comparison sort of tens of millions of pairs.
+        let pairs = || resolved.iter().flatten();
         let mut offsets = vec![0u32; catalog.len() + 1];
-        for &(a, _, _) in &pairs {
+        for &(a, _, _) in pairs() {
             offsets[a as usize + 1] += 1;
         }
         for i in 0..catalog.len() {
             offsets[i + 1] += offsets[i];
         }
+        let total = offsets[catalog.len()] as usize;
         let mut next = offsets.clone();
-        let mut items = vec![0; pairs.len()];
-        let mut weights = vec![0.0; pairs.len()];
-        for (a, b, w) in pairs {
+        let mut items = vec![0; total];
+        let mut weights = vec![0.0; total];
+        for &(a, b, w) in pairs() {
             let at = &mut next[a as usize];
             items[*at as usize] = b;
             weights[*at as usize] = w;
