@@ -10,19 +10,29 @@
 //! costs the gateway more (its caches and cores are shared with the client). Either way the
 //! gateway and its stages are measured in one run with the same binary. `make bench-e2e` runs
 //! it on the demo and the 1M catalogs.
+//!
+//! A fourth figure separates what tandem's request path adds from what serving adds: the two
+//! stages behind one gRPC call with nothing between them ([`StagesOnly`]), called by the same
+//! client the same way. Recommend against it is the cost of the code between the stages; it
+//! against the stages in loops is what a call costs them on this machine whatever the code
+//! between them (waiting between calls, the stages evicting each other).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use prost::Message;
 use tandem_catalog::testing::SplitMix;
 use tandem_proto::v1 as pb;
-use tandem_ranking::ScoreRequest;
-use tandem_retrieval::{FilterSpec, SearchParams};
-use tonic_health::pb::HealthCheckRequest;
+use tandem_ranking::{Ranker, ScoreRequest};
+use tandem_retrieval::{FilterSpec, Index, ItemFilter, SearchParams};
+use tonic::{Request, Response, Status};
+use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::health_server::{Health, HealthServer};
+use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 
 const USERS: usize = 200;
 const EVENTS_PER_USER: usize = 5;
@@ -91,6 +101,98 @@ fn h2load(binary: &Path, url: &str, body: &Path, n: usize) -> Result<(), BenchEr
     Ok(())
 }
 
+/// The two stages behind one gRPC call with nothing of tandem's between them: the search of a
+/// user's query, its candidates straight into a rank. It answers `Health/Check`, whose
+/// `service` names the user (0-based), so that h2load can call it with a fixed body as it
+/// calls Recommend. What a Recommend costs beyond this is the code between the stages;
+/// what this costs beyond the stages measured in loops is what the stages cost each other
+/// and what waiting between calls costs them.
+struct StagesOnly {
+    index: Arc<Index>,
+    ranker: Arc<Ranker>,
+    filter: ItemFilter,
+    queries: Vec<Vec<f32>>,
+    histories: Vec<Vec<u32>>,
+}
+
+impl StagesOnly {
+    /// The rank request the bench's own loops use for user `u`, on these candidates.
+    fn score_request(&self, u: usize, found: &[tandem_retrieval::Candidate]) -> ScoreRequest {
+        ScoreRequest {
+            user_id: format!("bench-{u}"),
+            user_vector: self.queries[u].clone(),
+            items: found.iter().map(|c| c.idx).collect(),
+            retrieval_scores: found.iter().map(|c| c.score).collect(),
+            recent_items: self.histories[u].iter().rev().copied().collect(),
+            context: [("hour_of_day".to_owned(), "12".to_owned())].into(),
+            version: None,
+            history: Vec::new(),
+            now_ms: 0,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Health for StagesOnly {
+    async fn check(
+        &self,
+        request: Request<HealthCheckRequest>,
+    ) -> Result<Response<HealthCheckResponse>, Status> {
+        let u = request
+            .get_ref()
+            .service
+            .parse::<usize>()
+            .ok()
+            .filter(|&u| u < self.queries.len())
+            .ok_or_else(|| Status::invalid_argument("service: a user number"))?;
+        let params = SearchParams {
+            k: NUM_CANDIDATES,
+            ef_search: None,
+        };
+        let found = self
+            .index
+            .search(&self.queries[u], &self.filter, params)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let scored = self
+            .ranker
+            .rank(self.score_request(u, &found))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        if scored.scores.len() != found.len() {
+            return Err(Status::internal("a score per candidate"));
+        }
+        Ok(Response::new(HealthCheckResponse {
+            status: ServingStatus::Serving as i32,
+        }))
+    }
+
+    type WatchStream = tokio_stream::Empty<Result<HealthCheckResponse, Status>>;
+
+    async fn watch(
+        &self,
+        _request: Request<HealthCheckRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        Err(Status::unimplemented("watch"))
+    }
+}
+
+/// Serves `stages` on loopback as the gateway serves: no Nagle, one write per answer, the
+/// same telemetry layer.
+async fn serve_stages_only(stages: StagesOnly) -> Result<std::net::SocketAddr, BenchError> {
+    let (listener, addr) = tandem_server::bind("127.0.0.1:0".parse()?).await?;
+    let incoming = tokio_stream::StreamExt::map(
+        tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+        |accepted| accepted.map(tandem_server::OneWrite::new),
+    );
+    let server = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .layer(tandem_server::GrpcTelemetryLayer::new())
+        .add_service(HealthServer::new(stages))
+        .serve_with_incoming(incoming);
+    tokio::spawn(server);
+    Ok(addr)
+}
+
 /// A gRPC length-prefixed message: uncompressed, 4-byte big-endian length.
 fn grpc_frame(message: &[u8]) -> Vec<u8> {
     let mut frame = Vec::with_capacity(5 + message.len());
@@ -109,6 +211,7 @@ struct Figures<T = u64> {
     grpc: T,
     ann_in_turn: T,
     rank_in_turn: T,
+    stages_call: T,
 }
 
 impl Figures<u64> {
@@ -121,6 +224,7 @@ impl Figures<u64> {
             grpc: us(self.grpc),
             ann_in_turn: us(self.ann_in_turn),
             rank_in_turn: us(self.rank_in_turn),
+            stages_call: us(self.stages_call),
         }
     }
 }
@@ -292,6 +396,37 @@ fn main() -> Result<(), BenchError> {
         assert!(answer.is_ok());
         Ok(())
     };
+    // The stages behind one call, on the gateway's runtime, called like Recommend.
+    let stages_addr = server.block_on(serve_stages_only(StagesOnly {
+        index: index.clone(),
+        ranker: ranker.clone(),
+        filter: filter.clone(),
+        queries: queries.clone(),
+        histories: histories.clone(),
+    }))?;
+    let mut stages_client = HealthClient::new(
+        client.block_on(
+            tonic::transport::Endpoint::from_shared(format!("http://{stages_addr}"))?
+                .tcp_nodelay(true)
+                .connect(),
+        )?,
+    );
+    let stages_request = |i: usize| HealthCheckRequest {
+        service: (i % USERS).to_string(),
+    };
+    let stages_url = format!("http://{stages_addr}");
+    let stages_body_of = |u: usize| bodies.join(format!("stages-{u}.bin"));
+    for u in 0..ROUNDS {
+        std::fs::write(
+            stages_body_of(u),
+            grpc_frame(&stages_request(u).encode_to_vec()),
+        )?;
+    }
+    let mut stages_call = |i: usize| -> Result<(), BenchError> {
+        let answer = client.block_on(stages_client.check(stages_request(i)))?;
+        assert_eq!(answer.get_ref().status, ServingStatus::Serving as i32);
+        Ok(())
+    };
 
     // Warm-up, then rounds that take turns, so that drift on a shared machine (other tenants,
     // frequency) weighs on every figure alike.
@@ -300,10 +435,17 @@ fn main() -> Result<(), BenchError> {
         search(i)?;
         rank(i);
         check(i)?;
+        stages_call(i)?;
     }
     if let Some(h2) = &h2load_client {
         h2load(h2, &format!("{url}{RECOMMEND}"), &body_of(0), requests / 10)?;
         h2load(h2, &format!("{url}{HEALTH}"), &health_body, requests / 10)?;
+        h2load(
+            h2,
+            &format!("{stages_url}{HEALTH}"),
+            &stages_body_of(0),
+            requests / 10,
+        )?;
     }
     let per_round = (requests / ROUNDS).max(1);
     let mut rounds = Vec::with_capacity(ROUNDS);
@@ -338,6 +480,17 @@ fn main() -> Result<(), BenchError> {
                 h2load(h2, &format!("{url}{HEALTH}"), &health_body, per_round)
             })?,
             None => server_ns(from, per_round, &mut check)?,
+        };
+        cpu.stages_call = match &h2load_client {
+            Some(h2) => server_ns(0, 1, |_| {
+                h2load(
+                    h2,
+                    &format!("{stages_url}{HEALTH}"),
+                    &stages_body_of(round),
+                    per_round,
+                )
+            })?,
+            None => server_ns(from, per_round, &mut stages_call)?,
         };
         // The two stages taking turns, as a request runs them: each finds the caches as
         // the other left them.
@@ -380,6 +533,36 @@ fn main() -> Result<(), BenchError> {
         m.ann_in_turn,
         m.rank_in_turn,
         m.recommend / in_turn
+    );
+    println!(
+        "the stages behind one gRPC call: {:8.1} us (nothing between them; {:.2} x ANN + rank + gRPC); \
+         Recommend / it: {:.2}",
+        m.stages_call,
+        m.stages_call / stages,
+        m.recommend / m.stages_call
+    );
+    // Per round, each against its own round's figures, sorted: the spread says how far the
+    // medians can be trusted.
+    let mut floor: Vec<f64> = rounds
+        .iter()
+        .map(|r| r.stages_call / (r.ann + r.rank + r.grpc))
+        .collect();
+    let mut glue: Vec<f64> = rounds.iter().map(|r| r.recommend / r.stages_call).collect();
+    floor.sort_by(f64::total_cmp);
+    glue.sort_by(f64::total_cmp);
+    let list = |xs: &[f64]| {
+        xs.iter()
+            .map(|x| format!("{x:.2}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    println!(
+        "by round: the stages behind one call / (ANN + rank + gRPC): {}",
+        list(&floor)
+    );
+    println!(
+        "by round: Recommend / the stages behind one call:          {}",
+        list(&glue)
     );
     std::thread::sleep(Duration::from_millis(10));
     server.shutdown_background();
