@@ -374,18 +374,16 @@ fn main() -> Result<(), BenchError> {
     };
     let search = |i: usize| index.search(&queries[i % USERS], &filter, params);
     let found = (0..USERS).map(search).collect::<Result<Vec<_>, _>>()?;
+    // The stages behind one call (served below) build their rank request as the loops do.
+    let stages_only = StagesOnly {
+        index: index.clone(),
+        ranker: ranker.clone(),
+        filter: filter.clone(),
+        queries: queries.clone(),
+        histories,
+    };
     let prepared: Vec<ScoreRequest> = (0..USERS)
-        .map(|u| ScoreRequest {
-            user_id: format!("bench-{u}"),
-            user_vector: queries[u].clone(),
-            items: found[u].iter().map(|c| c.idx).collect(),
-            retrieval_scores: found[u].iter().map(|c| c.score).collect(),
-            recent_items: histories[u].iter().rev().copied().collect(),
-            context: [("hour_of_day".to_owned(), "12".to_owned())].into(),
-            version: None,
-            history: Vec::new(),
-            now_ms: 0,
-        })
+        .map(|u| stages_only.score_request(u, &found[u]))
         .collect();
     let rank = |i: usize| {
         let scored = client.block_on(ranker.rank(prepared[i % USERS].clone()));
@@ -397,13 +395,7 @@ fn main() -> Result<(), BenchError> {
         Ok(())
     };
     // The stages behind one call, on the gateway's runtime, called like Recommend.
-    let stages_addr = server.block_on(serve_stages_only(StagesOnly {
-        index: index.clone(),
-        ranker: ranker.clone(),
-        filter: filter.clone(),
-        queries: queries.clone(),
-        histories: histories.clone(),
-    }))?;
+    let stages_addr = server.block_on(serve_stages_only(stages_only))?;
     let mut stages_client = HealthClient::new(
         client.block_on(
             tonic::transport::Endpoint::from_shared(format!("http://{stages_addr}"))?
