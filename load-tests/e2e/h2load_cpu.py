@@ -73,9 +73,9 @@ def process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def h2load(url: str, body: Path, n: int, streams: int = 1) -> None:
+def h2load(url: str, body: Path, n: int) -> None:
     out = subprocess.run(
-        ["h2load", "-n", str(n), "-c", "1", "-m", str(streams), "-d", str(body),
+        ["h2load", "-n", str(n), "-c", "1", "-m", "1", "-d", str(body),
          "-H", "content-type: application/grpc", "-H", "te: trailers", url],
         capture_output=True, text=True, check=True,
     )
@@ -91,8 +91,6 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=3000, help="calls per run")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--port", type=int, default=50971)
-    ap.add_argument("--streams", type=int, default=1,
-                    help="calls in flight on the one connection (h2load -m)")
     args = ap.parse_args()
     if shutil.which("h2load") is None:
         print("h2load not found: apt-get install nghttp2-client (make bench-e2e-h2load does)")
@@ -150,7 +148,7 @@ def main() -> int:
         for user in users:
             for figures, path, body in ((recommend, RECOMMEND, bodies[user]), (check, HEALTH, health)):
                 before = process_cpu_s(gateway.pid)
-                h2load(url + path, body, args.requests, args.streams)
+                h2load(url + path, body, args.requests)
                 figures.append((process_cpu_s(gateway.pid) - before) / args.requests * 1e6)
         rss = Path(f"/proc/{gateway.pid}/status").read_text().split("VmRSS:")[1].split()[0]
     finally:
@@ -159,7 +157,7 @@ def main() -> int:
         log.close()
 
     med = lambda xs: sorted(xs)[len(xs) // 2]
-    print(f"catalog: {len(ids)} items; {args.rounds} runs of {args.requests} calls each, {args.streams} in flight, k = 10, num_candidates = 200")
+    print(f"catalog: {len(ids)} items; {args.rounds} runs of {args.requests} calls each, concurrency 1, k = 10, num_candidates = 200")
     print(f"Recommend server CPU per call (us): median {med(recommend):.1f}; runs " + " ".join(f"{x:.1f}" for x in recommend))
     print(f"Health    server CPU per call (us): median {med(check):.1f}; runs " + " ".join(f"{x:.1f}" for x in check))
     print(f"gateway RSS: {int(rss) // 1024} MiB")

@@ -176,20 +176,20 @@ impl Health for StagesOnly {
     }
 }
 
-/// Serves `stages` on loopback as the gateway serves: no Nagle, one write per answer, the
-/// same telemetry layer.
+/// Serves `stages` on loopback through the gateway's own serving path (`tandem_server::serve`:
+/// no Nagle, one write per answer, the telemetry layer) with the default transport settings.
 async fn serve_stages_only(stages: StagesOnly) -> Result<std::net::SocketAddr, BenchError> {
     let (listener, addr) = tandem_server::bind("127.0.0.1:0".parse()?).await?;
-    let incoming = tokio_stream::StreamExt::map(
-        tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-        |accepted| accepted.map(tandem_server::OneWrite::new),
-    );
-    let server = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .layer(tandem_server::GrpcTelemetryLayer::new())
-        .add_service(HealthServer::new(stages))
-        .serve_with_incoming(incoming);
-    tokio::spawn(server);
+    // Only its health handle is used (turned NOT_SERVING at shutdown); the routes are ours.
+    let (_, health) = tandem_server::base_routes(&[]).await?;
+    let transport = tandem_server::TransportArgs::default().load()?;
+    tokio::spawn(tandem_server::serve(
+        tonic::service::Routes::new(HealthServer::new(stages)),
+        listener,
+        health,
+        transport,
+        std::future::pending(),
+    ));
     Ok(addr)
 }
 
