@@ -142,20 +142,13 @@ impl Finisher<'_> {
         ranked: &[Placed],
         prefer: &HashSet<u32>,
     ) -> Vec<Placed> {
-        let demote_after = self.rules.demote_after_shown;
-        let demoted = |idx: ItemIdx| {
-            demote_after > 0
-                && plan
-                    .history
-                    .shown
-                    .get(&idx)
-                    .is_some_and(|s| s.times >= demote_after)
-        };
+        let (demote_after, shown) = (self.rules.demote_after_shown, &plan.history.shown);
+        let demoted = |idx: ItemIdx| shown.get(&idx).is_some_and(|s| s.times >= demote_after);
         rules::apply(
             ranked,
             plan.k,
             plan.cap,
-            &demoted,
+            (demote_after > 0 && !shown.is_empty()).then_some(&demoted),
             self.backfill(plan.k, filter, prefer),
         )
     }

@@ -98,14 +98,15 @@ impl Placed {
 type FastSet<T> = HashSet<T, foldhash::fast::FixedState>;
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
 
-/// Steps 2 to 6 on `ranked` (any order); `backfill` yields further admitted items best first.
+/// Steps 2 to 6 on `ranked` (any order); `backfill` yields further admitted items best first;
+/// `demoted` says which items step 4 moves down (`None`: none).
 /// `ranked` is only read: the rules order indexes into it and copy the at most `k` items they
 /// place (and those the cap sets aside), not all the candidates.
 pub(crate) fn apply(
     ranked: &[Placed],
     k: usize,
     max_per_category: usize,
-    demoted: &dyn Fn(ItemIdx) -> bool,
+    demoted: Option<&dyn Fn(ItemIdx) -> bool>,
     backfill: impl Iterator<Item = Placed>,
 ) -> Vec<Placed> {
     let cap = if max_per_category == 0 {
@@ -130,32 +131,40 @@ pub(crate) fn apply(
             Some(p)
         }
     };
-    // Best first, each item once (at its best score); demoted items wait until the others
-    // are used up. Stops at k: the demotion check and the order are only paid for the items
-    // an answer reaches.
-    let mut waiting = Vec::new();
-    for i in BestFirst::new(ranked, k) {
+    // Asked of every candidate in one pass rather than as the order reaches it: the lookups
+    // (in the user's impressions, each a likely cache miss) do not wait on each other, and a
+    // user shown everything already (all demoted) has the best k selected, not all sorted.
+    let is_demoted: Vec<bool> = match demoted {
+        Some(demoted) => ranked.iter().map(|p| demoted(p.idx)).collect(),
+        None => Vec::new(),
+    };
+    let demoted_row = |row: usize| is_demoted.get(row).copied().unwrap_or(false);
+    // Best first, each item once (at its best score): the items not demoted, then the
+    // demoted ones (an item's copies are all demoted or none). Stops at k: the order is only
+    // paid for the items an answer reaches.
+    let fresh = (0..ranked.len()).filter(|&row| !demoted_row(row));
+    for i in BestFirst::new(ranked, fresh, k) {
         if out.len() == k {
             break;
         }
         let p = &ranked[i];
-        if !seen.insert(p.idx) {
-            continue;
+        if seen.insert(p.idx) {
+            set_aside.extend(place(&mut out, p.clone()));
         }
-        if demoted(p.idx) {
-            waiting.push(i);
-            continue;
-        }
-        set_aside.extend(place(&mut out, p.clone()));
     }
-    // Below k the order ran out: every candidate is in `seen`, every demoted one waits.
-    for i in waiting {
-        if out.len() == k {
-            break;
+    if out.len() < k && !is_demoted.is_empty() {
+        let moved = (0..ranked.len()).filter(|&row| demoted_row(row));
+        for i in BestFirst::new(ranked, moved, k - out.len()) {
+            if out.len() == k {
+                break;
+            }
+            if !seen.insert(ranked[i].idx) {
+                continue;
+            }
+            let mut p = ranked[i].clone();
+            p.effects.push(RuleEffect::Demoted);
+            set_aside.extend(place(&mut out, p));
         }
-        let mut p = ranked[i].clone();
-        p.effects.push(RuleEffect::Demoted);
-        set_aside.extend(place(&mut out, p));
     }
     if out.len() < k {
         for mut p in backfill {
@@ -196,11 +205,11 @@ struct BestFirst {
 }
 
 impl BestFirst {
-    fn new(ranked: &[Placed], k: usize) -> Self {
-        let order = ranked
-            .iter()
-            .enumerate()
-            .map(|(row, p)| {
+    /// The candidates at `rows`, best first.
+    fn new(ranked: &[Placed], rows: impl Iterator<Item = usize>, k: usize) -> Self {
+        let order = rows
+            .map(|row| {
+                let p = &ranked[row];
                 // `f32::total_cmp`'s order as an unsigned key, flipped for descending.
                 let bits = p.score.to_bits() as i32;
                 let ascending = (bits ^ ((((bits >> 31) as u32) >> 1) as i32)) as u32 ^ (1 << 31);
@@ -283,20 +292,20 @@ mod tests {
         ];
         let demoted = |i: ItemIdx| i == a[1];
 
-        let plain = apply(&ranked, 4, 0, &demoted, std::iter::empty());
+        let plain = apply(&ranked, 4, 0, Some(&demoted), std::iter::empty());
         assert_eq!(
             ids(&plain),
             [a[0], a[2], a[3], b[0]],
             "deduped, a[1] demoted"
         );
-        let all = apply(&ranked, 10, 0, &demoted, std::iter::empty());
+        let all = apply(&ranked, 10, 0, Some(&demoted), std::iter::empty());
         assert_eq!(ids(&all), [a[0], a[2], a[3], b[0], a[1]]);
         assert_eq!(all[4].effects, [RuleEffect::Demoted]);
 
         // Cap 2: two of category 0, then b[0], then backfill from category 2, then the set-aside.
         let c = of(2);
         let fill = c.iter().map(|&i| placed(i, 0.0)).chain([placed(a[0], 0.0)]);
-        let capped = apply(&ranked, 6, 2, &demoted, fill);
+        let capped = apply(&ranked, 6, 2, Some(&demoted), fill);
         assert_eq!(ids(&capped)[..5], [a[0], a[2], b[0], c[0], c[1]]);
         assert_eq!(capped[3].effects, [RuleEffect::Backfill]);
         assert_eq!(
@@ -400,13 +409,24 @@ mod tests {
                 .collect();
             let k = 1 + next(40) as usize;
             let cap = next(4) as usize;
-            let every = 1 + next(5) as ItemIdx;
-            let demoted = |i: ItemIdx| every > 1 && i.is_multiple_of(every);
+            // 0: every item demoted (a user shown everything already); 1: none.
+            let every = next(6) as ItemIdx;
+            let demoted = |i: ItemIdx| match every {
+                0 => true,
+                1 => false,
+                every => i.is_multiple_of(every),
+            };
             let fill = (0..catalog.len() as ItemIdx)
                 .rev()
                 .map(|i| Placed::new(i, 0.0, 0.0, catalog.attributes(i)));
             assert_eq!(
-                apply(&ranked, k, cap, &demoted, fill.clone()),
+                apply(
+                    &ranked,
+                    k,
+                    cap,
+                    (every != 1).then_some(&demoted),
+                    fill.clone()
+                ),
                 apply_by_full_sort(&ranked, k, cap, &demoted, fill),
                 "case {case}: n {n}, k {k}, cap {cap}, demoted every {every}"
             );
