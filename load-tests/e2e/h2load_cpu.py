@@ -26,6 +26,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from idle_cost import idle_settings
+
 ROOT = Path(__file__).resolve().parents[2]
 GRPCURL = ROOT / ".venv" / "bin" / "grpcurl"
 RECOMMEND = "/tandem.v1.RecommenderService/Recommend"
@@ -160,7 +162,7 @@ def main() -> int:
     print(f"catalog: {len(ids)} items; {args.rounds} runs of {args.requests} calls each, concurrency 1, k = 10, num_candidates = 200")
     print(f"Recommend server CPU per call (us): median {med(recommend):.1f}; runs " + " ".join(f"{x:.1f}" for x in recommend))
     print(f"Health    server CPU per call (us): median {med(check):.1f}; runs " + " ".join(f"{x:.1f}" for x in check))
-    print(f"gateway RSS: {int(rss) // 1024} MiB")
+    print(f"gateway RSS: {int(rss) // 1024} MiB; this machine's idle: {idle_settings()}")
     shutil.rmtree(scratch, ignore_errors=True)
     return 0
 

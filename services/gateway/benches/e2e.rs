@@ -69,6 +69,19 @@ fn server_ns(
 
 type BenchError = Box<dyn std::error::Error + Send + Sync>;
 
+/// The cpuidle driver and, under KVM's haltpoll driver, how long an idle vCPU polls before it
+/// halts: at one call at a time every call follows an idle wait, and on a VM whose vCPUs halt
+/// at once (0) each wake-up pays an exit to the host (see load-tests/e2e/README.md).
+fn idle_settings() -> String {
+    let read = |path: &str| std::fs::read_to_string(path).map(|s| s.trim().to_owned());
+    let driver =
+        read("/sys/devices/system/cpu/cpuidle/current_driver").unwrap_or_else(|_| "unknown".into());
+    match read("/sys/module/haltpoll/parameters/guest_halt_poll_ns") {
+        Ok(ns) => format!("cpuidle driver {driver}, guest_halt_poll_ns {ns}"),
+        Err(_) => format!("cpuidle driver {driver}"),
+    }
+}
+
 /// h2load on PATH, unless `TANDEM_E2E_CLIENT=tonic` asks for the in-process client.
 fn h2load_binary() -> Option<PathBuf> {
     if std::env::var("TANDEM_E2E_CLIENT").is_ok_and(|c| c == "tonic") {
@@ -504,13 +517,14 @@ fn main() -> Result<(), BenchError> {
     let in_turn = m.ann_in_turn + m.rank_in_turn + m.grpc;
     println!(
         "catalog: {} items ({}-d), {ROUNDS} rounds of {per_round} requests, k = {K}, \
-         num_candidates = {NUM_CANDIDATES}, client: {}; the median round:",
+         num_candidates = {NUM_CANDIDATES}, client: {}; {}; the median round:",
         catalog.len(),
         dim,
         match &h2load_client {
             Some(_) => "h2load (another process)",
             None => "tonic on the bench's thread",
         },
+        idle_settings(),
     );
     println!("in-process ANN (k = {NUM_CANDIDATES}):   {:8.1} us", m.ann);
     println!("in-process rank ({NUM_CANDIDATES} rows): {:8.1} us", m.rank);
