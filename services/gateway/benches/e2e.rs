@@ -38,6 +38,7 @@ const USERS: usize = 200;
 const EVENTS_PER_USER: usize = 5;
 const K: u32 = 10;
 const NUM_CANDIDATES: usize = 200;
+/// Rounds unless `TANDEM_E2E_ROUNDS` says otherwise: each round asks for another user.
 const ROUNDS: usize = 9;
 const RECOMMEND: &str = "/tandem.v1.RecommenderService/Recommend";
 const HEALTH: &str = "/grpc.health.v1.Health/Check";
@@ -258,6 +259,12 @@ fn main() -> Result<(), BenchError> {
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(20_000);
+    // More, shorter rounds: each pair of runs closer in time, each median over more users.
+    let rounds: usize = std::env::var("TANDEM_E2E_ROUNDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .filter(|&n: &usize| (1..=USERS).contains(&n))
+        .unwrap_or(ROUNDS);
     if std::env::var_os("ORT_DYLIB_PATH").is_none() || !data.join("items.parquet").is_file() {
         // `cargo bench --workspace` reaches here without the data: `make bench-e2e` sets it up.
         eprintln!(
@@ -351,7 +358,7 @@ fn main() -> Result<(), BenchError> {
     let bodies = scratch.path().join("bodies");
     std::fs::create_dir_all(&bodies)?;
     let body_of = |u: usize| bodies.join(format!("recommend-{u}.bin"));
-    for u in 0..ROUNDS {
+    for u in 0..rounds {
         std::fs::write(body_of(u), grpc_frame(&request(u).encode_to_vec()))?;
     }
     let health_body = bodies.join("health.bin");
@@ -421,7 +428,7 @@ fn main() -> Result<(), BenchError> {
     };
     let stages_url = format!("http://{stages_addr}");
     let stages_body_of = |u: usize| bodies.join(format!("stages-{u}.bin"));
-    for u in 0..ROUNDS {
+    for u in 0..rounds {
         std::fs::write(
             stages_body_of(u),
             grpc_frame(&stages_request(u).encode_to_vec()),
@@ -452,9 +459,9 @@ fn main() -> Result<(), BenchError> {
             requests / 10,
         )?;
     }
-    let per_round = (requests / ROUNDS).max(1);
-    let mut rounds = Vec::with_capacity(ROUNDS);
-    for round in 0..ROUNDS {
+    let per_round = (requests / rounds).max(1);
+    let mut figures = Vec::with_capacity(rounds);
+    for round in 0..rounds {
         let from = round * per_round;
         // h2load sends one body per run: each round asks for another user.
         let recommend_cpu = match &h2load_client {
@@ -507,16 +514,19 @@ fn main() -> Result<(), BenchError> {
             rank(i);
             cpu.rank_in_turn += process_cpu_ns() - p0;
         }
-        rounds.push(cpu.per_call_us(per_round));
+        figures.push(cpu.per_call_us(per_round));
     }
     // The round with the median ratio: a round that a neighbour slowed down does not count.
-    rounds.sort_by(|a, b| a.ratio().total_cmp(&b.ratio()));
-    let all_ratios: Vec<String> = rounds.iter().map(|r| format!("{:.2}", r.ratio())).collect();
-    let m = &rounds[rounds.len() / 2];
+    figures.sort_by(|a, b| a.ratio().total_cmp(&b.ratio()));
+    let all_ratios: Vec<String> = figures
+        .iter()
+        .map(|r| format!("{:.2}", r.ratio()))
+        .collect();
+    let m = &figures[figures.len() / 2];
     let stages = m.ann + m.rank + m.grpc;
     let in_turn = m.ann_in_turn + m.rank_in_turn + m.grpc;
     println!(
-        "catalog: {} items ({}-d), {ROUNDS} rounds of {per_round} requests, k = {K}, \
+        "catalog: {} items ({}-d), {rounds} rounds of {per_round} requests, k = {K}, \
          num_candidates = {NUM_CANDIDATES}, client: {}; {}; the median round:",
         catalog.len(),
         dim,
@@ -549,18 +559,24 @@ fn main() -> Result<(), BenchError> {
     );
     // Per round, each against its own round's figures, sorted: the spread says how far the
     // medians can be trusted.
-    let mut floor: Vec<f64> = rounds
+    let mut floor: Vec<f64> = figures
         .iter()
         .map(|r| r.stages_call / (r.ann + r.rank + r.grpc))
         .collect();
-    let mut glue: Vec<f64> = rounds.iter().map(|r| r.recommend / r.stages_call).collect();
+    let mut glue: Vec<f64> = figures
+        .iter()
+        .map(|r| r.recommend / r.stages_call)
+        .collect();
     floor.sort_by(f64::total_cmp);
     glue.sort_by(f64::total_cmp);
+    // The median first, then every round.
     let list = |xs: &[f64]| {
-        xs.iter()
+        let all = xs
+            .iter()
             .map(|x| format!("{x:.2}"))
             .collect::<Vec<_>>()
-            .join(" ")
+            .join(" ");
+        format!("median {:.2}; {all}", xs[xs.len() / 2])
     };
     println!(
         "by round: the stages behind one call / (ANN + rank + gRPC): {}",
