@@ -206,6 +206,12 @@ impl Catalog {
         self.price.value(idx as usize)
     }
 
+    /// Every row's price, by row.
+    #[inline]
+    pub fn prices(&self) -> &[f32] {
+        self.price.values()
+    }
+
     #[inline]
     pub fn in_stock(&self, idx: ItemIdx) -> bool {
         self.in_stock.value(idx as usize)

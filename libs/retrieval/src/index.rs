@@ -170,6 +170,17 @@ impl CurrentItems<'_> {
         Some((self.row_id(row)?, self.row_attributes(row)?))
     }
 
+    /// Asks the CPU for the attributes of `rows` before they are read one by one: the reads'
+    /// cache misses then overlap instead of each waiting in turn. A search's candidates are
+    /// scattered over the catalog's category and price columns (4 MB each at 1M items), which
+    /// the walk itself does not read.
+    pub fn prefetch_rows(&self, rows: impl IntoIterator<Item = ItemIdx>) {
+        let state = &self.state.rows;
+        for row in rows {
+            state.prefetch_attributes(row);
+        }
+    }
+
     /// The attributes of a row a search returned, without reading its id.
     pub fn row_attributes(&self, row: ItemIdx) -> Option<CurrentItem<'_>> {
         ((row as usize) < self.state.rows.len()).then(|| self.attributes(row))

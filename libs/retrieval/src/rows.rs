@@ -11,6 +11,7 @@ use std::sync::Arc;
 use tandem_catalog::{Catalog, CatalogParts, ItemIdx};
 
 use crate::filter::Attributes;
+use crate::kernels::prefetch;
 use crate::space::Space;
 
 /// An item as an upsert states it.
@@ -189,6 +190,17 @@ impl Rows {
             self.base.popularity(row)
         } else {
             self.extra_popularity[r - self.base.len()]
+        }
+    }
+
+    /// Asks the CPU for a catalog row's category code and price ahead of reading them (rows
+    /// appended by upserts are few and stay cached).
+    #[inline]
+    pub(crate) fn prefetch_attributes(&self, row: ItemIdx) {
+        let r = row as usize;
+        if r < self.base.len() {
+            prefetch(&Catalog::category_codes(&self.base)[r..=r]);
+            prefetch(&self.base.prices()[r..=r]);
         }
     }
 

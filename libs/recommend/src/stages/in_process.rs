@@ -88,6 +88,7 @@ impl CandidateStage for InProcessRetrieval {
             self.index.search(query, &resolved, params)?
         };
         let items = self.index.current_items()?;
+        items.prefetch_rows(found.iter().map(|c| c.idx));
         let candidates = found
             .into_iter()
             .filter_map(|c| {
