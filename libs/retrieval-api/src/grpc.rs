@@ -135,18 +135,21 @@ impl pb::retrieval_service_server::RetrievalService for RetrievalApi {
         // Until a write replaces or deletes an item, the items file is current: the
         // attributes are left out, which keeps the common answer small.
         let report = current.has_changes();
+        if report {
+            current.prefetch_rows(found.iter().map(|c| c.idx));
+        }
         let candidates = found
             .into_iter()
             .filter_map(|c| {
-                let (item_id, now) = current.row(c.idx)?;
                 let mut candidate = pb::Candidate {
                     internal_id: c.idx,
-                    item_id: item_id.to_owned(),
+                    item_id: current.row_id(c.idx)?.to_owned(),
                     distance: c.distance,
                     score: c.score,
                     ..Default::default()
                 };
                 if report {
+                    let now = current.row_attributes(c.idx)?;
                     candidate.category = now.category.to_owned();
                     candidate.price = now.price;
                     candidate.in_stock = now.in_stock;

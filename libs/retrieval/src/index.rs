@@ -165,11 +165,6 @@ impl CurrentItems<'_> {
         ((row as usize) < rows.len() && !rows.is_deleted(row)).then(|| self.attributes(row))
     }
 
-    /// The item id and attributes of a row a search returned (rows are never reused).
-    pub fn row(&self, row: ItemIdx) -> Option<(&str, CurrentItem<'_>)> {
-        Some((self.row_id(row)?, self.row_attributes(row)?))
-    }
-
     /// Asks the CPU for the attributes of `rows` before they are read one by one: the reads'
     /// cache misses then overlap instead of each waiting in turn. A search's candidates are
     /// scattered over the catalog's category and price columns (4 MB each at 1M items), which
@@ -186,7 +181,7 @@ impl CurrentItems<'_> {
         ((row as usize) < self.state.rows.len()).then(|| self.attributes(row))
     }
 
-    /// The item id of a row a search returned.
+    /// The item id of a row a search returned (rows are never reused).
     pub fn row_id(&self, row: ItemIdx) -> Option<&str> {
         let rows = &self.state.rows;
         ((row as usize) < rows.len()).then(|| rows.item_id(row))
