@@ -9,7 +9,9 @@
 //! it (or with `TANDEM_E2E_CLIENT=tonic`) a tonic client on this thread makes them, which
 //! costs the gateway more (its caches and cores are shared with the client). Either way the
 //! gateway and its stages are measured in one run with the same binary. `make bench-e2e` runs
-//! it on the demo and the 1M catalogs.
+//! it on the demo and the 1M catalogs. h2load makes one call at a time unless
+//! `TANDEM_E2E_STREAMS` asks for more in flight, as under load: then the server rarely waits
+//! between calls, and what a wait costs the next call drops out of every served figure.
 //!
 //! A fourth figure separates what tandem's request path adds from what serving adds: the two
 //! stages behind one gRPC call with nothing between them ([`StagesOnly`]), called by the same
@@ -94,10 +96,25 @@ fn h2load_binary() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// `n` calls of `url` with `body` (one gRPC frame), one connection, one call at a time.
-fn h2load(binary: &Path, url: &str, body: &Path, n: usize) -> Result<(), BenchError> {
+/// `n` calls of `url` with `body` (one gRPC frame), one connection, `streams` calls in flight
+/// on it (1: one call at a time).
+fn h2load(
+    binary: &Path,
+    url: &str,
+    body: &Path,
+    n: usize,
+    streams: usize,
+) -> Result<(), BenchError> {
     let out = Command::new(binary)
-        .args(["-n", &n.to_string(), "-c", "1", "-m", "1", "-d"])
+        .args([
+            "-n",
+            &n.to_string(),
+            "-c",
+            "1",
+            "-m",
+            &streams.to_string(),
+            "-d",
+        ])
         .arg(body)
         .args([
             "-H",
@@ -265,6 +282,13 @@ fn main() -> Result<(), BenchError> {
         .and_then(|n| n.parse().ok())
         .filter(|&n: &usize| (1..=USERS).contains(&n))
         .unwrap_or(ROUNDS);
+    // Calls in flight on h2load's connection: 1 is the issue's measure (every call follows
+    // an idle wait); more keeps the server busy, as under load (load-tests/e2e/README.md).
+    let streams: usize = std::env::var("TANDEM_E2E_STREAMS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .filter(|&n: &usize| n >= 1)
+        .unwrap_or(1);
     if std::env::var_os("ORT_DYLIB_PATH").is_none() || !data.join("items.parquet").is_file() {
         // `cargo bench --workspace` reaches here without the data: `make bench-e2e` sets it up.
         eprintln!(
@@ -354,6 +378,12 @@ fn main() -> Result<(), BenchError> {
         }
     }
     let h2load_client = h2load_binary();
+    if streams > 1 && h2load_client.is_none() {
+        return Err(
+            "TANDEM_E2E_STREAMS above 1 needs h2load (the tonic client calls one at a time)".into(),
+        );
+    }
+    let calls = |h2: &Path, url: &str, body: &Path, n: usize| h2load(h2, url, body, n, streams);
     let url = format!("http://{}", gateway.addr);
     let bodies = scratch.path().join("bodies");
     std::fs::create_dir_all(&bodies)?;
@@ -450,9 +480,9 @@ fn main() -> Result<(), BenchError> {
         stages_call(i)?;
     }
     if let Some(h2) = &h2load_client {
-        h2load(h2, &format!("{url}{RECOMMEND}"), &body_of(0), requests / 10)?;
-        h2load(h2, &format!("{url}{HEALTH}"), &health_body, requests / 10)?;
-        h2load(
+        calls(h2, &format!("{url}{RECOMMEND}"), &body_of(0), requests / 10)?;
+        calls(h2, &format!("{url}{HEALTH}"), &health_body, requests / 10)?;
+        calls(
             h2,
             &format!("{stages_url}{HEALTH}"),
             &stages_body_of(0),
@@ -467,7 +497,7 @@ fn main() -> Result<(), BenchError> {
         let recommend_cpu = match &h2load_client {
             // One h2load run of `per_round` calls; this thread only waits for it.
             Some(h2) => server_ns(0, 1, |_| {
-                h2load(h2, &format!("{url}{RECOMMEND}"), &body_of(round), per_round)
+                calls(h2, &format!("{url}{RECOMMEND}"), &body_of(round), per_round)
             })?,
             None => server_ns(from, per_round, &mut recommend)?,
         };
@@ -489,13 +519,13 @@ fn main() -> Result<(), BenchError> {
         cpu.rank = process_cpu_ns() - p0;
         cpu.grpc = match &h2load_client {
             Some(h2) => server_ns(0, 1, |_| {
-                h2load(h2, &format!("{url}{HEALTH}"), &health_body, per_round)
+                calls(h2, &format!("{url}{HEALTH}"), &health_body, per_round)
             })?,
             None => server_ns(from, per_round, &mut check)?,
         };
         cpu.stages_call = match &h2load_client {
             Some(h2) => server_ns(0, 1, |_| {
-                h2load(
+                calls(
                     h2,
                     &format!("{stages_url}{HEALTH}"),
                     &stages_body_of(round),
@@ -527,7 +557,8 @@ fn main() -> Result<(), BenchError> {
     let in_turn = m.ann_in_turn + m.rank_in_turn + m.grpc;
     println!(
         "catalog: {} items ({}-d), {rounds} rounds of {per_round} requests, k = {K}, \
-         num_candidates = {NUM_CANDIDATES}, client: {}; {}; the median round:",
+         num_candidates = {NUM_CANDIDATES}, client: {}, calls in flight: {streams}; {}; \
+         the median round:",
         catalog.len(),
         dim,
         match &h2load_client {
