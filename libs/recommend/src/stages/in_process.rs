@@ -89,23 +89,22 @@ impl CandidateStage for InProcessRetrieval {
         };
         let items = self.index.current_items()?;
         items.prefetch_rows(found.iter().map(|c| c.idx));
-        let candidates = found
-            .into_iter()
-            .filter_map(|c| {
-                let now = items.row_attributes(c.idx)?;
-                // Same rows: the index's row is the catalog's index, no id to look up.
-                let idx = if self.same_rows && (c.idx as usize) < self.catalog.len() {
-                    c.idx
-                } else {
-                    self.catalog.idx_of(items.row_id(c.idx)?)?
-                };
-                Some(Candidate {
-                    idx,
-                    score: c.score,
-                    attributes: self.attributes(now),
-                })
+        // Sized once: collected through `filter_map`, the list would grow from 4 by doubling.
+        let mut candidates = Vec::with_capacity(found.len());
+        candidates.extend(found.into_iter().filter_map(|c| {
+            let now = items.row_attributes(c.idx)?;
+            // Same rows: the index's row is the catalog's index, no id to look up.
+            let idx = if self.same_rows && (c.idx as usize) < self.catalog.len() {
+                c.idx
+            } else {
+                self.catalog.idx_of(items.row_id(c.idx)?)?
+            };
+            Some(Candidate {
+                idx,
+                score: c.score,
+                attributes: self.attributes(now),
             })
-            .collect();
+        }));
         Ok(Retrieved {
             candidates,
             partial: None,
