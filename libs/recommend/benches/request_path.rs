@@ -182,8 +182,8 @@ fn request_path(c: &mut Criterion) {
             ..Default::default()
         }
     };
-    // The e2e bench's user is shown the same answer again and again (every candidate
-    // demoted after three): the same state here.
+    // The e2e bench's user asks again and again: within 60 answers every candidate has been
+    // shown three times and is demoted, the state criterion's warm-up leaves this user in.
     for _ in 0..10 {
         let answer = runtime
             .block_on(recommender.recommend(&request()))
