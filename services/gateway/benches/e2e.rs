@@ -85,51 +85,54 @@ fn idle_settings() -> String {
     }
 }
 
-/// h2load on PATH, unless `TANDEM_E2E_CLIENT=tonic` asks for the in-process client.
-fn h2load_binary() -> Option<PathBuf> {
-    if std::env::var("TANDEM_E2E_CLIENT").is_ok_and(|c| c == "tonic") {
-        return None;
-    }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join("h2load"))
-        .find(|p| p.is_file())
+/// h2load (Debian `nghttp2-client`) as the bench drives it: one connection, `streams` calls
+/// in flight on it (1: one call at a time).
+struct H2load {
+    binary: PathBuf,
+    streams: usize,
 }
 
-/// `n` calls of `url` with `body` (one gRPC frame), one connection, `streams` calls in flight
-/// on it (1: one call at a time).
-fn h2load(
-    binary: &Path,
-    url: &str,
-    body: &Path,
-    n: usize,
-    streams: usize,
-) -> Result<(), BenchError> {
-    let out = Command::new(binary)
-        .args([
-            "-n",
-            &n.to_string(),
-            "-c",
-            "1",
-            "-m",
-            &streams.to_string(),
-            "-d",
-        ])
-        .arg(body)
-        .args([
-            "-H",
-            "content-type: application/grpc",
-            "-H",
-            "te: trailers",
-            url,
-        ])
-        .output()?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    // h2load counts HTTP 200 as success: the answers' content is checked before (tonic).
-    if !out.status.success() || !stdout.contains(&format!("{n} succeeded")) {
-        return Err(format!("h2load {url}: not every call succeeded:\n{stdout}").into());
+impl H2load {
+    /// h2load on PATH, unless `TANDEM_E2E_CLIENT=tonic` asks for the in-process client.
+    fn find(streams: usize) -> Option<Self> {
+        if std::env::var("TANDEM_E2E_CLIENT").is_ok_and(|c| c == "tonic") {
+            return None;
+        }
+        let path = std::env::var_os("PATH")?;
+        let binary = std::env::split_paths(&path)
+            .map(|dir| dir.join("h2load"))
+            .find(|p| p.is_file())?;
+        Some(Self { binary, streams })
     }
-    Ok(())
+
+    /// `n` calls of `url` with `body` (one gRPC frame).
+    fn run(&self, url: &str, body: &Path, n: usize) -> Result<(), BenchError> {
+        let out = Command::new(&self.binary)
+            .args([
+                "-n",
+                &n.to_string(),
+                "-c",
+                "1",
+                "-m",
+                &self.streams.to_string(),
+                "-d",
+            ])
+            .arg(body)
+            .args([
+                "-H",
+                "content-type: application/grpc",
+                "-H",
+                "te: trailers",
+                url,
+            ])
+            .output()?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        // h2load counts HTTP 200 as success: the answers' content is checked before (tonic).
+        if !out.status.success() || !stdout.contains(&format!("{n} succeeded")) {
+            return Err(format!("h2load {url}: not every call succeeded:\n{stdout}").into());
+        }
+        Ok(())
+    }
 }
 
 /// The two stages behind one gRPC call with nothing of tandem's between them: the search of a
@@ -377,13 +380,12 @@ fn main() -> Result<(), BenchError> {
             return Err(format!("bench-{u}: not a full, ranked answer: {answer:?}").into());
         }
     }
-    let h2load_client = h2load_binary();
+    let h2load_client = H2load::find(streams);
     if streams > 1 && h2load_client.is_none() {
         return Err(
             "TANDEM_E2E_STREAMS above 1 needs h2load (the tonic client calls one at a time)".into(),
         );
     }
-    let calls = |h2: &Path, url: &str, body: &Path, n: usize| h2load(h2, url, body, n, streams);
     let url = format!("http://{}", gateway.addr);
     let bodies = scratch.path().join("bodies");
     std::fs::create_dir_all(&bodies)?;
@@ -480,10 +482,9 @@ fn main() -> Result<(), BenchError> {
         stages_call(i)?;
     }
     if let Some(h2) = &h2load_client {
-        calls(h2, &format!("{url}{RECOMMEND}"), &body_of(0), requests / 10)?;
-        calls(h2, &format!("{url}{HEALTH}"), &health_body, requests / 10)?;
-        calls(
-            h2,
+        h2.run(&format!("{url}{RECOMMEND}"), &body_of(0), requests / 10)?;
+        h2.run(&format!("{url}{HEALTH}"), &health_body, requests / 10)?;
+        h2.run(
             &format!("{stages_url}{HEALTH}"),
             &stages_body_of(0),
             requests / 10,
@@ -497,7 +498,7 @@ fn main() -> Result<(), BenchError> {
         let recommend_cpu = match &h2load_client {
             // One h2load run of `per_round` calls; this thread only waits for it.
             Some(h2) => server_ns(0, 1, |_| {
-                calls(h2, &format!("{url}{RECOMMEND}"), &body_of(round), per_round)
+                h2.run(&format!("{url}{RECOMMEND}"), &body_of(round), per_round)
             })?,
             None => server_ns(from, per_round, &mut recommend)?,
         };
@@ -519,14 +520,13 @@ fn main() -> Result<(), BenchError> {
         cpu.rank = process_cpu_ns() - p0;
         cpu.grpc = match &h2load_client {
             Some(h2) => server_ns(0, 1, |_| {
-                calls(h2, &format!("{url}{HEALTH}"), &health_body, per_round)
+                h2.run(&format!("{url}{HEALTH}"), &health_body, per_round)
             })?,
             None => server_ns(from, per_round, &mut check)?,
         };
         cpu.stages_call = match &h2load_client {
             Some(h2) => server_ns(0, 1, |_| {
-                calls(
-                    h2,
+                h2.run(
                     &format!("{stages_url}{HEALTH}"),
                     &stages_body_of(round),
                     per_round,
