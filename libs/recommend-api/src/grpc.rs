@@ -113,29 +113,30 @@ impl pb::recommender_service_server::RecommenderService for RecommenderApi {
             "recommend"
         );
         Ok(Response::new(pb::RecommendResponse {
+            // Moved, not copied: the answer's strings and feature rows become the reply's.
             items: result
                 .items
-                .iter()
+                .into_iter()
                 .map(|it| pb::RecommendedItem {
                     item_id: catalog.item_id(it.idx).to_owned(),
                     score: it.score,
                     retrieval_score: it.retrieval_score,
-                    category: it.category.clone(),
+                    category: it.category,
                     price: it.price,
                     explanation: domain.explain.then(|| pb::ItemExplanation {
                         features: it
                             .features
-                            .iter()
+                            .into_iter()
                             .map(|f| pb::FeatureValue {
-                                input: f.input.clone(),
-                                feature: f.feature.clone(),
-                                values: f.values.clone(),
+                                input: f.input,
+                                feature: f.feature,
+                                values: f.values,
                             })
                             .collect(),
                         rules: it.effects.iter().map(|e| e.as_str().to_owned()).collect(),
                         reason: it.reason.clone(),
                     }),
-                    reason: it.reason.clone(),
+                    reason: it.reason,
                 })
                 .collect(),
             model_version: result.model_version,

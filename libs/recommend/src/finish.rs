@@ -12,12 +12,40 @@ use tandem_retrieval::ItemFilter;
 
 use crate::pipeline::{RecommendedItem, within};
 use crate::plan::Plan;
-use crate::rules::{self, Placed, RulesConfig};
-use crate::{CandidateStage, ItemStatus};
+use crate::rules::{self, Placed, RankedRows, RulesConfig};
+use crate::{Candidate, CandidateStage, ItemStatus};
 
 /// Rounds of asking retrieval about backfilled items; each replaces the ones found gone.
 /// After the last, items still unchecked are checked once more and dropped if gone.
 const BACKFILL_CHECK_ROUNDS: usize = 3;
+
+/// The candidates with the model's scores, row by row (`scores[row]` is `candidates[row]`'s).
+pub(crate) struct ScoredCandidates<'a> {
+    pub candidates: &'a [Candidate],
+    pub scores: &'a [f32],
+}
+
+impl RankedRows for ScoredCandidates<'_> {
+    fn rows(&self) -> usize {
+        self.candidates.len().min(self.scores.len())
+    }
+
+    fn idx(&self, row: usize) -> ItemIdx {
+        self.candidates[row].idx
+    }
+
+    fn score(&self, row: usize) -> f32 {
+        self.scores[row]
+    }
+
+    fn placed(&self, row: usize) -> Placed {
+        let c = &self.candidates[row];
+        Placed {
+            candidate: Some(row),
+            ..Placed::new(c.idx, self.scores[row], c.score, c.attributes.clone())
+        }
+    }
+}
 
 /// What the rules read besides the plan.
 pub(crate) struct Finisher<'a> {
@@ -30,17 +58,17 @@ pub(crate) struct Finisher<'a> {
 impl Finisher<'_> {
     /// Rules steps 2 to 6 on `ranked`, backfilled (those of `prefer` categories first), every
     /// backfilled item checked with retrieval within the time left.
-    pub(crate) async fn finish(
+    pub(crate) async fn finish<R: RankedRows + Sync + ?Sized>(
         &self,
         plan: &Plan,
-        ranked: Vec<Placed>,
+        ranked: &R,
         prefer: &HashSet<u32>,
         time_left: impl Fn() -> Option<std::time::Duration>,
     ) -> Vec<RecommendedItem> {
         // Copied only when a backfilled item turns out gone and is excluded.
         let mut filter = std::borrow::Cow::Borrowed(&plan.filter);
         let mut checked: HashMap<ItemIdx, ItemAttributes> = HashMap::new();
-        let mut placed = self.apply(plan, &filter, &ranked, prefer);
+        let mut placed = self.apply(plan, &filter, ranked, prefer);
         for round in 0..=BACKFILL_CHECK_ROUNDS {
             let unchecked: Vec<ItemIdx> = placed
                 .iter()
@@ -92,7 +120,7 @@ impl Finisher<'_> {
                 placed.retain(|p| !gone.contains(&p.idx));
                 break;
             }
-            placed = self.apply(plan, &filter, &ranked, prefer);
+            placed = self.apply(plan, &filter, ranked, prefer);
         }
         placed
             .into_iter()
@@ -111,7 +139,7 @@ impl Finisher<'_> {
         plan: &Plan,
         prefer: &HashSet<u32>,
     ) -> Vec<RecommendedItem> {
-        self.apply(plan, &plan.filter, &[], prefer)
+        self.apply(plan, &plan.filter, &[] as &[Placed], prefer)
             .into_iter()
             .map(|p| self.shown(p))
             .collect()
@@ -135,11 +163,11 @@ impl Finisher<'_> {
         }
     }
 
-    fn apply(
+    fn apply<R: RankedRows + ?Sized>(
         &self,
         plan: &Plan,
         filter: &ItemFilter,
-        ranked: &[Placed],
+        ranked: &R,
         prefer: &HashSet<u32>,
     ) -> Vec<Placed> {
         let (demote_after, shown) = (self.rules.demote_after_shown, &plan.history.shown);

@@ -17,7 +17,7 @@ use tandem_ranking::{FeatureValues, ScoreRequest};
 
 use crate::ItemStatus;
 use crate::events::{EventIntake, IncomingEvent, Recorded, Rejection};
-use crate::finish::{Finisher, time_left};
+use crate::finish::{Finisher, ScoredCandidates, time_left};
 use crate::plan::{Plan, check_user_id, plan};
 use crate::reasons;
 use crate::rules::{Placed, RuleEffect, RulesConfig};
@@ -106,12 +106,9 @@ pub struct Settings {
     pub sources: CandidateSources,
 }
 
-/// The UTC hour, as the `hour_of_day` context value.
-fn hour_of_day_now() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    ((secs / 3600) % 24).to_string()
+/// The UTC hour of `now_ms`, as the `hour_of_day` context feature reads it.
+fn hour_of_day(now_ms: i64) -> String {
+    (now_ms.div_euclid(3_600_000) % 24).to_string()
 }
 
 /// Wall-clock milliseconds since the epoch (what event, impression and checkpoint times are).
@@ -382,7 +379,9 @@ impl Recommender {
             let prefer = plan.context_categories(&self.catalog);
             let mut items = self
                 .finisher()
-                .finish(&plan, Vec::new(), &prefer, || self.time_left(deadline))
+                .finish(&plan, &[] as &[Placed], &prefer, || {
+                    self.time_left(deadline)
+                })
                 .instrument(rules_span())
                 .await;
             if req.reasons || req.explain {
@@ -441,18 +440,13 @@ impl Recommender {
         if let Some(degraded) = &ranked.degraded {
             rank_span.record("tandem.degraded", degraded.as_str());
         }
-        let placed: Vec<Placed> = candidates
-            .iter()
-            .zip(&ranked.scores)
-            .enumerate()
-            .map(|(row, (c, &score))| Placed {
-                candidate: Some(row),
-                ..Placed::new(c.idx, score, c.score, c.attributes.clone())
-            })
-            .collect();
+        let scored = ScoredCandidates {
+            candidates: &candidates,
+            scores: &ranked.scores,
+        };
         let mut items = self
             .finisher()
-            .finish(&plan, placed, &HashSet::new(), || self.time_left(deadline))
+            .finish(&plan, &scored, &HashSet::new(), || self.time_left(deadline))
             .instrument(rules_span())
             .await;
         if log_this {
@@ -598,7 +592,7 @@ impl Recommender {
         let mut context = req.context.clone();
         context
             .entry("hour_of_day".to_owned())
-            .or_insert_with(hour_of_day_now);
+            .or_insert_with(|| hour_of_day(now_ms));
         // Whether the user's own items compete: a model may read it (the history ranker does).
         context
             .entry(REPEATS_ALLOWED.to_owned())

@@ -93,6 +93,34 @@ impl Placed {
     }
 }
 
+/// The ranked candidates as the rules read them, by row: the order needs only each row's item
+/// and score; a row is copied into a [`Placed`] only when the answer reaches it (a few of the
+/// hundreds of candidates), so no list of them all is built per request.
+pub(crate) trait RankedRows {
+    fn rows(&self) -> usize;
+    fn idx(&self, row: usize) -> ItemIdx;
+    fn score(&self, row: usize) -> f32;
+    fn placed(&self, row: usize) -> Placed;
+}
+
+impl RankedRows for [Placed] {
+    fn rows(&self) -> usize {
+        self.len()
+    }
+
+    fn idx(&self, row: usize) -> ItemIdx {
+        self[row].idx
+    }
+
+    fn score(&self, row: usize) -> f32 {
+        self[row].score
+    }
+
+    fn placed(&self, row: usize) -> Placed {
+        self[row].clone()
+    }
+}
+
 /// Item-id sets and per-category counts of one request: a few hundred small keys, no
 /// untrusted input to defend against, so a fast hasher.
 type FastSet<T> = HashSet<T, foldhash::fast::FixedState>;
@@ -102,8 +130,8 @@ type FastMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
 /// `demoted` says which items step 4 moves down (`None`: none).
 /// `ranked` is only read: the rules order indexes into it and copy the at most `k` items they
 /// place (and those the cap sets aside), not all the candidates.
-pub(crate) fn apply(
-    ranked: &[Placed],
+pub(crate) fn apply<R: RankedRows + ?Sized>(
+    ranked: &R,
     k: usize,
     max_per_category: usize,
     demoted: Option<&dyn Fn(ItemIdx) -> bool>,
@@ -114,7 +142,7 @@ pub(crate) fn apply(
     } else {
         max_per_category
     };
-    let mut seen = FastSet::with_capacity_and_hasher(ranked.len() + k, Default::default());
+    let mut seen = FastSet::with_capacity_and_hasher(ranked.rows() + k, Default::default());
     let mut per_category: FastMap<Category, usize> = FastMap::default();
     let mut out = Vec::with_capacity(k);
     let mut set_aside = Vec::new();
@@ -135,33 +163,34 @@ pub(crate) fn apply(
     // (in the user's impressions, each a likely cache miss) do not wait on each other, and a
     // user shown everything already (all demoted) has the best k selected, not all sorted.
     let is_demoted: Vec<bool> = match demoted {
-        Some(demoted) => ranked.iter().map(|p| demoted(p.idx)).collect(),
+        Some(demoted) => (0..ranked.rows())
+            .map(|row| demoted(ranked.idx(row)))
+            .collect(),
         None => Vec::new(),
     };
     let demoted_row = |row: usize| is_demoted.get(row).copied().unwrap_or(false);
     // Best first, each item once (at its best score): the items not demoted, then the
     // demoted ones (an item's copies are all demoted or none). Stops at k: the order is only
     // paid for the items an answer reaches.
-    let fresh = (0..ranked.len()).filter(|&row| !demoted_row(row));
-    for i in BestFirst::new(ranked, fresh, k) {
+    let fresh = (0..ranked.rows()).filter(|&row| !demoted_row(row));
+    for row in BestFirst::new(ranked, fresh, k) {
         if out.len() == k {
             break;
         }
-        let p = &ranked[i];
-        if seen.insert(p.idx) {
-            set_aside.extend(place(&mut out, p.clone()));
+        if seen.insert(ranked.idx(row)) {
+            set_aside.extend(place(&mut out, ranked.placed(row)));
         }
     }
     if out.len() < k && !is_demoted.is_empty() {
-        let moved = (0..ranked.len()).filter(|&row| demoted_row(row));
-        for i in BestFirst::new(ranked, moved, k - out.len()) {
+        let moved = (0..ranked.rows()).filter(|&row| demoted_row(row));
+        for row in BestFirst::new(ranked, moved, k - out.len()) {
             if out.len() == k {
                 break;
             }
-            if !seen.insert(ranked[i].idx) {
+            if !seen.insert(ranked.idx(row)) {
                 continue;
             }
-            let mut p = ranked[i].clone();
+            let mut p = ranked.placed(row);
             p.effects.push(RuleEffect::Demoted);
             set_aside.extend(place(&mut out, p));
         }
@@ -206,14 +235,20 @@ struct BestFirst {
 
 impl BestFirst {
     /// The candidates at `rows`, best first.
-    fn new(ranked: &[Placed], rows: impl Iterator<Item = usize>, k: usize) -> Self {
+    fn new<R: RankedRows + ?Sized>(
+        ranked: &R,
+        rows: impl Iterator<Item = usize>,
+        k: usize,
+    ) -> Self {
         let order = rows
             .map(|row| {
-                let p = &ranked[row];
                 // `f32::total_cmp`'s order as an unsigned key, flipped for descending.
-                let bits = p.score.to_bits() as i32;
+                let bits = ranked.score(row).to_bits() as i32;
                 let ascending = (bits ^ ((((bits >> 31) as u32) >> 1) as i32)) as u32 ^ (1 << 31);
-                ((u64::from(!ascending) << 32) | u64::from(p.idx), row as u32)
+                (
+                    (u64::from(!ascending) << 32) | u64::from(ranked.idx(row)),
+                    row as u32,
+                )
             })
             .collect();
         Self {
@@ -292,20 +327,20 @@ mod tests {
         ];
         let demoted = |i: ItemIdx| i == a[1];
 
-        let plain = apply(&ranked, 4, 0, Some(&demoted), std::iter::empty());
+        let plain = apply(ranked.as_slice(), 4, 0, Some(&demoted), std::iter::empty());
         assert_eq!(
             ids(&plain),
             [a[0], a[2], a[3], b[0]],
             "deduped, a[1] demoted"
         );
-        let all = apply(&ranked, 10, 0, Some(&demoted), std::iter::empty());
+        let all = apply(ranked.as_slice(), 10, 0, Some(&demoted), std::iter::empty());
         assert_eq!(ids(&all), [a[0], a[2], a[3], b[0], a[1]]);
         assert_eq!(all[4].effects, [RuleEffect::Demoted]);
 
         // Cap 2: two of category 0, then b[0], then backfill from category 2, then the set-aside.
         let c = of(2);
         let fill = c.iter().map(|&i| placed(i, 0.0)).chain([placed(a[0], 0.0)]);
-        let capped = apply(&ranked, 6, 2, Some(&demoted), fill);
+        let capped = apply(ranked.as_slice(), 6, 2, Some(&demoted), fill);
         assert_eq!(ids(&capped)[..5], [a[0], a[2], b[0], c[0], c[1]]);
         assert_eq!(capped[3].effects, [RuleEffect::Backfill]);
         assert_eq!(
@@ -421,7 +456,7 @@ mod tests {
                 .map(|i| Placed::new(i, 0.0, 0.0, catalog.attributes(i)));
             assert_eq!(
                 apply(
-                    &ranked,
+                    ranked.as_slice(),
                     k,
                     cap,
                     (every != 1).then_some(&demoted),
