@@ -5,7 +5,7 @@
 //! rates with 95 % Wilson intervals and a two-proportion z-test against a control.
 //!
 //! The ledger is bounded: impressions older than the window, or beyond `max_impressions`
-//! (oldest first), can no longer be attributed to.
+//! (oldest first), or past a user's latest [`MAX_SCANNED`], can no longer be attributed to.
 
 mod stats;
 
@@ -17,6 +17,11 @@ use tandem_catalog::ItemIdx;
 use tandem_personalization::EventKind;
 
 pub use stats::{Proportion, two_proportion_p_value, wilson};
+
+/// An event is attributed among its user's latest this many impressions: a user shown more
+/// within the window is a crawler or a load test, and an event must not scan them all under
+/// the ledger's lock.
+pub const MAX_SCANNED: usize = 4096;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LedgerConfig {
@@ -84,10 +89,33 @@ struct Ledger {
     versions: Vec<String>,
     version_ids: HashMap<String, u16>,
     totals: Vec<VersionTotals>,
-    /// (user hash, item) → the latest impression of the item to the user.
-    impressions: HashMap<(u64, ItemIdx), Impression, foldhash::fast::FixedState>,
-    /// In time order, for expiry: (shown at, key).
-    order: VecDeque<(i64, (u64, ItemIdx))>,
+    /// `tandem_experiment_impressions_total` per version, made when the version first shows
+    /// up (a registry lookup per answer would copy and hash the label).
+    impression_counters: Vec<metrics::Counter>,
+    /// User hash → the user's impressions in the order shown; a later impression of an item
+    /// supersedes the earlier ones (an event is attributed to the latest). Kept per user, an
+    /// answer's items are one lookup and a few appends to one list rather than an insert
+    /// each into one table of every user's impressions.
+    users: HashMap<u64, VecDeque<(ItemIdx, Impression)>, foldhash::fast::FixedState>,
+    /// One entry per answer in the order shown, for expiry: (shown at, user, impressions of
+    /// it still held). Each user's list is in the same order, so an answer's impressions are
+    /// always the front of its user's list when it expires.
+    answers: VecDeque<(i64, u64, usize)>,
+    /// Impressions held: the sum of `answers`' counts.
+    held: usize,
+}
+
+impl Ledger {
+    /// Drops the first `n` impressions of `user`'s list (its oldest answer's, or part of it).
+    fn drop_oldest(&mut self, user: u64, n: usize) {
+        if let Some(list) = self.users.get_mut(&user) {
+            list.drain(..n.min(list.len()));
+            if list.is_empty() {
+                self.users.remove(&user);
+            }
+        }
+        self.held = self.held.saturating_sub(n);
+    }
 }
 
 /// Impressions and what followed them, per model version (one gateway's).
@@ -120,7 +148,8 @@ impl ExperimentLedger {
             return;
         }
         let user = self.users.hash_one(user);
-        let mut l = self.lock();
+        let mut guard = self.lock();
+        let l = &mut *guard;
         let version_id = match l.version_ids.get(version) {
             Some(&id) => id,
             None => {
@@ -128,36 +157,43 @@ impl ExperimentLedger {
                 l.versions.push(version.to_owned());
                 l.version_ids.insert(version.to_owned(), id);
                 l.totals.push(VersionTotals::default());
+                l.impression_counters.push(metrics::counter!(
+                    "tandem_experiment_impressions_total",
+                    "model_version" => version.to_owned()
+                ));
                 id
             }
         };
         l.totals[usize::from(version_id)].impressions += items.len() as u64;
-        for &item in items {
-            l.impressions.insert(
-                (user, item),
-                Impression {
-                    version: version_id,
-                    at_ms,
-                    seen: 0,
-                    revenue: 0.0,
-                },
-            );
-            l.order.push_back((at_ms, (user, item)));
-        }
+        let impression = Impression {
+            version: version_id,
+            at_ms,
+            seen: 0,
+            revenue: 0.0,
+        };
+        l.users
+            .entry(user)
+            .or_default()
+            .extend(items.iter().map(|&item| (item, impression)));
+        l.answers.push_back((at_ms, user, items.len()));
+        l.held += items.len();
         let horizon = at_ms - self.config.window_ms;
-        while l.order.len() > self.config.max_impressions
-            || l.order.front().is_some_and(|(t, _)| *t < horizon)
-        {
-            let Some((t, key)) = l.order.pop_front() else {
+        while let Some(&(t, oldest_user, n)) = l.answers.front() {
+            let excess = l.held.saturating_sub(self.config.max_impressions);
+            if t < horizon || excess >= n {
+                l.answers.pop_front();
+                l.drop_oldest(oldest_user, n);
+            } else if excess > 0 {
+                // Past the bound by part of an answer: its oldest items go.
+                if let Some(front) = l.answers.front_mut() {
+                    front.2 -= excess;
+                }
+                l.drop_oldest(oldest_user, excess);
+            } else {
                 break;
-            };
-            // A later impression of the same item replaced this one: keep that.
-            if l.impressions.get(&key).is_some_and(|i| i.at_ms == t) {
-                l.impressions.remove(&key);
             }
         }
-        metrics::counter!("tandem_experiment_impressions_total", "model_version" => version.to_owned())
-            .increment(items.len() as u64);
+        l.impression_counters[usize::from(version_id)].increment(items.len() as u64);
     }
 
     /// `user` did `kind` on `item` at `at_ms`; attributed if an answer showed it within the
@@ -171,7 +207,13 @@ impl ExperimentLedger {
         };
         let user = self.users.hash_one(user);
         let mut l = self.lock();
-        let Some(impression) = l.impressions.get_mut(&(user, item)) else {
+        let Some(impression) = l.users.get_mut(&user).and_then(|list| {
+            list.iter_mut()
+                .rev()
+                .take(MAX_SCANNED)
+                .find(|(shown, _)| *shown == item)
+                .map(|(_, impression)| impression)
+        }) else {
             return;
         };
         if at_ms < impression.at_ms || at_ms > impression.at_ms + self.config.window_ms {
@@ -214,8 +256,10 @@ impl ExperimentLedger {
     pub fn forget(&self, user: &str) {
         let user = self.users.hash_one(user);
         let mut l = self.lock();
-        l.impressions.retain(|(u, _), _| *u != user);
-        l.order.retain(|(_, (u, _))| *u != user);
+        if let Some(list) = l.users.remove(&user) {
+            l.held -= list.len();
+        }
+        l.answers.retain(|(_, u, _)| *u != user);
     }
 
     /// Per version, against `control` (default: the version with the most impressions).

@@ -1,6 +1,6 @@
 //! Attribution rules and the report on a known split.
 
-use tandem_experiments::{ExperimentLedger, LedgerConfig};
+use tandem_experiments::{ExperimentLedger, LedgerConfig, MAX_SCANNED};
 use tandem_personalization::EventKind;
 
 const HOUR: i64 = 3_600_000;
@@ -108,4 +108,48 @@ fn old_impressions_are_forgotten_within_the_bound() {
         1,
         "erased users attribute nothing"
     );
+}
+
+#[test]
+fn the_bound_is_exact_when_it_falls_inside_an_answer() {
+    let l = ExperimentLedger::new(LedgerConfig {
+        window_ms: HOUR,
+        max_impressions: 10,
+    });
+    for answer in 0..4u32 {
+        let items: Vec<u32> = (0..3).map(|i| answer * 3 + i).collect();
+        l.shown("u", "a/1", &items, i64::from(answer));
+    }
+    // 12 shown, 10 held: the first answer's two oldest items went, its third stayed.
+    l.event("u", 0, EventKind::Click, 10, 0.0);
+    l.event("u", 1, EventKind::Click, 10, 0.0);
+    assert_eq!(l.report(None).versions[0].totals.clicked, 0);
+    l.event("u", 2, EventKind::Click, 10, 0.0);
+    l.event("u", 11, EventKind::Click, 10, 0.0);
+    assert_eq!(l.report(None).versions[0].totals.clicked, 2);
+}
+
+#[test]
+fn an_event_is_attributed_among_its_users_latest_impressions() {
+    let l = ExperimentLedger::new(LedgerConfig::default());
+    let shown = MAX_SCANNED as u32 + 100;
+    for n in 0..shown {
+        l.shown("crawler", "a/1", &[n], 1_000);
+    }
+    l.shown("person", "a/1", &[7], 1_000);
+    l.event("crawler", 0, EventKind::Click, 2_000, 0.0);
+    assert_eq!(
+        l.report(None).versions[0].totals.clicked,
+        0,
+        "shown before the latest MAX_SCANNED"
+    );
+    l.event(
+        "crawler",
+        shown - MAX_SCANNED as u32,
+        EventKind::Click,
+        2_000,
+        0.0,
+    );
+    l.event("person", 7, EventKind::Click, 2_000, 0.0);
+    assert_eq!(l.report(None).versions[0].totals.clicked, 2);
 }
