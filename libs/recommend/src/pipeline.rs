@@ -432,7 +432,7 @@ impl Recommender {
             tandem.model_version = tracing::field::Empty,
             tandem.degraded = tracing::field::Empty,
         );
-        let ranked = self
+        let mut ranked = self
             .score(&plan, req, query, &candidates, req.explain || log_this, now)
             .instrument(rank_span.clone())
             .await?;
@@ -449,11 +449,18 @@ impl Recommender {
             .finish(&plan, &scored, &HashSet::new(), || self.time_left(deadline))
             .instrument(rules_span())
             .await;
-        if log_this {
-            self.log_served(req, &ranked, &candidates, &items);
-        }
         if req.explain {
             explain(&mut items, &ranked.features);
+        }
+        if log_this {
+            // The model's inputs for every candidate (hundreds of kilobytes): moved into the
+            // log, copied only when the answer explains itself with them too.
+            let features = if req.explain {
+                ranked.features.clone()
+            } else {
+                std::mem::take(&mut ranked.features)
+            };
+            self.log_served(req, &ranked, features, &candidates, &items);
         }
         if req.reasons || req.explain {
             self.give_reasons(&plan, &mut items, now);
@@ -663,11 +670,11 @@ impl Recommender {
         &self,
         req: &RecommendRequest,
         ranked: &Ranked,
+        features: Vec<FeatureValues>,
         candidates: &[Candidate],
         items: &[RecommendedItem],
     ) {
-        let (model_version, scores, features) =
-            (&ranked.model_version, &ranked.scores, &ranked.features);
+        let (model_version, scores) = (&ranked.model_version, &ranked.scores);
         let Some((log, _)) = &self.served else {
             return;
         };
@@ -694,12 +701,12 @@ impl Recommender {
                 })
                 .collect(),
             features: features
-                .iter()
+                .into_iter()
                 .map(|f| ServedFeature {
-                    input: f.input.clone(),
-                    feature: f.feature.clone(),
+                    input: f.input,
+                    feature: f.feature,
                     width: f.width,
-                    values: f.values.clone(),
+                    values: f.values,
                 })
                 .collect(),
         };
