@@ -497,16 +497,25 @@ impl Assembler {
         let mut values = Vec::new();
         self.assemble_into(catalog, &[request], &mut values);
         let mut out = Vec::new();
+        let stride = |input: &CompiledInput| input.width.max(1);
         for (input, values) in self.inputs.iter().zip(&values) {
-            let as_f64: Vec<f64> = match values {
-                InputValues::F32(v) => v.iter().map(|&x| f64::from(x)).collect(),
-                InputValues::I64(v) => v.iter().map(|&x| x as f64).collect(),
-            };
             let mut offset = 0;
             for (name, width) in &input.names {
+                // Straight from the input's rows to the feature's column: no f64 copy of the
+                // whole input on the way.
                 let mut column = Vec::with_capacity(rows * width);
-                for row in as_f64.chunks_exact(input.width.max(1)).take(rows) {
-                    column.extend_from_slice(&row[offset..offset + width]);
+                match values {
+                    InputValues::F32(v) => {
+                        for row in v.chunks_exact(stride(input)).take(rows) {
+                            column
+                                .extend(row[offset..offset + width].iter().map(|&x| f64::from(x)));
+                        }
+                    }
+                    InputValues::I64(v) => {
+                        for row in v.chunks_exact(stride(input)).take(rows) {
+                            column.extend(row[offset..offset + width].iter().map(|&x| x as f64));
+                        }
+                    }
                 }
                 out.push(FeatureValues {
                     input: input.name.clone(),
