@@ -1,8 +1,9 @@
 //! tandem's own code between the stages: one warm user's Recommend (k = 10, 200 candidates)
 //! through the whole pipeline (plan, the candidates placed, rules, backfill check,
 //! impressions, the experiment ledger, the served-feature log at its default 1 %) on stages
-//! that answer at once: retrieval hands back the same 200 candidates with their attributes
-//! read from the catalog (as in-process retrieval does), ranking the same 200 scores. What
+//! that answer at once: retrieval hands back the same 200 candidates (their attributes left
+//! to the catalog, as in-process retrieval does while no item changed), ranking the same 200
+//! scores. What
 //! this costs is what a Recommend adds to its two stages before the transport
 //! (load-tests/e2e/README.md measures the rest); no ONNX Runtime, no generated data.
 
@@ -30,8 +31,8 @@ const DIM: usize = 32;
 const CATEGORIES: usize = 24;
 const CANDIDATES: usize = 200;
 
-/// The same candidates for every search, their attributes read per call as in-process
-/// retrieval reads them.
+/// The same candidates for every search, without attributes of their own, as in-process
+/// retrieval answers while no item changed.
 struct InstantRetrieval {
     catalog: Arc<Catalog>,
     found: Vec<(ItemIdx, f32)>,
@@ -57,7 +58,8 @@ impl CandidateStage for InstantRetrieval {
             .map(|&(idx, score)| Candidate {
                 idx,
                 score,
-                attributes: self.catalog.attributes(idx),
+                // As in-process retrieval answers while no item changed: read when placed.
+                attributes: None,
             })
             .collect();
         Ok(Retrieved {

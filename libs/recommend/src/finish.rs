@@ -23,6 +23,8 @@ const BACKFILL_CHECK_ROUNDS: usize = 3;
 pub(crate) struct ScoredCandidates<'a> {
     pub candidates: &'a [Candidate],
     pub scores: &'a [f32],
+    /// The pipeline's, for the candidates that carry no attributes of their own.
+    pub catalog: &'a Catalog,
 }
 
 impl RankedRows for ScoredCandidates<'_> {
@@ -42,7 +44,12 @@ impl RankedRows for ScoredCandidates<'_> {
         let c = &self.candidates[row];
         Placed {
             candidate: Some(row),
-            ..Placed::new(c.idx, self.scores[row], c.score, c.attributes.clone())
+            ..Placed::new(
+                c.idx,
+                self.scores[row],
+                c.score,
+                c.attributes_in(self.catalog),
+            )
         }
     }
 }

@@ -443,6 +443,7 @@ impl Recommender {
         let scored = ScoredCandidates {
             candidates: &candidates,
             scores: &ranked.scores,
+            catalog: &self.catalog,
         };
         let mut items = self
             .finisher()
@@ -521,7 +522,7 @@ impl Recommender {
                         retrieved.candidates.push(Candidate {
                             idx,
                             score: dot(query, self.catalog.embedding(idx)),
-                            attributes,
+                            attributes: Some(attributes),
                         });
                     }
                 }

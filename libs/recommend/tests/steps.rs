@@ -111,9 +111,10 @@ impl CandidateStage for FakeRetrieval {
                     .zip(query)
                     .map(|(a, b)| a * b)
                     .sum(),
-                attributes: self.catalog.attributes(i),
+                // As an index in the process with no item changed answers: the catalog's.
+                attributes: None,
             })
-            .filter(|c| filter.admits_item(c.idx, &c.attributes))
+            .filter(|c| filter.admits_item(c.idx, &c.attributes_in(&self.catalog)))
             .collect();
         found.sort_by(|a, b| b.score.total_cmp(&a.score));
         found.truncate(k.min(self.limit));

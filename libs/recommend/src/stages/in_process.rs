@@ -25,24 +25,30 @@ pub struct InProcessRetrieval {
     /// catalog indexes and category codes are the index's own, and a filter resolved against
     /// the catalog applies to the index as it is until a write deletes or replaces an item.
     same_rows: bool,
+    /// Same rows, and each as the catalog states it (category, price, stock): until a write
+    /// deletes or replaces an item, candidates need not carry their attributes.
+    same_attributes: bool,
 }
 
 impl InProcessRetrieval {
     /// `catalog`: the gateway's, whose indexes the pipeline speaks in. The index may hold
     /// another version of it (restored from a snapshot) or upserts.
     pub fn new(index: Arc<Index>, catalog: Arc<Catalog>) -> Self {
-        let same_rows =
-            Arc::ptr_eq(index.catalog(), &catalog) || same_items(index.catalog(), &catalog);
+        let same_catalog = Arc::ptr_eq(index.catalog(), &catalog);
+        let same_rows = same_catalog || same_items(index.catalog(), &catalog);
         if !same_rows {
             tracing::info!(
                 "the index holds another catalog version than --items: filters are resolved \
                  against the index by item id"
             );
         }
+        let same_attributes =
+            same_catalog || (same_rows && same_item_attributes(&index, &catalog).unwrap_or(false));
         Self {
             index,
             catalog,
             same_rows,
+            same_attributes,
         }
     }
 
@@ -60,6 +66,19 @@ impl InProcessRetrieval {
             in_stock: now.in_stock,
         }
     }
+}
+
+/// Whether the index's rows of `catalog`'s items hold what `catalog` states (an index restored
+/// from a snapshot may hold another version of the same items).
+fn same_item_attributes(index: &Index, catalog: &Catalog) -> Result<bool, StageError> {
+    let current = index.current_items()?;
+    Ok((0..catalog.len() as ItemIdx).all(|i| {
+        current.row_attributes(i).is_some_and(|now| {
+            now.category_code == catalog.category_code(i)
+                && now.price.to_bits() == catalog.price(i).to_bits()
+                && now.in_stock == catalog.in_stock(i)
+        })
+    }))
 }
 
 fn same_items(a: &Catalog, b: &Catalog) -> bool {
@@ -87,6 +106,22 @@ impl CandidateStage for InProcessRetrieval {
             let resolved = self.index.resolve_filter(&filter.spec(&self.catalog))?;
             self.index.search(query, &resolved, params)?
         };
+        if self.same_attributes && !changed {
+            // Each candidate is its catalog row as the catalog states it: nothing to read.
+            let candidates = found
+                .into_iter()
+                .filter(|c| (c.idx as usize) < self.catalog.len())
+                .map(|c| Candidate {
+                    idx: c.idx,
+                    score: c.score,
+                    attributes: None,
+                })
+                .collect();
+            return Ok(Retrieved {
+                candidates,
+                partial: None,
+            });
+        }
         let items = self.index.current_items()?;
         items.prefetch_rows(found.iter().map(|c| c.idx));
         // Sized once: collected through `filter_map`, the list would grow from 4 by doubling.
@@ -102,7 +137,7 @@ impl CandidateStage for InProcessRetrieval {
             Some(Candidate {
                 idx,
                 score: c.score,
-                attributes: self.attributes(now),
+                attributes: Some(self.attributes(now)),
             })
         }));
         Ok(Retrieved {

@@ -9,7 +9,7 @@
 use std::time::Instant;
 
 use async_trait::async_trait;
-use tandem_catalog::{ItemAttributes, ItemIdx};
+use tandem_catalog::{Catalog, ItemAttributes, ItemIdx};
 use tandem_ranking::{FeatureValues, ScoreRequest};
 use tandem_retrieval::ItemFilter;
 
@@ -27,7 +27,20 @@ pub struct Candidate {
     pub idx: ItemIdx,
     /// Similarity to the query under the index's metric; larger is better.
     pub score: f32,
-    pub attributes: ItemAttributes,
+    /// The item as retrieval holds it now; `None` when that is exactly as the pipeline's
+    /// catalog states it (an index in this process that loaded the same catalog and has
+    /// changed none of its items). Then the attributes are read from the catalog only for
+    /// the few candidates an answer reaches, not for all the hundreds a search returns.
+    pub attributes: Option<ItemAttributes>,
+}
+
+impl Candidate {
+    /// The item's current attributes; `catalog` is the pipeline's.
+    pub fn attributes_in(&self, catalog: &Catalog) -> ItemAttributes {
+        self.attributes
+            .clone()
+            .unwrap_or_else(|| catalog.attributes(self.idx))
+    }
 }
 
 /// What retrieval returned: distinct candidates best first, and why they may be incomplete (a

@@ -325,7 +325,7 @@ impl CandidateStage for RemoteRetrieval {
                 (filter.admits_item(idx, &attributes) && seen.insert(idx)).then_some(Candidate {
                     idx,
                     score: c.score,
-                    attributes,
+                    attributes: Some(attributes),
                 })
             })
             .take(k)
