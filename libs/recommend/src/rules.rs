@@ -142,7 +142,9 @@ pub(crate) fn apply<R: RankedRows + ?Sized>(
     } else {
         max_per_category
     };
-    let mut seen = FastSet::with_capacity_and_hasher(ranked.rows() + k, Default::default());
+    // Sized for what an answer usually reads (a little over k items), not for every row.
+    let expected = k.saturating_mul(2).saturating_add(8).min(ranked.rows() + k);
+    let mut seen = FastSet::with_capacity_and_hasher(expected, Default::default());
     let mut per_category: FastMap<Category, usize> = FastMap::default();
     let mut out = Vec::with_capacity(k);
     let mut set_aside = Vec::new();
