@@ -242,17 +242,17 @@ impl BestFirst {
         rows: impl Iterator<Item = usize>,
         k: usize,
     ) -> Self {
-        let order = rows
-            .map(|row| {
-                // `f32::total_cmp`'s order as an unsigned key, flipped for descending.
-                let bits = ranked.score(row).to_bits() as i32;
-                let ascending = (bits ^ ((((bits >> 31) as u32) >> 1) as i32)) as u32 ^ (1 << 31);
-                (
-                    (u64::from(!ascending) << 32) | u64::from(ranked.idx(row)),
-                    row as u32,
-                )
-            })
-            .collect();
+        // Sized for every row at once: `rows` is filtered, and would grow the list by doubling.
+        let mut order = Vec::with_capacity(ranked.rows());
+        order.extend(rows.map(|row| {
+            // `f32::total_cmp`'s order as an unsigned key, flipped for descending.
+            let bits = ranked.score(row).to_bits() as i32;
+            let ascending = (bits ^ ((((bits >> 31) as u32) >> 1) as i32)) as u32 ^ (1 << 31);
+            (
+                (u64::from(!ascending) << 32) | u64::from(ranked.idx(row)),
+                row as u32,
+            )
+        }));
         Self {
             order,
             sorted: 0,
@@ -297,9 +297,13 @@ mod tests {
     use super::*;
 
     fn catalog() -> Catalog {
+        // A file per call: the tests run in parallel, and one must not read another's half
+        // written file.
+        static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("tandem-rules-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("mkdir");
-        let path = dir.join("items.parquet");
+        let path = dir.join(format!("items-{call}.parquet"));
         write_parquet(&synthetic_batch(40, 4, 4, 3), &path).expect("write");
         Catalog::open(&path).expect("open")
     }

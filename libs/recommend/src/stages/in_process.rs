@@ -108,15 +108,17 @@ impl CandidateStage for InProcessRetrieval {
         };
         if self.same_attributes && !changed {
             // Each candidate is its catalog row as the catalog states it: nothing to read.
-            let candidates = found
-                .into_iter()
-                .filter(|c| (c.idx as usize) < self.catalog.len())
-                .map(|c| Candidate {
-                    idx: c.idx,
-                    score: c.score,
-                    attributes: None,
-                })
-                .collect();
+            // Sized once (a filtered iterator would grow the list by doubling).
+            let mut candidates = Vec::with_capacity(found.len());
+            for c in found {
+                if (c.idx as usize) < self.catalog.len() {
+                    candidates.push(Candidate {
+                        idx: c.idx,
+                        score: c.score,
+                        attributes: None,
+                    });
+                }
+            }
             return Ok(Retrieved {
                 candidates,
                 partial: None,
