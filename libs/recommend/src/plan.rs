@@ -138,7 +138,11 @@ impl Plan {
 
 /// The user's history as ranking reads it: one entry per item they bought or recently touched.
 fn item_history(history: &UserHistory) -> Vec<ItemHistory> {
-    let mut by_item: ItemMap<ItemHistory> = ItemMap::default();
+    // Sized once: at most one entry per recent event and per purchased item.
+    let mut by_item: ItemMap<ItemHistory> = ItemMap::with_capacity_and_hasher(
+        history.recent.len() + history.purchased.len(),
+        Default::default(),
+    );
     for e in &history.recent {
         let h = by_item.entry(e.item).or_insert(ItemHistory {
             item: e.item,
