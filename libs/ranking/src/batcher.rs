@@ -104,6 +104,27 @@ pub(crate) struct Batcher {
     running: AtomicUsize,
     pub(crate) stats: Stats,
     workers: Mutex<Vec<JoinHandle<()>>>,
+    metrics: RunMetrics,
+}
+
+/// The batcher's histograms, made once with it (after the service installed its recorder): a
+/// registry lookup per run would hash each name.
+struct RunMetrics {
+    queue_wait: metrics::Histogram,
+    batch_rows: metrics::Histogram,
+    batch_requests: metrics::Histogram,
+    run_seconds: metrics::Histogram,
+}
+
+impl RunMetrics {
+    fn new() -> Self {
+        Self {
+            queue_wait: metrics::histogram!("tandem_ranking_queue_wait_seconds"),
+            batch_rows: metrics::histogram!("tandem_ranking_batch_rows"),
+            batch_requests: metrics::histogram!("tandem_ranking_batch_requests"),
+            run_seconds: metrics::histogram!("tandem_ranking_run_seconds"),
+        }
+    }
 }
 
 impl Batcher {
@@ -128,6 +149,7 @@ impl Batcher {
             running: AtomicUsize::new(0),
             stats: Stats::default(),
             workers: Mutex::new(Vec::with_capacity(workers)),
+            metrics: RunMetrics::new(),
         });
         for i in 0..workers {
             let worker = batcher.clone();
@@ -213,7 +235,7 @@ impl Batcher {
             started,
         } = *led;
         // The leader did not wait; its followers waited from their arrival.
-        let queue_wait = metrics::histogram!("tandem_ranking_queue_wait_seconds");
+        let queue_wait = &self.metrics.queue_wait;
         queue_wait.record(0.0);
         for job in &followers {
             queue_wait.record(started.saturating_duration_since(job.queued).as_secs_f64());
@@ -346,7 +368,7 @@ impl Batcher {
             return;
         }
         let started = Instant::now();
-        let queue_wait = metrics::histogram!("tandem_ranking_queue_wait_seconds");
+        let queue_wait = &self.metrics.queue_wait;
         for job in &batch {
             self.stats.queue_wait.record(started - job.queued);
             queue_wait.record((started - job.queued).as_secs_f64());
@@ -376,9 +398,11 @@ impl Batcher {
         let rows: usize = requests.iter().map(|r| r.items.len()).sum();
         self.stats
             .record_run(requests.len(), rows, started.elapsed(), result.is_ok());
-        metrics::histogram!("tandem_ranking_batch_rows").record(rows as f64);
-        metrics::histogram!("tandem_ranking_batch_requests").record(requests.len() as f64);
-        metrics::histogram!("tandem_ranking_run_seconds").record(started.elapsed().as_secs_f64());
+        self.metrics.batch_rows.record(rows as f64);
+        self.metrics.batch_requests.record(requests.len() as f64);
+        self.metrics
+            .run_seconds
+            .record(started.elapsed().as_secs_f64());
         result
     }
 

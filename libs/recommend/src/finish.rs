@@ -10,7 +10,7 @@ use tandem_catalog::{Catalog, ItemAttributes, ItemIdx};
 use tandem_personalization::StateStore;
 use tandem_retrieval::ItemFilter;
 
-use crate::pipeline::{RecommendedItem, within};
+use crate::pipeline::{RecommendedItem, StageTimer, within};
 use crate::plan::Plan;
 use crate::rules::{self, Placed, RankedRows, RulesConfig};
 use crate::{Candidate, CandidateStage, ItemStatus};
@@ -60,6 +60,7 @@ pub(crate) struct Finisher<'a> {
     pub state: &'a dyn StateStore,
     pub retrieval: &'a dyn CandidateStage,
     pub rules: &'a RulesConfig,
+    pub items_timer: &'a StageTimer,
 }
 
 impl Finisher<'_> {
@@ -85,7 +86,7 @@ impl Finisher<'_> {
             if unchecked.is_empty() {
                 break;
             }
-            let statuses = match within(time_left(), ("retrieval", "items"), |deadline| {
+            let statuses = match within(time_left(), self.items_timer, |deadline| {
                 self.retrieval.items(&unchecked, deadline)
             })
             .await

@@ -176,6 +176,9 @@ pub struct Recommender {
     served: Option<(Arc<ServedLog>, f64)>,
     /// Impressions per model version and what followed them.
     experiments: Option<Arc<ExperimentLedger>>,
+    /// Made with the recommender: after the metrics recorder, which the services install
+    /// first (handles made before it record nothing).
+    timers: StageTimers,
 }
 
 impl std::fmt::Debug for Recommender {
@@ -231,6 +234,7 @@ impl Recommender {
             sources: settings.sources,
             served: None,
             experiments: None,
+            timers: StageTimers::new(),
         }
     }
 
@@ -333,6 +337,7 @@ impl Recommender {
             state: self.state.as_ref(),
             retrieval: self.retrieval.as_ref(),
             rules: &self.rules,
+            items_timer: &self.timers.items,
         }
     }
 
@@ -499,7 +504,7 @@ impl Recommender {
             .time_left(deadline)
             .map(|left| left.mul_f64(self.budgets.retrieval_share.clamp(0.0, 1.0)));
         let started = Instant::now();
-        let mut retrieved = within(budget, ("retrieval", "search"), |deadline| {
+        let mut retrieved = within(budget, &self.timers.search, |deadline| {
             self.retrieval
                 .search(query, plan.num_candidates, &plan.filter, deadline)
         })
@@ -509,7 +514,7 @@ impl Recommender {
             return Ok(retrieved);
         }
         let budget = budget.map(|b| b.saturating_sub(started.elapsed()));
-        match within(budget, ("retrieval", "items"), |deadline| {
+        match within(budget, &self.timers.items, |deadline| {
             self.retrieval.items(&extra, deadline)
         })
         .await
@@ -618,7 +623,7 @@ impl Recommender {
         };
         let scoring = within(
             self.time_left(req.deadline),
-            ("ranking", "rank"),
+            &self.timers.rank,
             |deadline| self.ranking.score(request, with_features, deadline),
         );
         let why = match scoring.await {
@@ -738,28 +743,67 @@ impl Recommender {
     }
 }
 
+/// `tandem_stage_seconds{stage, call, outcome}` of one stage call, one handle per outcome,
+/// made with the recommender (a registry lookup per call would hash the three labels).
+#[derive(Debug, Clone)]
+pub(crate) struct StageTimer {
+    stage: &'static str,
+    ok: metrics::Histogram,
+    error: metrics::Histogram,
+    timeout: metrics::Histogram,
+    skipped: metrics::Histogram,
+}
+
+impl StageTimer {
+    fn new(stage: &'static str, call: &'static str) -> Self {
+        let outcome = |outcome: &'static str| metrics::histogram!("tandem_stage_seconds", "stage" => stage, "call" => call, "outcome" => outcome);
+        Self {
+            stage,
+            ok: outcome("ok"),
+            error: outcome("error"),
+            timeout: outcome("timeout"),
+            skipped: outcome("skipped"),
+        }
+    }
+}
+
+/// The timers of the three stage calls a Recommend makes.
+#[derive(Debug, Clone)]
+pub(crate) struct StageTimers {
+    pub search: StageTimer,
+    pub items: StageTimer,
+    pub rank: StageTimer,
+}
+
+impl StageTimers {
+    fn new() -> Self {
+        Self {
+            search: StageTimer::new("retrieval", "search"),
+            items: StageTimer::new("retrieval", "items"),
+            rank: StageTimer::new("ranking", "rank"),
+        }
+    }
+}
+
 /// Runs a stage call within `budget`; past it the call is dropped (a remote call is
 /// cancelled) and the stage counts as unavailable, so the pipeline degrades in time. The call
-/// is told its deadline, so that a remote stage learns it too.
-/// `tandem_stage_seconds{stage, call, outcome}` records each (outcome: ok, error, timeout,
-/// skipped).
+/// is told its deadline, so that a remote stage learns it too. `timer` records each call's
+/// time by outcome (ok, error, timeout, skipped).
 pub(crate) async fn within<T, Call>(
     budget: Option<Duration>,
-    (stage, name): (&'static str, &'static str),
+    timer: &StageTimer,
     call: impl FnOnce(Option<Instant>) -> Call,
 ) -> Result<T, StageError>
 where
     Call: std::future::Future<Output = Result<T, StageError>>,
 {
     let started = Instant::now();
-    let record = |outcome: &'static str| {
-        metrics::histogram!("tandem_stage_seconds", "stage" => stage, "call" => name, "outcome" => outcome)
-            .record(started.elapsed().as_secs_f64());
-    };
+    let stage = timer.stage;
+    let record = |outcome: &metrics::Histogram| outcome.record(started.elapsed().as_secs_f64());
     let result = match budget {
         None => call(None).await,
         Some(budget) if budget.is_zero() => {
-            record("skipped");
+            record(&timer.skipped);
             return Err(StageError::Unavailable(format!(
                 "{stage} skipped: no time left before the deadline"
             )));
@@ -779,7 +823,7 @@ where
                     match tokio::time::timeout_at(deadline.into(), pending).await {
                         Ok(result) => result,
                         Err(_) => {
-                            record("timeout");
+                            record(&timer.timeout);
                             return Err(StageError::Unavailable(format!(
                                 "{stage} timed out after its {} ms budget",
                                 budget.as_millis()
@@ -790,7 +834,11 @@ where
             }
         }
     };
-    record(if result.is_ok() { "ok" } else { "error" });
+    record(if result.is_ok() {
+        &timer.ok
+    } else {
+        &timer.error
+    });
     result
 }
 
