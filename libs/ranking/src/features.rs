@@ -497,8 +497,8 @@ impl Assembler {
         let mut values = Vec::new();
         self.assemble_into(catalog, &[request], &mut values);
         let mut out = Vec::new();
-        let stride = |input: &CompiledInput| input.width.max(1);
         for (input, values) in self.inputs.iter().zip(&values) {
+            let stride = input.width.max(1);
             let mut offset = 0;
             for (name, width) in &input.names {
                 // Straight from the input's rows to the feature's column: no f64 copy of the
@@ -506,13 +506,13 @@ impl Assembler {
                 let mut column = Vec::with_capacity(rows * width);
                 match values {
                     InputValues::F32(v) => {
-                        for row in v.chunks_exact(stride(input)).take(rows) {
+                        for row in v.chunks_exact(stride).take(rows) {
                             column
                                 .extend(row[offset..offset + width].iter().map(|&x| f64::from(x)));
                         }
                     }
                     InputValues::I64(v) => {
-                        for row in v.chunks_exact(stride(input)).take(rows) {
+                        for row in v.chunks_exact(stride).take(rows) {
                             column.extend(row[offset..offset + width].iter().map(|&x| x as f64));
                         }
                     }

@@ -460,12 +460,8 @@ impl Recommender {
         }
         if log_this {
             // The model's inputs for every candidate (hundreds of kilobytes): moved into the
-            // log, copied only when the answer explains itself with them too.
-            let features = if req.explain {
-                ranked.features.clone()
-            } else {
-                std::mem::take(&mut ranked.features)
-            };
+            // log, never copied (explain above took its rows already; nothing reads them after).
+            let features = std::mem::take(&mut ranked.features);
             self.log_served(req, &ranked, features, &candidates, &items);
         }
         if req.reasons || req.explain {
