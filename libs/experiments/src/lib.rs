@@ -5,7 +5,8 @@
 //! rates with 95 % Wilson intervals and a two-proportion z-test against a control.
 //!
 //! The ledger is bounded: impressions older than the window, or beyond `max_impressions`
-//! (oldest first), or past a user's latest [`MAX_SCANNED`], can no longer be attributed to.
+//! (oldest first), or past a user's latest [`MAX_SCANNED`] (dropped as newer ones come), can
+//! no longer be attributed to.
 
 mod stats;
 
@@ -18,9 +19,9 @@ use tandem_personalization::EventKind;
 
 pub use stats::{Proportion, two_proportion_p_value, wilson};
 
-/// An event is attributed among its user's latest this many impressions: a user shown more
-/// within the window is a crawler or a load test, and an event must not scan them all under
-/// the ledger's lock.
+/// A user's latest this many impressions are kept; older ones go as newer come. A user shown
+/// more within the window is a crawler or a load test: an event must not scan them all under
+/// the ledger's lock, and they must not push everyone else's impressions out of the bound.
 pub const MAX_SCANNED: usize = 4096;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -96,25 +97,39 @@ struct Ledger {
     /// supersedes the earlier ones (an event is attributed to the latest). Kept per user, an
     /// answer's items are one lookup and a few appends to one list rather than an insert
     /// each into one table of every user's impressions.
-    users: HashMap<u64, VecDeque<(ItemIdx, Impression)>, foldhash::fast::FixedState>,
+    users: HashMap<u64, UserImpressions, foldhash::fast::FixedState>,
     /// One entry per answer in the order shown, for expiry: (shown at, user, impressions of
-    /// it still held). Each user's list is in the same order, so an answer's impressions are
-    /// always the front of its user's list when it expires.
+    /// it not yet expired). Each user's list is in the same order, so an answer's impressions
+    /// are always the front of its user's list (or already dropped) when it expires.
     answers: VecDeque<(i64, u64, usize)>,
-    /// Impressions held: the sum of `answers`' counts.
+    /// Impressions in the users' lists: the sum of `answers`' counts less those dropped past
+    /// [`MAX_SCANNED`].
     held: usize,
 }
 
+/// One user's impressions, at most [`MAX_SCANNED`] of them.
+#[derive(Debug, Default)]
+struct UserImpressions {
+    list: VecDeque<(ItemIdx, Impression)>,
+    /// The user's oldest impressions that went past [`MAX_SCANNED`] while their answers are
+    /// still in `answers`: those answers' expiry takes these first.
+    dropped: usize,
+}
+
 impl Ledger {
-    /// Drops the first `n` impressions of `user`'s list (its oldest answer's, or part of it).
+    /// Expires the first `n` impressions of `user` (its oldest answer's, or part of it).
     fn drop_oldest(&mut self, user: u64, n: usize) {
-        if let Some(list) = self.users.get_mut(&user) {
-            list.drain(..n.min(list.len()));
-            if list.is_empty() {
+        let mut drained = 0;
+        if let Some(u) = self.users.get_mut(&user) {
+            let dropped = u.dropped.min(n);
+            u.dropped -= dropped;
+            drained = (n - dropped).min(u.list.len());
+            u.list.drain(..drained);
+            if u.list.is_empty() && u.dropped == 0 {
                 self.users.remove(&user);
             }
         }
-        self.held = self.held.saturating_sub(n);
+        self.held = self.held.saturating_sub(drained);
     }
 }
 
@@ -171,12 +186,16 @@ impl ExperimentLedger {
             seen: 0,
             revenue: 0.0,
         };
-        l.users
-            .entry(user)
-            .or_default()
+        let mine = l.users.entry(user).or_default();
+        mine.list
             .extend(items.iter().map(|&item| (item, impression)));
+        // Past the user's latest MAX_SCANNED: no event would reach them. Their list stays
+        // at one size (no growth, no fresh pages) however long a crawler goes on.
+        let past = mine.list.len().saturating_sub(MAX_SCANNED);
+        mine.list.drain(..past);
+        mine.dropped += past;
         l.answers.push_back((at_ms, user, items.len()));
-        l.held += items.len();
+        l.held += items.len() - past;
         let horizon = at_ms - self.config.window_ms;
         while let Some(&(t, oldest_user, n)) = l.answers.front() {
             let excess = l.held.saturating_sub(self.config.max_impressions);
@@ -207,10 +226,10 @@ impl ExperimentLedger {
         };
         let user = self.users.hash_one(user);
         let mut l = self.lock();
-        let Some(impression) = l.users.get_mut(&user).and_then(|list| {
-            list.iter_mut()
+        let Some(impression) = l.users.get_mut(&user).and_then(|mine| {
+            mine.list
+                .iter_mut()
                 .rev()
-                .take(MAX_SCANNED)
                 .find(|(shown, _)| *shown == item)
                 .map(|(_, impression)| impression)
         }) else {
@@ -256,8 +275,8 @@ impl ExperimentLedger {
     pub fn forget(&self, user: &str) {
         let user = self.users.hash_one(user);
         let mut l = self.lock();
-        if let Some(list) = l.users.remove(&user) {
-            l.held -= list.len();
+        if let Some(mine) = l.users.remove(&user) {
+            l.held -= mine.list.len();
         }
         l.answers.retain(|(_, u, _)| *u != user);
     }

@@ -153,3 +153,51 @@ fn an_event_is_attributed_among_its_users_latest_impressions() {
     l.event("person", 7, EventKind::Click, 2_000, 0.0);
     assert_eq!(l.report(None).versions[0].totals.clicked, 2);
 }
+
+#[test]
+fn a_crawler_keeps_its_latest_impressions_and_pushes_no_one_elses_out() {
+    let l = ExperimentLedger::new(LedgerConfig {
+        window_ms: HOUR,
+        max_impressions: MAX_SCANNED + 10,
+    });
+    l.shown("person", "a/1", &[7], 0);
+    // Answers of 3 items, past MAX_SCANNED and past the bound if all were held.
+    let answers = (MAX_SCANNED as u32 + 200) / 3;
+    for a in 0..answers {
+        l.shown("crawler", "a/1", &[a * 3, a * 3 + 1, a * 3 + 2], 1);
+    }
+    let last = answers * 3 - 1;
+    l.event("person", 7, EventKind::Click, 10, 0.0);
+    l.event(
+        "crawler",
+        last - MAX_SCANNED as u32 + 1,
+        EventKind::Click,
+        10,
+        0.0,
+    );
+    l.event("crawler", last, EventKind::Click, 10, 0.0);
+    assert_eq!(
+        l.report(None).versions[0].totals.clicked,
+        3,
+        "the person's impression and the crawler's latest MAX_SCANNED are held"
+    );
+    l.event(
+        "crawler",
+        last - MAX_SCANNED as u32,
+        EventKind::Click,
+        10,
+        0.0,
+    );
+    assert_eq!(
+        l.report(None).versions[0].totals.clicked,
+        3,
+        "older ones went"
+    );
+    // Once the window has passed, every answer expires (the dropped ones included) and the
+    // ledger takes new impressions up to its bound again.
+    l.shown("person", "a/1", &[8], 2 * HOUR);
+    l.event("person", 8, EventKind::Click, 2 * HOUR + 1, 0.0);
+    l.event("crawler", last, EventKind::AddToCart, 2 * HOUR + 1, 0.0);
+    let totals = l.report(None).versions[0].totals;
+    assert_eq!((totals.clicked, totals.carted), (4, 0));
+}
