@@ -1,0 +1,173 @@
+//! The served-feature log on disk: rows stream into the open file in batches, the file is put
+//! in place when closed, and an erasure finds every row of the user.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use arrow::array::{Array, FixedSizeListArray, Float64Array, StringArray};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use tandem_events::{ServedCandidate, ServedFeature, ServedLog, ServedLogConfig, ServedRecord};
+
+const ROWS: usize = 200;
+
+fn record(n: usize, user: &str) -> ServedRecord {
+    ServedRecord {
+        request_id: format!("r{n}"),
+        user_id: user.to_owned(),
+        timestamp_ms: 1_800_000_000_000 + n as i64,
+        model_version: "ranker/1".into(),
+        candidates: (0..ROWS)
+            .map(|i| ServedCandidate {
+                item_id: format!("item-{i}"),
+                retrieval_score: i as f32,
+                score: -(i as f32),
+                position: (i < 10).then_some(i as u32),
+            })
+            .collect(),
+        features: vec![
+            ServedFeature {
+                input: "features".into(),
+                feature: "user_vector".into(),
+                width: 2,
+                values: (0..ROWS * 2).map(|v| (n * 1000 + v) as f64).collect(),
+            },
+            ServedFeature {
+                input: "features".into(),
+                feature: "price".into(),
+                width: 1,
+                values: (0..ROWS).map(|v| v as f64 / 2.0).collect(),
+            },
+        ],
+    }
+}
+
+/// Every file (and temporary file) under `dir`, recursively.
+fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("dir").flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn rows_stream_into_one_file_that_is_put_in_place_when_closed_and_erasure_finds_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = ServedLog::start(ServedLogConfig {
+        dir: dir.path().to_owned(),
+        queue: 64,
+        rows_per_file: 100_000,
+        flush_interval: Duration::from_secs(3600),
+    })
+    .expect("served log");
+    // 50 answers (10,000 rows): several batches and more than one row group.
+    for n in 0..50 {
+        assert!(log.offer(record(n, if n % 5 == 0 { "erased" } else { "kept" })));
+    }
+    // The erasure closes the open file first: all of the user's rows are found in it.
+    let (removed, rewritten) = log.erase_user("erased").expect("erased");
+    assert_eq!((removed, rewritten), (10 * ROWS as u64, 1));
+    drop(log);
+    let written = files(dir.path());
+    assert_eq!(written.len(), 1, "one file, no temporary left: {written:?}");
+    let path = &written[0];
+    assert!(
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("ranker-1-1800000000000-") && n.ends_with(".parquet")),
+        "{path:?}"
+    );
+    let reader =
+        ParquetRecordBatchReaderBuilder::try_new(File::open(path).expect("file")).expect("parquet");
+    let mut rows = 0;
+    for batch in reader.build().expect("reader") {
+        let batch = batch.expect("batch");
+        let users = batch
+            .column_by_name("user_id")
+            .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+            .expect("user_id");
+        let requests = batch
+            .column_by_name("request_id")
+            .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+            .expect("request_id");
+        let vectors = batch
+            .column_by_name("feature.features.user_vector")
+            .and_then(|c| c.as_any().downcast_ref::<FixedSizeListArray>())
+            .expect("user_vector");
+        for row in 0..batch.num_rows() {
+            assert_eq!(users.value(row), "kept");
+            // Each row's values are its own record's: request n, candidate i → n·1000 + 2i.
+            let n: usize = requests.value(row)[1..].parse().expect("request number");
+            let values = vectors.value(row);
+            let values = values
+                .as_any()
+                .downcast_ref::<Float64Array>()
+                .expect("f64 values");
+            let candidate = (rows + row) % ROWS;
+            assert_eq!(values.value(0), (n * 1000 + 2 * candidate) as f64);
+            assert_eq!(values.value(1), (n * 1000 + 2 * candidate + 1) as f64);
+        }
+        rows += batch.num_rows();
+    }
+    assert_eq!(rows, 40 * ROWS);
+}
+
+#[test]
+fn a_file_is_closed_at_its_row_limit_and_the_rest_on_shutdown() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = ServedLog::start(ServedLogConfig {
+        dir: dir.path().to_owned(),
+        queue: 64,
+        rows_per_file: 4 * ROWS,
+        flush_interval: Duration::from_secs(3600),
+    })
+    .expect("served log");
+    for n in 0..10 {
+        assert!(log.offer(record(n, "u")));
+    }
+    drop(log);
+    let rows: Vec<usize> = files(dir.path())
+        .iter()
+        .map(|path| {
+            let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(path).expect("file"))
+                .expect("parquet");
+            reader.metadata().file_metadata().num_rows() as usize
+        })
+        .collect();
+    assert_eq!(rows.iter().sum::<usize>(), 10 * ROWS);
+    assert_eq!(rows.len(), 3, "two full files and the rest: {rows:?}");
+}
+
+#[test]
+fn a_large_file_is_written_in_bounded_row_groups() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = ServedLog::start(ServedLogConfig {
+        dir: dir.path().to_owned(),
+        queue: 64,
+        rows_per_file: 100_000,
+        flush_interval: Duration::from_secs(3600),
+    })
+    .expect("served log");
+    for n in 0..50 {
+        assert!(log.offer(record(n, "u")));
+    }
+    drop(log);
+    let written = files(dir.path());
+    assert_eq!(written.len(), 1, "{written:?}");
+    let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(&written[0]).expect("file"))
+        .expect("parquet");
+    let groups = reader.metadata().row_groups();
+    assert_eq!(
+        groups.iter().map(|g| g.num_rows()).sum::<i64>(),
+        50 * ROWS as i64
+    );
+    assert!(groups.len() >= 2, "{} row groups", groups.len());
+    assert!(groups.iter().all(|g| g.num_rows() <= 8_192));
+}
