@@ -25,7 +25,7 @@ use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, Encoding, ZstdLevel};
-use parquet::file::properties::WriterProperties;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 use tandem_storage::sync_dir;
 
@@ -330,12 +330,14 @@ fn open_file(dir: &Path, first: &ServedRecord, n: u64) -> Result<OpenFile, Event
     // Model inputs are nearly all distinct floats: no dictionary (the writer would hash every
     // value into one until it gave up on it), and their bytes split into streams
     // (BYTE_STREAM_SPLIT), which zstd compresses in a third less CPU (`cargo bench -p
-    // tandem-events --bench served_log`). Text keeps its dictionary (a request's id repeats on
-    // each of its rows); integers stay plain.
+    // tandem-events --bench served_log`); statistics per column chunk, which is what readers
+    // prune on, not per page. Text keeps its dictionary (a request's id repeats on each of
+    // its rows); integers stay plain.
     let mut props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_dictionary_enabled(false)
+        .set_statistics_enabled(EnabledStatistics::Chunk)
         .set_encoding(Encoding::BYTE_STREAM_SPLIT);
     for text in ["request_id", "user_id", "model_version", "item_id"] {
         props = props
