@@ -18,6 +18,11 @@
 //! client the same way. Recommend against it is the cost of the code between the stages; it
 //! against the stages in loops is what a call costs them on this machine whatever the code
 //! between them (waiting between calls, the stages evicting each other).
+//!
+//! A fifth takes serving out altogether: Recommend called on this thread (no gRPC, no other
+//! process on the cores) against the two stages taking turns on it, same users. Its rounds
+//! agree within a few per cent where the served ones swing by a third, so it is the figure
+//! to compare builds of the request path with; `TANDEM_E2E_IN_THREAD_ONLY=1` measures only it.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -246,6 +251,7 @@ struct Figures<T = u64> {
     ann_in_turn: T,
     rank_in_turn: T,
     stages_call: T,
+    recommend_here: T,
 }
 
 impl Figures<u64> {
@@ -259,6 +265,7 @@ impl Figures<u64> {
             ann_in_turn: us(self.ann_in_turn),
             rank_in_turn: us(self.rank_in_turn),
             stages_call: us(self.stages_call),
+            recommend_here: us(self.recommend_here),
         }
     }
 }
@@ -267,6 +274,11 @@ impl Figures<f64> {
     /// The figure: Recommend against ANN + rank + one minimal gRPC call.
     fn ratio(&self) -> f64 {
         self.recommend / (self.ann + self.rank + self.grpc)
+    }
+
+    /// Recommend in the bench's thread against the stages taking turns in it.
+    fn in_thread_ratio(&self) -> f64 {
+        self.recommend_here / (self.ann_in_turn + self.rank_in_turn)
     }
 }
 
@@ -395,6 +407,14 @@ fn main() -> Result<(), BenchError> {
     }
     let health_body = bodies.join("health.bin");
     std::fs::write(&health_body, grpc_frame(&[]))?;
+    let recommender = gateway.recommender.get()?.clone();
+    let domain_request = |i: usize| tandem_recommend::RecommendRequest {
+        user_id: format!("bench-{}", i % USERS),
+        k: Some(K),
+        num_candidates: Some(NUM_CANDIDATES as u32),
+        request_id: format!("here-{i}"),
+        ..Default::default()
+    };
     let mut recommend = |i: usize| -> Result<(), BenchError> {
         let answer = client.block_on(rec.recommend(request(i)));
         assert!(answer.is_ok_and(|a| a.get_ref().items.len() == K as usize));
@@ -491,11 +511,15 @@ fn main() -> Result<(), BenchError> {
         )?;
     }
     let per_round = (requests / rounds).max(1);
+    // Only the stages taking turns and Recommend in this thread: no gRPC, no other process on
+    // the cores, rounds within a few per cent of each other (for A/B runs of the request path).
+    let in_thread_only = std::env::var_os("TANDEM_E2E_IN_THREAD_ONLY").is_some();
     let mut figures = Vec::with_capacity(rounds);
     for round in 0..rounds {
         let from = round * per_round;
         // h2load sends one body per run: each round asks for another user.
         let recommend_cpu = match &h2load_client {
+            _ if in_thread_only => 1,
             // One h2load run of `per_round` calls; this thread only waits for it.
             Some(h2) => server_ns(0, 1, |_| {
                 h2.run(&format!("{url}{RECOMMEND}"), &body_of(round), per_round)
@@ -519,12 +543,14 @@ fn main() -> Result<(), BenchError> {
         }
         cpu.rank = process_cpu_ns() - p0;
         cpu.grpc = match &h2load_client {
+            _ if in_thread_only => 1,
             Some(h2) => server_ns(0, 1, |_| {
                 h2.run(&format!("{url}{HEALTH}"), &health_body, per_round)
             })?,
             None => server_ns(from, per_round, &mut check)?,
         };
         cpu.stages_call = match &h2load_client {
+            _ if in_thread_only => 1,
             Some(h2) => server_ns(0, 1, |_| {
                 h2.run(
                     &format!("{stages_url}{HEALTH}"),
@@ -544,15 +570,61 @@ fn main() -> Result<(), BenchError> {
             rank(i);
             cpu.rank_in_turn += process_cpu_ns() - p0;
         }
+        // Recommend called in this thread, no gRPC: the request path and the stages as they
+        // run inside it, against the stages taking turns above (same users, same thread; the
+        // served-feature log's writer is the one other thread that works meanwhile).
+        let p0 = process_cpu_ns();
+        for i in from..from + per_round {
+            let answer = client.block_on(recommender.recommend(&domain_request(i)))?;
+            assert_eq!(answer.items.len(), K as usize);
+        }
+        cpu.recommend_here = process_cpu_ns() - p0;
         figures.push(cpu.per_call_us(per_round));
     }
     // The round with the median ratio: a round that a neighbour slowed down does not count.
-    figures.sort_by(|a, b| a.ratio().total_cmp(&b.ratio()));
+    if in_thread_only {
+        figures.sort_by(|a, b| a.in_thread_ratio().total_cmp(&b.in_thread_ratio()));
+    } else {
+        figures.sort_by(|a, b| a.ratio().total_cmp(&b.ratio()));
+    }
     let all_ratios: Vec<String> = figures
         .iter()
         .map(|r| format!("{:.2}", r.ratio()))
         .collect();
     let m = &figures[figures.len() / 2];
+    // The median first, then every round.
+    let list = |xs: &[f64]| {
+        let all = xs
+            .iter()
+            .map(|x| format!("{x:.2}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        format!("median {:.2}; {all}", xs[xs.len() / 2])
+    };
+    let mut here: Vec<f64> = figures.iter().map(Figures::in_thread_ratio).collect();
+    here.sort_by(f64::total_cmp);
+    let in_thread = |m: &Figures<f64>| {
+        println!(
+            "Recommend in this thread, no gRPC: {:8.1} us; / stages taking turns (ANN {:.1} + rank {:.1}): {:.2}",
+            m.recommend_here,
+            m.ann_in_turn,
+            m.rank_in_turn,
+            m.in_thread_ratio()
+        );
+    };
+    if in_thread_only {
+        println!(
+            "catalog: {} items, {rounds} rounds of {per_round} requests, in this thread only; the median round:",
+            catalog.len()
+        );
+        in_thread(m);
+        println!(
+            "by round: Recommend in this thread / stages taking turns: {}",
+            list(&here)
+        );
+        server.shutdown_background();
+        return Ok(());
+    }
     let stages = m.ann + m.rank + m.grpc;
     let in_turn = m.ann_in_turn + m.rank_in_turn + m.grpc;
     println!(
@@ -588,6 +660,7 @@ fn main() -> Result<(), BenchError> {
         m.stages_call / stages,
         m.recommend / m.stages_call
     );
+    in_thread(m);
     // Per round, each against its own round's figures, sorted: the spread says how far the
     // medians can be trusted.
     let mut floor: Vec<f64> = figures
@@ -600,15 +673,6 @@ fn main() -> Result<(), BenchError> {
         .collect();
     floor.sort_by(f64::total_cmp);
     glue.sort_by(f64::total_cmp);
-    // The median first, then every round.
-    let list = |xs: &[f64]| {
-        let all = xs
-            .iter()
-            .map(|x| format!("{x:.2}"))
-            .collect::<Vec<_>>()
-            .join(" ");
-        format!("median {:.2}; {all}", xs[xs.len() / 2])
-    };
     println!(
         "by round: the stages behind one call / (ANN + rank + gRPC): {}",
         list(&floor)
@@ -616,6 +680,10 @@ fn main() -> Result<(), BenchError> {
     println!(
         "by round: Recommend / the stages behind one call:          {}",
         list(&glue)
+    );
+    println!(
+        "by round: Recommend in this thread / stages taking turns:  {}",
+        list(&here)
     );
     std::thread::sleep(Duration::from_millis(10));
     server.shutdown_background();
