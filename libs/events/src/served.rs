@@ -210,18 +210,27 @@ impl Pending {
     }
 
     /// Writes what is left, closes the file and puts it in place.
+    /// On an error the file's rows are lost and its temporary file removed.
     fn finish(mut self, dir: &Path, n: &mut u64) -> Result<(), EventLogError> {
-        self.write_batch(dir, n)?;
+        if let Err(e) = self.write_batch(dir, n) {
+            self.abandon();
+            return Err(e);
+        }
         let Some(file) = self.file else {
             return Ok(());
         };
-        let written = file
+        let (tmp, path, day_dir) = (file.tmp, file.path, file.day_dir);
+        let closed = file
             .writer
             .into_inner()
-            .map_err(|e| parquet_error(&file.path, &e))?;
-        written.sync_all().map_err(EventLogError::io(&file.tmp))?;
-        std::fs::rename(&file.tmp, &file.path).map_err(EventLogError::io(&file.path))?;
-        sync_dir(&file.day_dir);
+            .map_err(|e| parquet_error(&path, &e))
+            .and_then(|written| written.sync_all().map_err(EventLogError::io(&tmp)))
+            .and_then(|()| std::fs::rename(&tmp, &path).map_err(EventLogError::io(&path)));
+        if closed.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        closed?;
+        sync_dir(&day_dir);
         Ok(())
     }
 
