@@ -101,6 +101,7 @@ impl std::fmt::Debug for ServedLog {
 impl ServedLog {
     pub fn start(config: ServedLogConfig) -> Result<Self, EventLogError> {
         std::fs::create_dir_all(&config.dir).map_err(EventLogError::io(&config.dir))?;
+        remove_unfinished(&config.dir);
         let (records, rx) = mpsc::sync_channel(config.queue.max(1));
         let dir = config.dir.clone();
         let writer = std::thread::Builder::new()
@@ -239,6 +240,36 @@ impl Pending {
         if let Some(file) = self.file {
             drop(file.writer);
             let _ = std::fs::remove_file(&file.tmp);
+        }
+    }
+}
+
+/// Files a process that stopped mid-file left behind (`day=*/.<name>.parquet.tmp`): without
+/// their footer no reader can open them, and an erasure, which rewrites `.parquet` files, would
+/// not find the rows in them.
+fn remove_unfinished(dir: &Path) {
+    let Ok(days) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for day in days.flatten().map(|d| d.path()).filter(|p| p.is_dir()) {
+        let Ok(files) = std::fs::read_dir(&day) else {
+            continue;
+        };
+        for path in files.flatten().map(|f| f.path()) {
+            let unfinished = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with('.') && n.ends_with(".parquet.tmp"));
+            if unfinished {
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {
+                        tracing::warn!(path = %path.display(), "removed an unfinished served-feature log file")
+                    }
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "cannot remove an unfinished served-feature log file")
+                    }
+                }
+            }
         }
     }
 }

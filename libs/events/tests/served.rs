@@ -171,3 +171,24 @@ fn a_large_file_is_written_in_bounded_row_groups() {
     assert!(groups.len() >= 2, "{} row groups", groups.len());
     assert!(groups.iter().all(|g| g.num_rows() <= 8_192));
 }
+
+#[test]
+fn a_file_left_unfinished_by_a_stopped_process_is_removed_at_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let day = dir.path().join("day=2027-01-15");
+    std::fs::create_dir_all(&day).expect("day dir");
+    let stale = day.join(".ranker-1-1800000000000-3.parquet.tmp");
+    std::fs::write(&stale, b"PAR1 no footer").expect("stale file");
+    let kept = day.join("ranker-1-1800000000000-2.parquet");
+    std::fs::write(&kept, b"a finished file is left alone").expect("finished file");
+    let log = ServedLog::start(ServedLogConfig {
+        dir: dir.path().to_owned(),
+        queue: 8,
+        rows_per_file: 100_000,
+        flush_interval: Duration::from_secs(3600),
+    })
+    .expect("served log");
+    assert!(!stale.exists());
+    assert!(kept.exists());
+    drop(log);
+}
