@@ -42,6 +42,21 @@ fn record(n: usize, user: &str) -> ServedRecord {
     }
 }
 
+/// A log in `dir` whose files close at `rows_per_file` rows (or an hour).
+fn start(dir: &Path, rows_per_file: usize) -> ServedLog {
+    ServedLog::start(ServedLogConfig {
+        dir: dir.to_owned(),
+        queue: 64,
+        rows_per_file,
+        flush_interval: Duration::from_secs(3600),
+    })
+    .expect("served log")
+}
+
+fn reader(path: &Path) -> ParquetRecordBatchReaderBuilder<File> {
+    ParquetRecordBatchReaderBuilder::try_new(File::open(path).expect("file")).expect("parquet")
+}
+
 /// Every file (and temporary file) under `dir`, recursively.
 fn files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -60,13 +75,7 @@ fn files(dir: &Path) -> Vec<PathBuf> {
 #[test]
 fn rows_stream_into_one_file_that_is_put_in_place_when_closed_and_erasure_finds_them() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let log = ServedLog::start(ServedLogConfig {
-        dir: dir.path().to_owned(),
-        queue: 64,
-        rows_per_file: 100_000,
-        flush_interval: Duration::from_secs(3600),
-    })
-    .expect("served log");
+    let log = start(dir.path(), 100_000);
     // 50 answers (10,000 rows): several batches and more than one row group.
     for n in 0..50 {
         assert!(log.offer(record(n, if n % 5 == 0 { "erased" } else { "kept" })));
@@ -84,10 +93,8 @@ fn rows_stream_into_one_file_that_is_put_in_place_when_closed_and_erasure_finds_
             .is_some_and(|n| n.starts_with("ranker-1-1800000000000-") && n.ends_with(".parquet")),
         "{path:?}"
     );
-    let reader =
-        ParquetRecordBatchReaderBuilder::try_new(File::open(path).expect("file")).expect("parquet");
     let mut rows = 0;
-    for batch in reader.build().expect("reader") {
+    for batch in reader(path).build().expect("reader") {
         let batch = batch.expect("batch");
         let users = batch
             .column_by_name("user_id")
@@ -122,13 +129,7 @@ fn rows_stream_into_one_file_that_is_put_in_place_when_closed_and_erasure_finds_
 #[test]
 fn a_file_is_closed_at_its_row_limit_and_the_rest_on_shutdown() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let log = ServedLog::start(ServedLogConfig {
-        dir: dir.path().to_owned(),
-        queue: 64,
-        rows_per_file: 4 * ROWS,
-        flush_interval: Duration::from_secs(3600),
-    })
-    .expect("served log");
+    let log = start(dir.path(), 4 * ROWS);
     for n in 0..10 {
         assert!(log.offer(record(n, "u")));
     }
@@ -136,8 +137,7 @@ fn a_file_is_closed_at_its_row_limit_and_the_rest_on_shutdown() {
     let rows: Vec<usize> = files(dir.path())
         .iter()
         .map(|path| {
-            let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(path).expect("file"))
-                .expect("parquet");
+            let reader = reader(path);
             reader.metadata().file_metadata().num_rows() as usize
         })
         .collect();
@@ -148,21 +148,14 @@ fn a_file_is_closed_at_its_row_limit_and_the_rest_on_shutdown() {
 #[test]
 fn a_large_file_is_written_in_bounded_row_groups() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let log = ServedLog::start(ServedLogConfig {
-        dir: dir.path().to_owned(),
-        queue: 64,
-        rows_per_file: 100_000,
-        flush_interval: Duration::from_secs(3600),
-    })
-    .expect("served log");
+    let log = start(dir.path(), 100_000);
     for n in 0..50 {
         assert!(log.offer(record(n, "u")));
     }
     drop(log);
     let written = files(dir.path());
     assert_eq!(written.len(), 1, "{written:?}");
-    let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(&written[0]).expect("file"))
-        .expect("parquet");
+    let reader = reader(&written[0]);
     let groups = reader.metadata().row_groups();
     assert_eq!(
         groups.iter().map(|g| g.num_rows()).sum::<i64>(),
@@ -181,13 +174,7 @@ fn a_file_left_unfinished_by_a_stopped_process_is_removed_at_start() {
     std::fs::write(&stale, b"PAR1 no footer").expect("stale file");
     let kept = day.join("ranker-1-1800000000000-2.parquet");
     std::fs::write(&kept, b"a finished file is left alone").expect("finished file");
-    let log = ServedLog::start(ServedLogConfig {
-        dir: dir.path().to_owned(),
-        queue: 8,
-        rows_per_file: 100_000,
-        flush_interval: Duration::from_secs(3600),
-    })
-    .expect("served log");
+    let log = start(dir.path(), 100_000);
     assert!(!stale.exists());
     assert!(kept.exists());
     drop(log);
