@@ -9,6 +9,11 @@ use cpu_time::ProcessTime;
 use criterion::{Criterion, criterion_group, criterion_main};
 use tandem_events::{ServedCandidate, ServedFeature, ServedLog, ServedLogConfig, ServedRecord};
 
+/// The gateway's allocator (tandem-server's), so that the writer's buffers cost here what
+/// they cost there.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const ROWS: usize = 200;
 const RECORDS: usize = 100;
 
