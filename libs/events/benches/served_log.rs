@@ -84,6 +84,38 @@ fn writes(c: &mut Criterion) {
         });
     });
     group.finish();
+    // What the same 100 answers take on disk: the writer's settings trade CPU for bytes.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = ServedLog::start(ServedLogConfig {
+        dir: dir.path().to_owned(),
+        queue: RECORDS,
+        rows_per_file: 100_000,
+        flush_interval: Duration::from_secs(3600),
+    })
+    .expect("served log");
+    for r in records {
+        assert!(log.offer(r));
+    }
+    drop(log);
+    println!(
+        "served_log: {} bytes of files for {RECORDS} answers",
+        bytes_under(dir.path())
+    );
+}
+
+fn bytes_under(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .expect("read_dir")
+        .map(|entry| {
+            let entry = entry.expect("entry");
+            let meta = entry.metadata().expect("metadata");
+            if meta.is_dir() {
+                bytes_under(&entry.path())
+            } else {
+                meta.len()
+            }
+        })
+        .sum()
 }
 
 criterion_group!(benches, writes);

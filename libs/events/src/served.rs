@@ -165,8 +165,7 @@ impl Drop for ServedLog {
 /// ones) instead of piling up for a whole file: buffered whole, a 100,000-row file of the demo
 /// model held 75 MB of inputs and took as much again to write, every few seconds under load.
 /// A batch's columns are fresh memory too: at 512 rows (two or three answers of 200
-/// candidates) the largest is 128 KiB, and the writer's CPU in the e2e bench's gateway was
-/// about a sixth lower than at 2,048 rows.
+/// candidates) the largest is 128 KiB (see `DATA_PAGE_BYTES`).
 const BATCH_ROWS: usize = 512;
 /// Rows per Parquet row group: the writer holds one group's encoded pages at a time.
 const ROW_GROUP_ROWS: usize = 8_192;
@@ -174,8 +173,9 @@ const ROW_GROUP_ROWS: usize = 8_192;
 /// Bytes of encoded values per data page, a quarter of the writer's default (1 MiB): a
 /// page's buffers (values, their split streams, the compressed page) are fresh memory for
 /// each page, and pages this size come from memory the allocator reuses rather than from new
-/// pages the kernel zeroes. In the e2e bench's gateway the writer's CPU fell by about a fifth
-/// (load-tests/e2e/README.md); files are about 4 % larger (zstd starts each page afresh).
+/// pages the kernel zeroes. With batches of `BATCH_ROWS`, the writer's CPU in the e2e bench's
+/// gateway fell by about 30 % (load-tests/e2e/README.md); files are about 4 % larger (zstd
+/// starts each page afresh).
 const DATA_PAGE_BYTES: usize = 256 * 1024;
 
 /// The file of one schema (model version and feature layout) being written.
