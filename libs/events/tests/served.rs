@@ -166,6 +166,75 @@ fn a_large_file_is_written_in_bounded_row_groups() {
 }
 
 #[test]
+fn wide_inputs_are_written_in_many_small_pages_and_read_back_whole() {
+    // 64 values per row: a row group's chunk of this column is 4 MiB of f64, which the
+    // writer cuts into pages of about 256 KiB (its buffers stay small enough to be reused).
+    const WIDTH: usize = 64;
+    let wide = |n: usize| ServedRecord {
+        features: vec![ServedFeature {
+            input: "features".into(),
+            feature: "item_embedding".into(),
+            width: WIDTH,
+            values: (0..ROWS * WIDTH)
+                .map(|v| (n * 100_000 + v) as f64)
+                .collect(),
+        }],
+        ..record(n, "u")
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = start(dir.path(), 100_000);
+    for n in 0..50 {
+        assert!(log.offer(wide(n)));
+    }
+    drop(log);
+    let written = files(dir.path());
+    assert_eq!(written.len(), 1, "{written:?}");
+    let options = parquet::arrow::arrow_reader::ArrowReaderOptions::new()
+        .with_page_index_policy(parquet::file::metadata::PageIndexPolicy::Optional);
+    let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(
+        File::open(&written[0]).expect("file"),
+        options,
+    )
+    .expect("parquet");
+    let column = builder
+        .parquet_schema()
+        .columns()
+        .iter()
+        .position(|c| {
+            c.path()
+                .string()
+                .starts_with("feature.features.item_embedding")
+        })
+        .expect("the input's column");
+    let pages = builder
+        .metadata()
+        .page_index_for_row_group(0)
+        .page_locations(column)
+        .map(Vec::len)
+        .expect("page index");
+    assert!(pages >= 12, "{pages} pages for 8,192 rows of 64 f64");
+    let mut rows = 0;
+    for batch in builder.build().expect("reader") {
+        let batch = batch.expect("batch");
+        let list = batch
+            .column_by_name("feature.features.item_embedding")
+            .and_then(|c| c.as_any().downcast_ref::<FixedSizeListArray>())
+            .expect("fixed-size list");
+        for row in 0..batch.num_rows() {
+            let (n, candidate) = ((rows + row) / ROWS, (rows + row) % ROWS);
+            let values = list.value(row);
+            let values = values.as_any().downcast_ref::<Float64Array>().expect("f64");
+            assert_eq!(values.len(), WIDTH);
+            for (i, v) in values.values().iter().enumerate() {
+                assert_eq!(*v, (n * 100_000 + candidate * WIDTH + i) as f64);
+            }
+        }
+        rows += batch.num_rows();
+    }
+    assert_eq!(rows, 50 * ROWS);
+}
+
+#[test]
 fn a_file_left_unfinished_by_a_stopped_process_is_removed_at_start() {
     let dir = tempfile::tempdir().expect("tempdir");
     let day = dir.path().join("day=2027-01-15");
