@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use arrow::array::{
     ArrayRef, FixedSizeListArray, Float32Array, Float64Array, Int64Array, StringArray, UInt32Array,
 };
-use arrow::datatypes::{DataType, Field, Schema};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, Encoding, ZstdLevel};
@@ -192,6 +192,8 @@ struct Pending {
 
 struct OpenFile {
     writer: ArrowWriter<File>,
+    /// The file's schema, built once: every batch is made in it.
+    schema: SchemaRef,
     tmp: PathBuf,
     path: PathBuf,
     day_dir: PathBuf,
@@ -211,7 +213,7 @@ impl Pending {
                 self.file.insert(file)
             }
         };
-        let batch = record_batch(&file.path, &self.batch)?;
+        let batch = record_batch(&file.path, &file.schema, &self.batch)?;
         file.writer
             .write(&batch)
             .map_err(|e| parquet_error(&file.path, &e))?;
@@ -400,10 +402,12 @@ fn open_file(dir: &Path, first: &ServedRecord, n: u64) -> Result<OpenFile, Event
     }
     let props = props.build();
     let file = File::create(&tmp).map_err(EventLogError::io(&tmp))?;
-    let writer = ArrowWriter::try_new(file, schema(first), Some(props))
+    let schema = schema(first);
+    let writer = ArrowWriter::try_new(file, schema.clone(), Some(props))
         .map_err(|e| parquet_error(&path, &e))?;
     Ok(OpenFile {
         writer,
+        schema,
         tmp,
         path,
         day_dir,
@@ -434,8 +438,12 @@ fn schema(first: &ServedRecord) -> Arc<Schema> {
     Arc::new(Schema::new(fields))
 }
 
-/// One row per candidate of `records` (all of one schema), in the file's schema.
-fn record_batch(path: &Path, records: &[ServedRecord]) -> Result<RecordBatch, EventLogError> {
+/// One row per candidate of `records` (all of one schema), in the file's `schema`.
+fn record_batch(
+    path: &Path,
+    schema: &SchemaRef,
+    records: &[ServedRecord],
+) -> Result<RecordBatch, EventLogError> {
     let Some(first) = records.first() else {
         return Err(parquet_error(path, &"no records"));
     };
@@ -472,15 +480,30 @@ fn record_batch(path: &Path, records: &[ServedRecord]) -> Result<RecordBatch, Ev
         let width = head.width.max(1);
         let mut values = Vec::with_capacity(n_rows * width);
         for r in records {
-            let feature = r.features.get(f);
-            for row in 0..r.candidates.len() {
-                match feature.and_then(|x| x.values.get(row * width..(row + 1) * width)) {
-                    Some(v) => values.extend_from_slice(v),
-                    None => values.extend(std::iter::repeat_n(f64::NAN, width)),
+            let rows = r.candidates.len();
+            match r.features.get(f) {
+                // Every row's values: one copy for the record, not one per row.
+                Some(x) if x.values.len() == rows * width => values.extend_from_slice(&x.values),
+                feature => {
+                    for row in 0..rows {
+                        match feature.and_then(|x| x.values.get(row * width..(row + 1) * width)) {
+                            Some(v) => values.extend_from_slice(v),
+                            None => values.extend(std::iter::repeat_n(f64::NAN, width)),
+                        }
+                    }
                 }
             }
         }
-        let item = Arc::new(Field::new("item", DataType::Float64, false));
+        // The list's item field as the file's schema has it (built once per file).
+        let item = match schema.fields().get(columns.len()).map(|c| c.data_type()) {
+            Some(DataType::FixedSizeList(item, _)) => item.clone(),
+            other => {
+                return Err(parquet_error(
+                    path,
+                    &format!("a list column, not {other:?}"),
+                ));
+            }
+        };
         let list = FixedSizeListArray::try_new(
             item,
             width as i32,
@@ -490,5 +513,5 @@ fn record_batch(path: &Path, records: &[ServedRecord]) -> Result<RecordBatch, Ev
         .map_err(|e| parquet_error(path, &e))?;
         columns.push(Arc::new(list));
     }
-    RecordBatch::try_new(schema(first), columns).map_err(|e| parquet_error(path, &e))
+    RecordBatch::try_new(schema.clone(), columns).map_err(|e| parquet_error(path, &e))
 }

@@ -235,6 +235,47 @@ fn wide_inputs_are_written_in_many_small_pages_and_read_back_whole() {
 }
 
 #[test]
+fn rows_a_record_has_no_values_for_are_written_as_nan() {
+    // The second record's `user_vector` stops after 150 rows: rows 150.. have no values.
+    let short = |n: usize| {
+        let mut r = record(n, "u");
+        r.features[0].values.truncate(150 * 2);
+        r
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = start(dir.path(), 100_000);
+    assert!(log.offer(record(0, "u")));
+    assert!(log.offer(short(1)));
+    drop(log);
+    let written = files(dir.path());
+    assert_eq!(written.len(), 1, "{written:?}");
+    let mut rows = 0;
+    for batch in reader(&written[0]).build().expect("reader") {
+        let batch = batch.expect("batch");
+        let list = batch
+            .column_by_name("feature.features.user_vector")
+            .and_then(|c| c.as_any().downcast_ref::<FixedSizeListArray>())
+            .expect("fixed-size list");
+        for row in 0..batch.num_rows() {
+            let (n, candidate) = ((rows + row) / ROWS, (rows + row) % ROWS);
+            let values = list.value(row);
+            let values = values.as_any().downcast_ref::<Float64Array>().expect("f64");
+            if n == 1 && candidate >= 150 {
+                assert!(
+                    values.values().iter().all(|v| v.is_nan()),
+                    "row {candidate}"
+                );
+            } else {
+                assert_eq!(values.value(0), (n * 1000 + 2 * candidate) as f64);
+                assert_eq!(values.value(1), (n * 1000 + 2 * candidate + 1) as f64);
+            }
+        }
+        rows += batch.num_rows();
+    }
+    assert_eq!(rows, 2 * ROWS);
+}
+
+#[test]
 fn a_file_left_unfinished_by_a_stopped_process_is_removed_at_start() {
     let dir = tempfile::tempdir().expect("tempdir");
     let day = dir.path().join("day=2027-01-15");
