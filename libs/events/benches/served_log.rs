@@ -65,13 +65,7 @@ fn writes(c: &mut Criterion) {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
                 let dir = tempfile::tempdir().expect("tempdir");
-                let log = ServedLog::start(ServedLogConfig {
-                    dir: dir.path().to_owned(),
-                    queue: RECORDS,
-                    rows_per_file: 100_000,
-                    flush_interval: Duration::from_secs(3600),
-                })
-                .expect("served log");
+                let log = start(dir.path());
                 let batch = records.clone();
                 let started = ProcessTime::now();
                 for r in batch {
@@ -86,13 +80,7 @@ fn writes(c: &mut Criterion) {
     group.finish();
     // What the same 100 answers take on disk: the writer's settings trade CPU for bytes.
     let dir = tempfile::tempdir().expect("tempdir");
-    let log = ServedLog::start(ServedLogConfig {
-        dir: dir.path().to_owned(),
-        queue: RECORDS,
-        rows_per_file: 100_000,
-        flush_interval: Duration::from_secs(3600),
-    })
-    .expect("served log");
+    let log = start(dir.path());
     for r in records {
         assert!(log.offer(r));
     }
@@ -101,6 +89,17 @@ fn writes(c: &mut Criterion) {
         "served_log: {} bytes of files for {RECORDS} answers",
         bytes_under(dir.path())
     );
+}
+
+/// A log in `dir` that holds all of a run's answers in one file, closed when dropped.
+fn start(dir: &std::path::Path) -> ServedLog {
+    ServedLog::start(ServedLogConfig {
+        dir: dir.to_owned(),
+        queue: RECORDS,
+        rows_per_file: 100_000,
+        flush_interval: Duration::from_secs(3600),
+    })
+    .expect("served log")
 }
 
 fn bytes_under(dir: &std::path::Path) -> u64 {

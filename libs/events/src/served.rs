@@ -70,7 +70,7 @@ pub struct ServedLogConfig {
     /// A model version's file is closed and put in place once it holds this many rows...
     pub rows_per_file: usize,
     /// ... or this long after its first row arrived (rows go to the open file in batches of
-    /// a few thousand as they come; only closed files are read).
+    /// a few hundred as they come; only closed files are read).
     pub flush_interval: Duration,
 }
 

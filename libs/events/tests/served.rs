@@ -57,6 +57,28 @@ fn reader(path: &Path) -> ParquetRecordBatchReaderBuilder<File> {
     ParquetRecordBatchReaderBuilder::try_new(File::open(path).expect("file")).expect("parquet")
 }
 
+/// Each row's values of the model-input column `column` (a fixed-size list of f64), in file
+/// order.
+fn input_rows(
+    batches: parquet::arrow::arrow_reader::ParquetRecordBatchReader,
+    column: &str,
+) -> Vec<Vec<f64>> {
+    let mut rows = Vec::new();
+    for batch in batches {
+        let batch = batch.expect("batch");
+        let list = batch
+            .column_by_name(column)
+            .and_then(|c| c.as_any().downcast_ref::<FixedSizeListArray>())
+            .expect("fixed-size list");
+        for row in 0..batch.num_rows() {
+            let values = list.value(row);
+            let values = values.as_any().downcast_ref::<Float64Array>().expect("f64");
+            rows.push(values.values().to_vec());
+        }
+    }
+    rows
+}
+
 /// Every file (and temporary file) under `dir`, recursively.
 fn files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -213,25 +235,18 @@ fn wide_inputs_are_written_in_many_small_pages_and_read_back_whole() {
         .map(Vec::len)
         .expect("page index");
     assert!(pages >= 12, "{pages} pages for 8,192 rows of 64 f64");
-    let mut rows = 0;
-    for batch in builder.build().expect("reader") {
-        let batch = batch.expect("batch");
-        let list = batch
-            .column_by_name("feature.features.item_embedding")
-            .and_then(|c| c.as_any().downcast_ref::<FixedSizeListArray>())
-            .expect("fixed-size list");
-        for row in 0..batch.num_rows() {
-            let (n, candidate) = ((rows + row) / ROWS, (rows + row) % ROWS);
-            let values = list.value(row);
-            let values = values.as_any().downcast_ref::<Float64Array>().expect("f64");
-            assert_eq!(values.len(), WIDTH);
-            for (i, v) in values.values().iter().enumerate() {
-                assert_eq!(*v, (n * 100_000 + candidate * WIDTH + i) as f64);
-            }
+    let rows = input_rows(
+        builder.build().expect("reader"),
+        "feature.features.item_embedding",
+    );
+    assert_eq!(rows.len(), 50 * ROWS);
+    for (at, values) in rows.iter().enumerate() {
+        let (n, candidate) = (at / ROWS, at % ROWS);
+        assert_eq!(values.len(), WIDTH);
+        for (i, v) in values.iter().enumerate() {
+            assert_eq!(*v, (n * 100_000 + candidate * WIDTH + i) as f64);
         }
-        rows += batch.num_rows();
     }
-    assert_eq!(rows, 50 * ROWS);
 }
 
 #[test]
@@ -249,30 +264,20 @@ fn rows_a_record_has_no_values_for_are_written_as_nan() {
     drop(log);
     let written = files(dir.path());
     assert_eq!(written.len(), 1, "{written:?}");
-    let mut rows = 0;
-    for batch in reader(&written[0]).build().expect("reader") {
-        let batch = batch.expect("batch");
-        let list = batch
-            .column_by_name("feature.features.user_vector")
-            .and_then(|c| c.as_any().downcast_ref::<FixedSizeListArray>())
-            .expect("fixed-size list");
-        for row in 0..batch.num_rows() {
-            let (n, candidate) = ((rows + row) / ROWS, (rows + row) % ROWS);
-            let values = list.value(row);
-            let values = values.as_any().downcast_ref::<Float64Array>().expect("f64");
-            if n == 1 && candidate >= 150 {
-                assert!(
-                    values.values().iter().all(|v| v.is_nan()),
-                    "row {candidate}"
-                );
-            } else {
-                assert_eq!(values.value(0), (n * 1000 + 2 * candidate) as f64);
-                assert_eq!(values.value(1), (n * 1000 + 2 * candidate + 1) as f64);
-            }
+    let rows = input_rows(
+        reader(&written[0]).build().expect("reader"),
+        "feature.features.user_vector",
+    );
+    assert_eq!(rows.len(), 2 * ROWS);
+    for (at, values) in rows.iter().enumerate() {
+        let (n, candidate) = (at / ROWS, at % ROWS);
+        if n == 1 && candidate >= 150 {
+            assert!(values.iter().all(|v| v.is_nan()), "row {candidate}");
+        } else {
+            assert_eq!(values[0], (n * 1000 + 2 * candidate) as f64);
+            assert_eq!(values[1], (n * 1000 + 2 * candidate + 1) as f64);
         }
-        rows += batch.num_rows();
     }
-    assert_eq!(rows, 2 * ROWS);
 }
 
 #[test]
