@@ -165,18 +165,19 @@ impl Drop for ServedLog {
 /// ones) instead of piling up for a whole file: buffered whole, a 100,000-row file of the demo
 /// model held 75 MB of inputs and took as much again to write, every few seconds under load.
 /// A batch's columns are fresh memory too: at 512 rows (two or three answers of 200
-/// candidates) the largest is 128 KiB (see `DATA_PAGE_BYTES`).
+/// candidates) the largest is 128 KiB.
 const BATCH_ROWS: usize = 512;
 /// Rows per Parquet row group: the writer holds one group's encoded pages at a time.
 const ROW_GROUP_ROWS: usize = 8_192;
 
-/// Bytes of encoded values per data page, a quarter of the writer's default (1 MiB): a
-/// page's buffers (values, their split streams, the compressed page) are fresh memory for
-/// each page, and pages this size come from memory the allocator reuses rather than from new
-/// pages the kernel zeroes. With batches of `BATCH_ROWS`, the writer's CPU in the e2e bench's
-/// gateway fell by about 30 % (load-tests/e2e/README.md); files are about 4 % larger (zstd
-/// starts each page afresh).
-const DATA_PAGE_BYTES: usize = 256 * 1024;
+/// Bytes of encoded values per data page, half the writer's default (1 MiB). Page buffers
+/// (values, their split streams, the compressed page) are fresh memory for every page; at
+/// 1 MiB they come from new pages the kernel zeroes, at this size mostly from memory the
+/// allocator reuses: the e2e bench's writer thread spent about a tenth less CPU than at
+/// 1 MiB, the same as at 256 KiB. Larger pages compress better, since an answer's candidates
+/// recur in the next answers and zstd starts afresh on each page: on the bench's answers
+/// 14.6 KB per answer against 12.0 at 1 MiB and 18.2 at 256 KiB (load-tests/e2e/README.md).
+const DATA_PAGE_BYTES: usize = 512 * 1024;
 
 /// The file of one schema (model version and feature layout) being written.
 struct Pending {
@@ -383,7 +384,7 @@ fn open_file(dir: &Path, first: &ServedRecord, n: u64) -> Result<OpenFile, Event
     // value into one until it gave up on it), and their bytes split into streams
     // (BYTE_STREAM_SPLIT), which zstd compresses in a third less CPU (`cargo bench -p
     // tandem-events --bench served_log`); statistics per column chunk, which is what readers
-    // prune on, not per page. Text keeps its dictionary (a request's id repeats on each of
+    // prune on, not per page, and none on model inputs (below). Text keeps its dictionary (a request's id repeats on each of
     // its rows); integers stay plain.
     let mut props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
@@ -396,6 +397,14 @@ fn open_file(dir: &Path, first: &ServedRecord, n: u64) -> Result<OpenFile, Event
         props = props
             .set_column_dictionary_enabled(ColumnPath::from(text), true)
             .set_column_encoding(ColumnPath::from(text), Encoding::PLAIN);
+    }
+    // A minimum and maximum over a chunk's model inputs (whole embeddings, one-hot vectors)
+    // prune nothing, and computing them took about a twelfth of the writer's CPU.
+    for head in &first.features {
+        props = props.set_column_statistics_enabled(
+            ColumnPath::new(vec![feature_column(head), "list".into(), "item".into()]),
+            EnabledStatistics::None,
+        );
     }
     for integer in ["timestamp_ms", "candidate", "position"] {
         props = props.set_column_encoding(ColumnPath::from(integer), Encoding::PLAIN);
@@ -414,6 +423,11 @@ fn open_file(dir: &Path, first: &ServedRecord, n: u64) -> Result<OpenFile, Event
     })
 }
 
+/// The column that holds a feature's values.
+fn feature_column(feature: &ServedFeature) -> String {
+    format!("feature.{}.{}", feature.input, feature.feature)
+}
+
 /// The file schema of records like `first`.
 fn schema(first: &ServedRecord) -> Arc<Schema> {
     let mut fields = vec![
@@ -430,7 +444,7 @@ fn schema(first: &ServedRecord) -> Arc<Schema> {
     for head in &first.features {
         let item = Arc::new(Field::new("item", DataType::Float64, false));
         fields.push(Field::new(
-            format!("feature.{}.{}", head.input, head.feature),
+            feature_column(head),
             DataType::FixedSizeList(item, head.width.max(1) as i32),
             false,
         ));
