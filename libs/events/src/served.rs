@@ -383,9 +383,9 @@ fn open_file(dir: &Path, first: &ServedRecord, n: u64) -> Result<OpenFile, Event
     // Model inputs are nearly all distinct floats: no dictionary (the writer would hash every
     // value into one until it gave up on it), and their bytes split into streams
     // (BYTE_STREAM_SPLIT), which zstd compresses in a third less CPU (`cargo bench -p
-    // tandem-events --bench served_log`); statistics per column chunk, which is what readers
-    // prune on, not per page, and none on model inputs (below). Text keeps its dictionary (a request's id repeats on each of
-    // its rows); integers stay plain.
+    // tandem-events --bench served_log`). Statistics per column chunk, which is what readers
+    // prune on, not per page, and none on model inputs (below). Text keeps its dictionary (a
+    // request's id repeats on each of its rows); integers stay plain.
     let mut props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
@@ -423,7 +423,7 @@ fn open_file(dir: &Path, first: &ServedRecord, n: u64) -> Result<OpenFile, Event
     })
 }
 
-/// The column that holds a feature's values.
+/// A feature's column, named so that a reader can tell model inputs from the request's columns.
 fn feature_column(feature: &ServedFeature) -> String {
     format!("feature.{}.{}", feature.input, feature.feature)
 }
