@@ -94,6 +94,21 @@ fn files(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// Offers `records` to a log whose files hold up to 100,000 rows and stops it: the one file
+/// it wrote (and the directory that holds it).
+fn one_file(records: impl IntoIterator<Item = ServedRecord>) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = start(dir.path(), 100_000);
+    for r in records {
+        assert!(log.offer(r));
+    }
+    drop(log);
+    let mut written = files(dir.path());
+    assert_eq!(written.len(), 1, "{written:?}");
+    let file = written.remove(0);
+    (dir, file)
+}
+
 #[test]
 fn rows_stream_into_one_file_that_is_put_in_place_when_closed_and_erasure_finds_them() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -169,15 +184,8 @@ fn a_file_is_closed_at_its_row_limit_and_the_rest_on_shutdown() {
 
 #[test]
 fn a_large_file_is_written_in_bounded_row_groups() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let log = start(dir.path(), 100_000);
-    for n in 0..50 {
-        assert!(log.offer(record(n, "u")));
-    }
-    drop(log);
-    let written = files(dir.path());
-    assert_eq!(written.len(), 1, "{written:?}");
-    let reader = reader(&written[0]);
+    let (_dir, file) = one_file((0..50).map(|n| record(n, "u")));
+    let reader = reader(&file);
     let groups = reader.metadata().row_groups();
     assert_eq!(
         groups.iter().map(|g| g.num_rows()).sum::<i64>(),
@@ -189,15 +197,8 @@ fn a_large_file_is_written_in_bounded_row_groups() {
 
 #[test]
 fn request_columns_have_statistics_and_model_inputs_none() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let log = start(dir.path(), 100_000);
-    for n in 0..5 {
-        assert!(log.offer(record(n, "u")));
-    }
-    drop(log);
-    let written = files(dir.path());
-    assert_eq!(written.len(), 1, "{written:?}");
-    let reader = reader(&written[0]);
+    let (_dir, file) = one_file((0..5).map(|n| record(n, "u")));
+    let reader = reader(&file);
     let group = &reader.metadata().row_groups()[0];
     for chunk in group.columns() {
         let path = chunk.column_path().string();
@@ -241,18 +242,11 @@ fn wide_inputs_are_written_in_many_small_pages_and_read_back_whole() {
         }],
         ..record(n, "u")
     };
-    let dir = tempfile::tempdir().expect("tempdir");
-    let log = start(dir.path(), 100_000);
-    for n in 0..50 {
-        assert!(log.offer(wide(n)));
-    }
-    drop(log);
-    let written = files(dir.path());
-    assert_eq!(written.len(), 1, "{written:?}");
+    let (_dir, file) = one_file((0..50).map(wide));
     let options = parquet::arrow::arrow_reader::ArrowReaderOptions::new()
         .with_page_index_policy(parquet::file::metadata::PageIndexPolicy::Optional);
     let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(
-        File::open(&written[0]).expect("file"),
+        File::open(&file).expect("file"),
         options,
     )
     .expect("parquet");
@@ -296,15 +290,9 @@ fn rows_a_record_has_no_values_for_are_written_as_nan() {
         r.features[0].values.truncate(150 * 2);
         r
     };
-    let dir = tempfile::tempdir().expect("tempdir");
-    let log = start(dir.path(), 100_000);
-    assert!(log.offer(record(0, "u")));
-    assert!(log.offer(short(1)));
-    drop(log);
-    let written = files(dir.path());
-    assert_eq!(written.len(), 1, "{written:?}");
+    let (_dir, file) = one_file([record(0, "u"), short(1)]);
     let rows = input_rows(
-        reader(&written[0]).build().expect("reader"),
+        reader(&file).build().expect("reader"),
         "feature.features.user_vector",
     );
     assert_eq!(rows.len(), 2 * ROWS);
