@@ -1,6 +1,7 @@
 //! The served-feature log's writer: what one sampled answer costs to put on disk, for the
-//! demo model's shape (200 candidates, 92 input values per row: two 32-wide vectors and 28
-//! single values). At the default 1 % sample this is a hundredth of a Recommend's share.
+//! demo model's shape (200 candidates, 92 input values per row: the user's 32-wide vector, the
+//! item's 32-wide embedding, a 24-wide one-hot category and four single values). At the
+//! default 1 % sample this is a hundredth of a Recommend's share.
 
 use std::time::Duration;
 
@@ -16,41 +17,106 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const ROWS: usize = 200;
 const RECORDS: usize = 100;
+const ITEMS: u64 = 50_000;
+const CATEGORIES: usize = 24;
 
+/// A deterministic stream of numbers in [0, 1) (xorshift), so that every run writes the same
+/// files.
+struct Numbers(u64);
+
+impl Numbers {
+    fn new(seed: u64) -> Self {
+        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    fn next(&mut self) -> f64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// A model's f32 input, as the log holds it (f64).
+    fn input(&mut self) -> f64 {
+        f64::from((self.next() * 2.0 - 1.0) as f32)
+    }
+}
+
+/// One feature's values for every row, `value` appending a row's `width` values.
+fn feature(name: &str, width: usize, mut value: impl FnMut(usize, &mut Vec<f64>)) -> ServedFeature {
+    let mut values = Vec::with_capacity(ROWS * width);
+    for row in 0..ROWS {
+        value(row, &mut values);
+    }
+    ServedFeature {
+        input: "features".into(),
+        feature: name.into(),
+        width,
+        values,
+    }
+}
+
+/// Answers as the gateway logs them: each from another user (one of 97), the candidates drawn
+/// with a long tail (popular items recur across answers, as in a shop), each item's embedding,
+/// category and attributes the same wherever it appears, the user's vector on all its rows.
 fn record(n: usize) -> ServedRecord {
-    let mut features = vec![("user_vector", 32), ("item_embedding", 32)];
-    let singles: Vec<String> = (0..28).map(|i| format!("f{i}")).collect();
-    features.extend(singles.iter().map(|s| (s.as_str(), 1)));
-    // Values as a model's inputs look: mostly distinct floats, some repeating.
-    let mut x = n as u64 * 0x9E37_79B9_7F4A_7C15;
-    let mut next = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        f64::from((x % 100_000) as f32 / 1000.0)
+    let mut draw = Numbers::new(n as u64 + 1);
+    let mut items: Vec<u64> = Vec::with_capacity(ROWS);
+    while items.len() < ROWS {
+        let item = (ITEMS as f64 * draw.next().powi(3)) as u64;
+        if !items.contains(&item) {
+            items.push(item);
+        }
+    }
+    let user = n % 97;
+    let mut user_numbers = Numbers::new(1_000_000 + user as u64);
+    let user_vector: Vec<f64> = (0..32).map(|_| user_numbers.input()).collect();
+    let per_item = |item: u64, width: usize, out: &mut Vec<f64>| {
+        let mut numbers = Numbers::new(2_000_000 + item);
+        out.extend((0..width).map(|_| numbers.input()));
     };
+    let features = vec![
+        feature("user_vector", 32, |_, out| {
+            out.extend_from_slice(&user_vector)
+        }),
+        feature("item_embedding", 32, |row, out| {
+            per_item(items[row], 32, out)
+        }),
+        feature("user_item_dot", 1, |_, out| out.push(draw.input())),
+        feature("item_numeric:price", 1, |row, out| {
+            out.push(f64::from((items[row] % 9_000) as f32 / 100.0))
+        }),
+        feature("item_numeric:popularity", 1, |row, out| {
+            out.push(f64::from(1.0 / (1.0 + items[row] as f32)))
+        }),
+        feature("item_numeric:in_stock", 1, |row, out| {
+            out.push(if items[row].is_multiple_of(10) {
+                0.0
+            } else {
+                1.0
+            })
+        }),
+        feature("item_category_one_hot", CATEGORIES, |row, out| {
+            let category = (items[row] % CATEGORIES as u64) as usize;
+            out.extend((0..CATEGORIES).map(|c| if c == category { 1.0 } else { 0.0 }))
+        }),
+    ];
     ServedRecord {
         request_id: format!("{n:032x}"),
-        user_id: format!("user-{}", n % 97),
+        user_id: format!("user-{user}"),
         timestamp_ms: 1_800_000_000_000 + n as i64,
         model_version: "ranker/1".into(),
-        candidates: (0..ROWS)
-            .map(|i| ServedCandidate {
-                item_id: format!("item-{:06}", (n * 31 + i * 7) % 50_000),
+        candidates: items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| ServedCandidate {
+                item_id: format!("item-{item:06}"),
                 retrieval_score: i as f32 / 200.0,
                 score: 1.0 - i as f32 / 200.0,
                 position: (i < 10).then_some(i as u32),
             })
             .collect(),
-        features: features
-            .iter()
-            .map(|&(name, width)| ServedFeature {
-                input: "features".into(),
-                feature: name.into(),
-                width,
-                values: (0..ROWS * width).map(|_| next()).collect(),
-            })
-            .collect(),
+        features,
     }
 }
 

@@ -174,9 +174,10 @@ const ROW_GROUP_ROWS: usize = 8_192;
 /// (values, their split streams, the compressed page) are fresh memory for every page; at
 /// 1 MiB they come from new pages the kernel zeroes, at this size mostly from memory the
 /// allocator reuses: the e2e bench's writer thread spent about a tenth less CPU than at
-/// 1 MiB, the same as at 256 KiB. Larger pages compress better, since an answer's candidates
-/// recur in the next answers and zstd starts afresh on each page: on the bench's answers
-/// 14.6 KB per answer against 12.0 at 1 MiB and 18.2 at 256 KiB (load-tests/e2e/README.md).
+/// 1 MiB, the same as at 256 KiB. Larger pages compress better, since candidates recur across
+/// answers and zstd starts afresh on each page: 25.3 KB per answer against 23.9 at 1 MiB and
+/// 26.8 at 256 KiB on the `served_log` bench's answers (97 users, a long tail of 50,000
+/// items), 14.6 against 12.0 and 18.2 on the e2e bench's (one user per round).
 const DATA_PAGE_BYTES: usize = 512 * 1024;
 
 /// The file of one schema (model version and feature layout) being written.
