@@ -8,6 +8,7 @@ use std::time::Duration;
 use cpu_time::ProcessTime;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use tandem_catalog::testing::SplitMix;
 use tandem_events::{ServedCandidate, ServedFeature, ServedLog, ServedLogConfig, ServedRecord};
 
 /// The gateway's allocator (tandem-server's), so that the writer's buffers cost here what
@@ -20,26 +21,9 @@ const RECORDS: usize = 100;
 const ITEMS: u64 = 50_000;
 const CATEGORIES: usize = 24;
 
-/// A deterministic stream of numbers in [0, 1) (xorshift), so that every run writes the same
-/// files.
-struct Numbers(u64);
-
-impl Numbers {
-    fn new(seed: u64) -> Self {
-        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    fn next(&mut self) -> f64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// A model's f32 input, as the log holds it (f64).
-    fn input(&mut self) -> f64 {
-        f64::from((self.next() * 2.0 - 1.0) as f32)
-    }
+/// A model's f32 input, as the log holds it (f64): uniform in [-1, 1).
+fn input(rng: &mut SplitMix) -> f64 {
+    f64::from(rng.unit() * 2.0 - 1.0)
 }
 
 /// One feature's values for every row, `value` appending a row's `width` values.
@@ -60,20 +44,20 @@ fn feature(name: &str, width: usize, mut value: impl FnMut(usize, &mut Vec<f64>)
 /// with a long tail (popular items recur across answers, as in a shop), each item's embedding,
 /// category and attributes the same wherever it appears, the user's vector on all its rows.
 fn record(n: usize) -> ServedRecord {
-    let mut draw = Numbers::new(n as u64 + 1);
+    let mut draw = SplitMix::new(n as u64 + 1);
     let mut items: Vec<u64> = Vec::with_capacity(ROWS);
     while items.len() < ROWS {
-        let item = (ITEMS as f64 * draw.next().powi(3)) as u64;
+        let item = (ITEMS as f64 * f64::from(draw.unit()).powi(3)) as u64;
         if !items.contains(&item) {
             items.push(item);
         }
     }
     let user = n % 97;
-    let mut user_numbers = Numbers::new(1_000_000 + user as u64);
-    let user_vector: Vec<f64> = (0..32).map(|_| user_numbers.input()).collect();
+    let mut user_numbers = SplitMix::new(1_000_000 + user as u64);
+    let user_vector: Vec<f64> = (0..32).map(|_| input(&mut user_numbers)).collect();
     let per_item = |item: u64, width: usize, out: &mut Vec<f64>| {
-        let mut numbers = Numbers::new(2_000_000 + item);
-        out.extend((0..width).map(|_| numbers.input()));
+        let mut numbers = SplitMix::new(2_000_000 + item);
+        out.extend((0..width).map(|_| input(&mut numbers)));
     };
     let features = vec![
         feature("user_vector", 32, |_, out| {
@@ -82,7 +66,7 @@ fn record(n: usize) -> ServedRecord {
         feature("item_embedding", 32, |row, out| {
             per_item(items[row], 32, out)
         }),
-        feature("user_item_dot", 1, |_, out| out.push(draw.input())),
+        feature("user_item_dot", 1, |_, out| out.push(input(&mut draw))),
         feature("item_numeric:price", 1, |row, out| {
             out.push(f64::from((items[row] % 9_000) as f32 / 100.0))
         }),

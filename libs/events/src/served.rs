@@ -175,8 +175,8 @@ const ROW_GROUP_ROWS: usize = 8_192;
 /// 1 MiB they come from new pages the kernel zeroes, at this size mostly from memory the
 /// allocator reuses: the e2e bench's writer thread spent about a tenth less CPU than at
 /// 1 MiB, the same as at 256 KiB. Larger pages compress better, since candidates recur across
-/// answers and zstd starts afresh on each page: 25.3 KB per answer against 23.9 at 1 MiB and
-/// 26.8 at 256 KiB on the `served_log` bench's answers (97 users, a long tail of 50,000
+/// answers and zstd starts afresh on each page: 24.4 KB per answer against 23.3 at 1 MiB and
+/// 25.3 at 256 KiB on the `served_log` bench's answers (97 users, a long tail of 50,000
 /// items), 14.6 against 12.0 and 18.2 on the e2e bench's (one user per round).
 const DATA_PAGE_BYTES: usize = 512 * 1024;
 
