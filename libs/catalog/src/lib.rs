@@ -393,6 +393,37 @@ impl Catalog {
     }
 }
 
+impl Catalog {
+    /// Whether `parts` are this catalog's rows, bit for bit. A snapshot of an index that took
+    /// no writes holds exactly the catalog it was built from: a process that has that catalog
+    /// open already shares it instead of holding a second copy (a 1M-item catalog is about
+    /// 200 MB).
+    pub fn holds_exactly(&self, parts: &CatalogParts) -> bool {
+        let n = self.len();
+        let same_floats = |a: &[f32], b: &[f32]| {
+            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+        };
+        parts.item_ids.len() == n
+            && parts.dim == self.dim
+            && parts.categories == self.categories
+            && parts.category_codes == self.category_codes
+            && same_floats(&parts.price, self.price.values())
+            && same_floats(&parts.popularity, self.popularity.values())
+            && same_floats(&parts.embeddings, &self.embeddings)
+            && parts.in_stock.len() == n
+            && parts
+                .in_stock
+                .iter()
+                .enumerate()
+                .all(|(i, &s)| self.in_stock.value(i) == s)
+            && parts
+                .item_ids
+                .iter()
+                .enumerate()
+                .all(|(i, id)| self.item_ids.value(i) == id)
+    }
+}
+
 /// Rows by descending popularity, ties by row.
 pub(crate) fn popularity_order(popularity: &Float32Array) -> Vec<ItemIdx> {
     let mut order: Vec<ItemIdx> = (0..popularity.len() as ItemIdx).collect();

@@ -199,3 +199,57 @@ fn related_pairs_keep_file_order_and_skip_unknown_ids() {
         other => panic!("expected a related-table error, got {other:?}"),
     }
 }
+
+/// The catalog's columns as a snapshot stores them.
+fn parts_of(catalog: &Catalog) -> tandem_catalog::CatalogParts {
+    let rows = 0..catalog.len() as u32;
+    tandem_catalog::CatalogParts {
+        item_ids: rows
+            .clone()
+            .map(|i| catalog.item_id(i).to_owned())
+            .collect(),
+        embeddings: catalog.embeddings().to_vec(),
+        dim: catalog.dim(),
+        categories: catalog.categories().to_vec(),
+        category_codes: catalog.category_codes().to_vec(),
+        price: catalog.prices().to_vec(),
+        in_stock: rows.clone().map(|i| catalog.in_stock(i)).collect(),
+        popularity: rows.map(|i| catalog.popularity(i)).collect(),
+    }
+}
+
+/// One value of a catalog's columns changed.
+type Change = fn(&mut tandem_catalog::CatalogParts);
+
+#[test]
+fn holds_exactly_its_own_rows_and_nothing_that_differs_in_one_value() {
+    let (_dir, path) = write(&synthetic_batch(300, 8, 5, 4));
+    let catalog = Catalog::open(&path).expect("open");
+    let parts = parts_of(&catalog);
+    assert!(catalog.holds_exactly(&parts));
+    let changes: [(&str, Change); 7] = [
+        ("an id", |p| p.item_ids[7].push('x')),
+        ("an embedding value", |p| {
+            p.embeddings[40] = -p.embeddings[40]
+        }),
+        ("a category", |p| {
+            p.category_codes[9] = (p.category_codes[9] + 1) % 5
+        }),
+        ("a price", |p| p.price[11] += 1.0),
+        ("stock", |p| p.in_stock[12] = !p.in_stock[12]),
+        ("popularity", |p| p.popularity[13] += 1.0),
+        ("one more row", |p| {
+            p.item_ids.push("extra".into());
+            p.embeddings.extend([0.5; 8]);
+            p.category_codes.push(0);
+            p.price.push(1.0);
+            p.in_stock.push(true);
+            p.popularity.push(0.0);
+        }),
+    ];
+    for (what, change) in changes {
+        let mut other = parts.clone();
+        change(&mut other);
+        assert!(!catalog.holds_exactly(&other), "{what} differs");
+    }
+}

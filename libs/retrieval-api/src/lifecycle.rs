@@ -16,7 +16,8 @@ pub fn load_index(
     params: IndexParams,
     state: Option<&StateArgs>,
 ) -> Result<Arc<Index>, BoxError> {
-    if let Some(index) = restore(params, state)? {
+    // The service reads the catalog only to build: a restored index holds the only copy.
+    if let Some(index) = restore(None, params, state)? {
         spawn_metrics(&index);
         return Ok(index);
     }
@@ -76,7 +77,7 @@ pub fn open_index(
     params: IndexParams,
     state: Option<&StateArgs>,
 ) -> Result<Arc<Index>, BoxError> {
-    let index = match restore(params, state)? {
+    let index = match restore(Some(&catalog), params, state)? {
         Some(index) => index,
         None => build(catalog, params, state)?,
     };
@@ -125,13 +126,19 @@ fn spawn_metrics(index: &Arc<Index>) {
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-fn restore(params: IndexParams, state: Option<&StateArgs>) -> Result<Option<Arc<Index>>, BoxError> {
+/// `open`: the catalog the caller holds, which a snapshot of exactly its rows shares.
+fn restore(
+    open: Option<&Arc<Catalog>>,
+    params: IndexParams,
+    state: Option<&StateArgs>,
+) -> Result<Option<Arc<Index>>, BoxError> {
     let Some(state) = state else {
         return Ok(None);
     };
     std::fs::create_dir_all(&state.dir)
         .map_err(|e| format!("cannot create --state-dir {}: {e}", state.dir.display()))?;
-    let Some((index, seq)) = Index::from_snapshots(&state.dir.join(SNAPSHOT_DIR), params) else {
+    let Some((index, seq)) = Index::from_snapshots(&state.dir.join(SNAPSHOT_DIR), params, open)
+    else {
         return Ok(None);
     };
     index.attach_wal_after(&state.dir.join(WAL_FILE), seq)?;

@@ -117,8 +117,8 @@ fn memory_json(catalog: &Catalog, index: &Index) -> String {
 /// A restart: the index and its catalog restored from a snapshot, in a new process.
 fn restore_only(dir: &std::path::Path, params: IndexParams) -> Result<(), String> {
     let started = Instant::now();
-    let (index, _) =
-        Index::from_snapshots(dir, params).ok_or("the snapshot just written does not load")?;
+    let (index, _) = Index::from_snapshots(dir, params, None)
+        .ok_or("the snapshot just written does not load")?;
     let load_s = started.elapsed().as_secs_f64();
     let (rss, peak) = memory_mib();
     println!(

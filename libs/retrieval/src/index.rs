@@ -362,11 +362,16 @@ impl Index {
 
     /// Restores an index from the newest valid snapshot in `dir`, falling back to older ones
     /// (a clear warning for each that fails). Returns the index and the last log sequence it
-    /// holds, or `None` when no snapshot can be used.
-    pub fn from_snapshots(dir: &Path, params: IndexParams) -> Option<(Self, u64)> {
+    /// holds, or `None` when no snapshot can be used. `open`: the catalog this process already
+    /// holds; a snapshot whose items are exactly its rows shares it rather than a copy.
+    pub fn from_snapshots(
+        dir: &Path,
+        params: IndexParams,
+        open: Option<&Arc<Catalog>>,
+    ) -> Option<(Self, u64)> {
         for path in snapshot::list(dir) {
             let started = Instant::now();
-            match snapshot::read(&path).and_then(|data| Self::from_snapshot(data, params)) {
+            match snapshot::read(&path).and_then(|data| Self::from_snapshot(data, params, open)) {
                 Ok((index, seq)) => {
                     // The file and its decoded parts were copied into the index: return them.
                     tandem_memory::release_freed_memory();
@@ -392,6 +397,7 @@ impl Index {
     fn from_snapshot(
         data: snapshot::SnapshotData,
         params: IndexParams,
+        open: Option<&Arc<Catalog>>,
     ) -> Result<(Self, u64), RetrievalError> {
         let corrupt = |reason: String| RetrievalError::Corrupt {
             path: "snapshot".into(),
@@ -403,8 +409,10 @@ impl Index {
                 data.metric, params.metric
             )));
         }
-        let catalog =
-            Arc::new(Catalog::from_parts(data.items).map_err(|e| corrupt(e.to_string()))?);
+        let catalog = match open.filter(|open| open.holds_exactly(&data.items)) {
+            Some(open) => open.clone(),
+            None => Arc::new(Catalog::from_parts(data.items).map_err(|e| corrupt(e.to_string()))?),
+        };
         let space = Space::new(params.metric, catalog.dim(), Kernels::detect());
         let rows = Rows::restore(catalog.clone(), space, &data.deleted);
         let graph = Graph::from_parts(

@@ -46,7 +46,7 @@ fn state(index: &Index) -> Vec<Vec<(String, i64)>> {
 }
 
 fn restore(dir: &Path) -> Option<Arc<Index>> {
-    let (index, seq) = Index::from_snapshots(&dir.join("snapshots"), IndexParams::default())?;
+    let (index, seq) = Index::from_snapshots(&dir.join("snapshots"), IndexParams::default(), None)?;
     index
         .attach_wal_after(&dir.join("r.wal"), seq)
         .expect("replay");
@@ -134,7 +134,7 @@ fn a_damaged_snapshot_falls_back_to_the_previous_one_then_to_a_rebuild() {
     // Truncated newest snapshot: the older one plus the log give the same state.
     let bytes = std::fs::read(&newer).expect("read");
     std::fs::write(&newer, &bytes[..bytes.len() / 2]).expect("truncate");
-    let (_, seq) = Index::from_snapshots(&snapshots, IndexParams::default()).expect("older");
+    let (_, seq) = Index::from_snapshots(&snapshots, IndexParams::default(), None).expect("older");
     assert_eq!(seq, 1);
     assert_eq!(state(&restore(dir.path()).expect("restore")), before);
 
@@ -143,7 +143,7 @@ fn a_damaged_snapshot_falls_back_to_the_previous_one_then_to_a_rebuild() {
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x10;
     std::fs::write(&older, &bytes).expect("damage");
-    assert!(Index::from_snapshots(&snapshots, IndexParams::default()).is_none());
+    assert!(Index::from_snapshots(&snapshots, IndexParams::default(), None).is_none());
 }
 
 #[test]
@@ -182,4 +182,42 @@ fn the_log_keeps_what_the_older_snapshot_lacks() {
     let newest = snapshots.join(format!("snapshot-{:020}.tsnap", 4));
     std::fs::remove_file(newest).expect("remove");
     assert_eq!(state(&restore(dir.path()).expect("restore")), before);
+}
+
+#[test]
+fn a_snapshot_of_the_open_catalog_shares_it_and_any_other_keeps_its_own_rows() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let snapshots = dir.path().join("snapshots");
+    let (catalog, index) = setup(dir.path());
+    index.snapshot(&snapshots).expect("snapshot");
+    let before = state(&index);
+    drop(index);
+    let params = IndexParams::default();
+
+    // No write since the build: the snapshot's items are the open catalog's rows, held once.
+    let (shared, _) = Index::from_snapshots(&snapshots, params, Some(&catalog)).expect("restore");
+    assert!(Arc::ptr_eq(shared.catalog(), &catalog));
+    assert_eq!(state(&shared), before);
+    drop(shared);
+
+    // Another version of the items file: the index keeps the snapshot's rows, not the file's.
+    let path = dir.path().join("other.parquet");
+    write_parquet(&synthetic_batch(1500, DIM, 8, 3), &path).expect("write");
+    let other = Arc::new(Catalog::open(&path).expect("open"));
+    let (own, _) = Index::from_snapshots(&snapshots, params, Some(&other)).expect("restore");
+    assert!(!Arc::ptr_eq(own.catalog(), &other));
+    assert_eq!(state(&own), before);
+    drop(own);
+
+    // A snapshot after a write holds a row the file lacks: its own rows again.
+    let index = restore(dir.path()).expect("restore");
+    index.upsert(vec![item("new", 300)]).expect("upsert");
+    std::fs::remove_dir_all(&snapshots).expect("clear");
+    index.snapshot(&snapshots).expect("snapshot");
+    let after = state(&index);
+    drop(index);
+    let (written, _) = Index::from_snapshots(&snapshots, params, Some(&catalog)).expect("restore");
+    assert!(!Arc::ptr_eq(written.catalog(), &catalog));
+    assert_eq!(state(&written), after);
+    assert_ne!(after, before, "the upsert is in the restored state");
 }
