@@ -391,13 +391,11 @@ impl Catalog {
             by_popularity,
         })
     }
-}
 
-impl Catalog {
-    /// Whether `parts` are this catalog's rows, bit for bit. A snapshot of an index that took
-    /// no writes holds exactly the catalog it was built from: a process that has that catalog
-    /// open already shares it instead of holding a second copy (a 1M-item catalog is about
-    /// 200 MB).
+    /// Whether `parts` are this catalog's rows, bit for bit. A snapshot of an index no upsert
+    /// reached holds exactly the catalog it was built from (deletes are kept apart from the
+    /// rows): a process that has that catalog open shares it instead of holding a second copy
+    /// (a 1M-item catalog is about 200 MB).
     pub fn holds_exactly(&self, parts: &CatalogParts) -> bool {
         let n = self.len();
         let same_floats = |a: &[f32], b: &[f32]| {
