@@ -49,6 +49,8 @@ const NUM_CANDIDATES: usize = 200;
 const ROUNDS: usize = 9;
 const RECOMMEND: &str = "/tandem.v1.RecommenderService/Recommend";
 const HEALTH: &str = "/grpc.health.v1.Health/Check";
+/// The served-feature log's writer thread (`tandem_events::ServedLog`).
+const SERVED_LOG_THREAD: &str = "served-log";
 
 /// CPU time of every thread of this process, in nanoseconds (`CLOCK_PROCESS_CPUTIME_ID`:
 /// exact, unlike `/proc/*/schedstat`, which lags for a running thread).
@@ -59,6 +61,24 @@ fn process_cpu_ns() -> u64 {
 /// CPU time of the calling thread, in nanoseconds.
 fn thread_cpu_ns() -> u64 {
     cpu_time::ThreadTime::now().as_duration().as_nanos() as u64
+}
+
+/// CPU time so far of this process's threads named `name` (`/proc/self/task/*/comm`), in ns;
+/// 0 without one. The served-feature log's writer is such a thread: its share of a figure.
+fn named_threads_cpu_ns(name: &str) -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter(|task| {
+            std::fs::read_to_string(task.path().join("comm")).is_ok_and(|c| c.trim_end() == name)
+        })
+        .filter_map(|task| {
+            let stat = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
+            stat.split_whitespace().next()?.parse::<u64>().ok()
+        })
+        .sum()
 }
 
 /// Server CPU of calls `from..from + n` of `f` (process CPU less this thread's), in ns.
@@ -252,6 +272,9 @@ struct Figures<T = u64> {
     rank_in_turn: T,
     stages_call: T,
     recommend_here: T,
+    /// The served-feature log's writer thread while Recommend was measured (part of it).
+    log_writer: T,
+    log_writer_here: T,
 }
 
 impl Figures<u64> {
@@ -266,6 +289,8 @@ impl Figures<u64> {
             rank_in_turn: us(self.rank_in_turn),
             stages_call: us(self.stages_call),
             recommend_here: us(self.recommend_here),
+            log_writer: us(self.log_writer),
+            log_writer_here: us(self.log_writer_here),
         }
     }
 }
@@ -518,6 +543,7 @@ fn main() -> Result<(), BenchError> {
     for round in 0..rounds {
         let from = round * per_round;
         // h2load sends one body per run: each round asks for another user.
+        let writer0 = named_threads_cpu_ns(SERVED_LOG_THREAD);
         let recommend_cpu = match &h2load_client {
             _ if in_thread_only => 1,
             // One h2load run of `per_round` calls; this thread only waits for it.
@@ -528,6 +554,7 @@ fn main() -> Result<(), BenchError> {
         };
         let mut cpu = Figures {
             recommend: recommend_cpu,
+            log_writer: named_threads_cpu_ns(SERVED_LOG_THREAD) - writer0,
             ..Figures::default()
         };
         // ANN: this thread's CPU (the search runs on it).
@@ -573,12 +600,13 @@ fn main() -> Result<(), BenchError> {
         // Recommend called in this thread, no gRPC: the request path and the stages as they
         // run inside it, against the stages taking turns above (same users, same thread; the
         // served-feature log's writer is the one other thread that works meanwhile).
-        let p0 = process_cpu_ns();
+        let (p0, writer0) = (process_cpu_ns(), named_threads_cpu_ns(SERVED_LOG_THREAD));
         for i in from..from + per_round {
             let answer = client.block_on(recommender.recommend(&domain_request(i)))?;
             assert_eq!(answer.items.len(), K as usize);
         }
         cpu.recommend_here = process_cpu_ns() - p0;
+        cpu.log_writer_here = named_threads_cpu_ns(SERVED_LOG_THREAD) - writer0;
         figures.push(cpu.per_call_us(per_round));
     }
     // The round with the median ratio: a round that a neighbour slowed down does not count.
@@ -610,6 +638,11 @@ fn main() -> Result<(), BenchError> {
             m.ann_in_turn,
             m.rank_in_turn,
             m.in_thread_ratio()
+        );
+        println!(
+            "  of it the served-feature log's writer: {:.1} us; without it: {:.2}",
+            m.log_writer_here,
+            (m.recommend_here - m.log_writer_here) / (m.ann_in_turn + m.rank_in_turn)
         );
     };
     if in_thread_only {
@@ -646,6 +679,11 @@ fn main() -> Result<(), BenchError> {
     println!("Recommend server CPU:        {:8.1} us", m.recommend);
     println!("ratio:                       {:8.2}", m.ratio());
     println!("ratios of all rounds:        {}", all_ratios.join(" "));
+    println!(
+        "  of Recommend the served-feature log's writer: {:.1} us; without it: {:.2}",
+        m.log_writer,
+        (m.recommend - m.log_writer) / stages
+    );
     println!(
         "stages taking turns:         {in_turn:8.1} us (ANN {:.1} + rank {:.1} + gRPC); \
          ratio to them {:.2}",
@@ -684,6 +722,15 @@ fn main() -> Result<(), BenchError> {
     println!(
         "by round: Recommend in this thread / stages taking turns:  {}",
         list(&here)
+    );
+    let mut unlogged: Vec<f64> = figures
+        .iter()
+        .map(|r| (r.recommend - r.log_writer) / (r.ann + r.rank + r.grpc))
+        .collect();
+    unlogged.sort_by(f64::total_cmp);
+    println!(
+        "by round: Recommend less the log's writer / (ANN + rank + gRPC): {}",
+        list(&unlogged)
     );
     std::thread::sleep(Duration::from_millis(10));
     server.shutdown_background();
