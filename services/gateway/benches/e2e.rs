@@ -65,6 +65,7 @@ fn thread_cpu_ns() -> u64 {
 
 /// CPU time so far of this process's threads named `name` (`/proc/self/task/*/comm`), in ns;
 /// 0 without one. The served-feature log's writer is such a thread: its share of a figure.
+/// Read from `schedstat`, which lags by up to a scheduler tick while the thread runs.
 fn named_threads_cpu_ns(name: &str) -> u64 {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return 0;
@@ -554,7 +555,7 @@ fn main() -> Result<(), BenchError> {
         };
         let mut cpu = Figures {
             recommend: recommend_cpu,
-            log_writer: named_threads_cpu_ns(SERVED_LOG_THREAD) - writer0,
+            log_writer: named_threads_cpu_ns(SERVED_LOG_THREAD).saturating_sub(writer0),
             ..Figures::default()
         };
         // ANN: this thread's CPU (the search runs on it).
@@ -606,7 +607,7 @@ fn main() -> Result<(), BenchError> {
             assert_eq!(answer.items.len(), K as usize);
         }
         cpu.recommend_here = process_cpu_ns() - p0;
-        cpu.log_writer_here = named_threads_cpu_ns(SERVED_LOG_THREAD) - writer0;
+        cpu.log_writer_here = named_threads_cpu_ns(SERVED_LOG_THREAD).saturating_sub(writer0);
         figures.push(cpu.per_call_us(per_round));
     }
     // The round with the median ratio: a round that a neighbour slowed down does not count.
